@@ -1,0 +1,100 @@
+"""U-ViT (Bao et al. 2022, "All are Worth Words: A ViT Backbone for Diffusion Models").
+
+A ViT over tokens [label?, time, patches] with long skip connections from each shallow block to its mirror deep
+block. Constructor arguments, parameter names and forward semantics match the paper's release, so its checkpoints
+(cifar10_uvit_small.pth, imagenet64_uvit_mid.pth, imagenet256_uvit_huge.pth, ...) load with ``strict=True``.
+
+The backbone knows nothing about noise schedules: ``timesteps`` is whatever the diffusion framework feeds it
+(``libs.schedules`` maps continuous time to it, e.g. 999 t for the released pixel models).
+"""
+import torch
+import torch.nn as nn
+
+from libs.layers import Block, PatchEmbed, init_vit_weights, timestep_embedding, unpatchify
+
+
+class UViT(nn.Module):
+    """Noise-prediction U-ViT.
+
+    forward(x, timesteps, y=None):
+        x: (B, in_chans, img_size, img_size); timesteps: (B,) float; y: (B,) int64 class labels or None.
+        Returns a tensor shaped like x.
+    With ``num_classes > 0`` the label is one extra token placed before the time token.
+    ``attention_backend`` ('sdpa', 'xformers', 'math') is this suite's addition and does not touch the weights.
+    """
+
+    def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.,
+                 qkv_bias=False, qk_scale=None, norm_layer=nn.LayerNorm, mlp_time_embed=False, num_classes=-1,
+                 use_checkpoint=False, conv=True, skip=True, attention_backend='sdpa'):
+        super().__init__()
+        if norm_layer is not nn.LayerNorm:
+            raise ValueError('UViT supports only nn.LayerNorm as norm_layer')
+        if img_size % patch_size:
+            raise ValueError(f'img_size {img_size} is not divisible by patch_size {patch_size}')
+        self.num_features = self.embed_dim = embed_dim
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.img_size = img_size
+        self.patch_size = patch_size
+
+        self.patch_embed = PatchEmbed(patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim)
+        num_patches = (img_size // patch_size) ** 2
+
+        self.time_embed = nn.Sequential(
+            nn.Linear(embed_dim, 4 * embed_dim),
+            nn.SiLU(),
+            nn.Linear(4 * embed_dim, embed_dim),
+        ) if mlp_time_embed else nn.Identity()
+
+        if num_classes > 0:
+            self.label_emb = nn.Embedding(num_classes, embed_dim)
+            self.extras = 2
+        else:
+            self.extras = 1
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.extras + num_patches, embed_dim))
+
+        def block(skip_connection=False):
+            return Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale,
+                         skip=skip_connection, use_checkpoint=use_checkpoint, attention_backend=attention_backend)
+
+        self.in_blocks = nn.ModuleList([block() for _ in range(depth // 2)])
+        self.mid_block = block()
+        self.out_blocks = nn.ModuleList([block(skip) for _ in range(depth // 2)])
+
+        self.norm = nn.LayerNorm(embed_dim)
+        self.patch_dim = patch_size ** 2 * in_chans
+        self.decoder_pred = nn.Linear(embed_dim, self.patch_dim, bias=True)
+        self.final_layer = nn.Conv2d(in_chans, in_chans, 3, padding=1) if conv else nn.Identity()
+
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        self.apply(init_vit_weights)
+
+    @torch.jit.ignore
+    def no_weight_decay(self):
+        return {'pos_embed'}
+
+    def forward(self, x, timesteps, y=None):
+        x = self.patch_embed(x)
+        num_patches = x.shape[1]
+        time_token = self.time_embed(timestep_embedding(timesteps, self.embed_dim).to(x.dtype)).unsqueeze(1)
+        tokens = [time_token, x]
+        if y is not None:
+            tokens.insert(0, self.label_emb(y).unsqueeze(1))
+        x = torch.cat(tokens, dim=1)
+        if x.shape[1] != self.pos_embed.shape[1]:
+            raise ValueError(f'got {x.shape[1]} tokens, the model has positions for {self.pos_embed.shape[1]} '
+                             f'(is y given exactly when num_classes > 0?)')
+        x = x + self.pos_embed
+
+        skips = []
+        for blk in self.in_blocks:
+            x = blk(x)
+            skips.append(x)
+        x = self.mid_block(x)
+        for blk in self.out_blocks:
+            x = blk(x, skips.pop())
+
+        x = self.decoder_pred(self.norm(x))
+        x = x[:, self.extras:, :]
+        assert x.shape[1] == num_patches
+        return self.final_layer(unpatchify(x, self.in_chans))
