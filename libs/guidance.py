@@ -1,0 +1,47 @@
+"""Classifier-free guidance (Ho & Salimans 2021) as a wrapper that turns a conditional noise predictor into an eps_fn.
+
+`noise_fn(x, t, **cond)` is e.g. `Denoiser.noise`; the result `eps_fn(x, t)` is what the samplers take.
+"""
+import functools
+
+import torch
+
+
+def bind_condition(noise_fn, cond):
+    """eps_fn(x, t) = noise_fn(x, t, **cond): the condition bound in, no guidance."""
+    return functools.partial(noise_fn, **(cond or {}))
+
+
+def _concat(cond, uncond):
+    if set(cond) != set(uncond):
+        raise ValueError(f'cond and uncond need the same keys, got {sorted(cond)} and {sorted(uncond)}')
+    merged = {}
+    for key, value in cond.items():
+        other = uncond[key]
+        if torch.is_tensor(value):
+            merged[key] = torch.cat([value, other], dim=0)
+        elif value == other:
+            merged[key] = value
+        else:
+            raise ValueError(f'cond[{key!r}] is not a tensor and differs from uncond[{key!r}]')
+    return merged
+
+
+def classifier_free_guidance(noise_fn, cond, uncond, scale):
+    """eps_fn(x, t) = eps_c + scale (eps_c - eps_u), the U-ViT paper's convention (scale 0: no guidance).
+
+    cond / uncond: dicts of keyword arguments for noise_fn; tensors are (B, ...) and get concatenated along dim 0,
+    other values must be equal in both. Each call of eps_fn makes ONE call of noise_fn on the 2B batch
+    [cond; uncond] (with scale 0, one call on the conditional batch alone).
+    """
+    scale = float(scale)
+    if scale == 0.0:
+        return bind_condition(noise_fn, cond)
+    merged = _concat(cond, uncond)
+
+    def eps_fn(x, t):
+        t_cat = torch.cat([t, t]) if torch.is_tensor(t) and t.ndim > 0 else t
+        eps_c, eps_u = noise_fn(torch.cat([x, x]), t_cat, **merged).chunk(2)
+        return eps_c + scale * (eps_c - eps_u)
+
+    return eps_fn

@@ -1,0 +1,92 @@
+"""Samplers: plain functions over a noise-prediction callable eps_fn(x, t), and the config-name registry.
+
+`build_sampler(config.sample, schedule)` returns `sampler(eps_fn, x_T) -> x_0`. Config keys read from `sample`:
+`algorithm` (a name in SAMPLERS), `sample_steps` (required), and for the DPM-Solver names the optional overrides
+`order`, `method`, `skip_type`; `t_end` for all; `progress` (bool). An override that is missing, None, 0 or ''
+means the preset's default. Other keys are left to the caller.
+"""
+from libs.errors import UserError
+from libs.samplers.dpm_solver import check_options, dpm_solver, singlestep_orders, time_grid
+from libs.samplers.euler_maruyama import euler_maruyama
+
+# Default ends of sampling (never below the schedule's t_min): DPM-Solver ends at 1e-4 as the release did for the
+# VP SDE (and at 1/N for an N-step discrete schedule, as the release's text-to-image code did); Euler at 1e-3.
+DPM_SOLVER_T_END = 1e-4
+EULER_T_END = 1e-3
+
+
+def _sample_steps(sample_cfg):
+    steps = sample_cfg.get('sample_steps', None)
+    if steps is None:
+        raise UserError('sample.sample_steps is not set (the number of network evaluations per sample)')
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise UserError(f'sample.sample_steps must be a positive integer, got {steps!r}')
+    return steps
+
+
+def _override(sample_cfg, key):
+    """The config's value for `key`, or None when it is unset (missing, None, 0 or '')."""
+    value = sample_cfg.get(key, None)
+    return None if value is None or value == '' or value == 0 else value
+
+
+def _dpm_solver_preset(**preset):
+    """Constructor for a DPM-Solver configuration; `order`, `method`, `skip_type`, `t_end` from the config win."""
+
+    def build(sample_cfg, schedule):
+        steps = _sample_steps(sample_cfg)
+        options = dict(preset)
+        for key in ('order', 'method', 'skip_type'):
+            value = sample_cfg.get(key, None)
+            if value not in (None, 0, ''):  # 0 / '' in a config mean "the algorithm's default"
+                options[key] = value
+        check_options(steps, options['order'], options['method'], options['algorithm_type'], options['skip_type'])
+        t_end = _override(sample_cfg, 't_end')
+        options['t_end'] = max(DPM_SOLVER_T_END, schedule.t_min) if not t_end else float(t_end)
+        progress = bool(sample_cfg.get('progress', False))
+
+        def sampler(eps_fn, x_T):
+            return dpm_solver(eps_fn, schedule, x_T, steps, progress=progress, **options)
+
+        return sampler
+
+    return build
+
+
+def _euler_preset(ode):
+    def build(sample_cfg, schedule):
+        steps = _sample_steps(sample_cfg)
+        t_end = _override(sample_cfg, 't_end')
+        t_end = max(EULER_T_END, schedule.t_min) if not t_end else float(t_end)
+        if not 0.0 < t_end < 1.0:
+            raise UserError(f'sample.t_end must be in (0, 1), got {t_end}')
+        progress = bool(sample_cfg.get('progress', False))
+
+        def sampler(eps_fn, x_T):
+            return euler_maruyama(eps_fn, schedule, x_T, steps, t_end=t_end, ode=ode, progress=progress)
+
+        return sampler
+
+    return build
+
+
+SAMPLERS = {
+    # The U-ViT release's sampler: DPM-Solver-3 singlestep, noise prediction, uniform in log-SNR.
+    'dpm_solver': _dpm_solver_preset(order=3, method='singlestep', algorithm_type='dpmsolver', skip_type='logSNR'),
+    # DPM-Solver++(2M): multistep, second order, data prediction, uniform in log-SNR.
+    'dpm_solver++': _dpm_solver_preset(order=2, method='multistep', algorithm_type='dpmsolver++',
+                                       skip_type='logSNR'),
+    'euler_maruyama_sde': _euler_preset(ode=False),
+    'euler_maruyama_ode': _euler_preset(ode=True),
+}
+
+
+def build_sampler(sample_cfg, schedule):
+    """sampler(eps_fn, x_T) -> x_0 for config.sample (a ConfigDict, read with .get) and a noise schedule."""
+    algorithm = sample_cfg.get('algorithm', None)
+    if algorithm not in SAMPLERS:
+        raise UserError(f'unknown sample.algorithm {algorithm!r}; known: {", ".join(SAMPLERS)}')
+    return SAMPLERS[algorithm](sample_cfg, schedule)
+
+
+__all__ = ['SAMPLERS', 'build_sampler', 'dpm_solver', 'euler_maruyama', 'singlestep_orders', 'time_grid']

@@ -1,0 +1,229 @@
+"""Noise schedules: the forward process x_t = alpha(t) x_0 + sigma(t) eps in continuous time t in (0, 1].
+
+All schedules are variance preserving (alpha^2 + sigma^2 = 1) and are described by log_alpha(t), a strictly
+decreasing function with log_alpha(0) = 0. Everything else follows from it:
+
+- lambda(t) = log_snr(t) = log alpha - log sigma, strictly decreasing; `t_from_log_snr` inverts it exactly;
+- the forward SDE dx = f(t) x dt + g(t) dW has f = d log_alpha / dt and g^2 = -2 f.
+
+Methods take and return torch tensors and work on any device. A float16/bfloat16/integer `t` is promoted to
+float32, a Python number becomes a float64 tensor; float32 and float64 are kept (samplers use float64).
+"""
+import inspect
+import math
+
+import torch
+
+from libs.errors import UserError
+
+
+def _as_time(t):
+    """A floating tensor for the time (or log-SNR) argument; see the module docstring for the dtype rule."""
+    if not torch.is_tensor(t):
+        return torch.as_tensor(t, dtype=torch.float64)
+    if t.dtype not in (torch.float32, torch.float64):
+        return t.to(torch.float32)
+    return t
+
+
+def _interp(x, xs, ys):
+    """Piecewise-linear interpolation through the knots (xs increasing), extrapolating the end segments.
+
+    Returns (value, slope) at x, where slope is that of the segment used (the right one at a knot).
+    """
+    idx = torch.searchsorted(xs, x.contiguous(), right=True) - 1
+    idx = idx.clamp(0, xs.numel() - 2)
+    x0, x1, y0, y1 = xs[idx], xs[idx + 1], ys[idx], ys[idx + 1]
+    slope = (y1 - y0) / (x1 - x0)
+    return y0 + (x - x0) * slope, slope
+
+
+class NoiseSchedule:
+    """A variance-preserving forward process; subclasses define `log_alpha`, `d_log_alpha_dt` and the inverse.
+
+    Attributes:
+        t_min: smallest time the schedule is meant to be used at; the default end of sampling.
+    """
+
+    def log_alpha(self, t):
+        raise NotImplementedError
+
+    def d_log_alpha_dt(self, t):
+        raise NotImplementedError
+
+    def t_from_log_alpha(self, log_alpha):
+        """Inverse of `log_alpha` (strictly decreasing, negative for t > 0)."""
+        raise NotImplementedError
+
+    def model_time(self, t):
+        """What the network is called with at continuous time t."""
+        raise NotImplementedError
+
+    def sample_train_t(self, n, device, generator=None):
+        """(n,) float32 training times, drawn from the global RNG of `device` unless a generator is given."""
+        raise NotImplementedError
+
+    def alpha(self, t):
+        return torch.exp(self.log_alpha(t))
+
+    def sigma(self, t):
+        return torch.sqrt(-torch.expm1(2.0 * self.log_alpha(t)))
+
+    def log_snr(self, t):
+        """lambda(t) = log(alpha / sigma)."""
+        log_alpha = self.log_alpha(t)
+        return log_alpha - 0.5 * torch.log(-torch.expm1(2.0 * log_alpha))
+
+    def t_from_log_snr(self, lam):
+        """Inverse of `log_snr`: alpha^2 = sigmoid(2 lambda), so log_alpha = -softplus(-2 lambda) / 2."""
+        lam = _as_time(lam)
+        return self.t_from_log_alpha(-0.5 * torch.nn.functional.softplus(-2.0 * lam))
+
+    def sde_coefficients(self, t):
+        """(f(t), g^2(t)) of the forward SDE dx = f x dt + g dW; for a VP process g^2 = -2 f."""
+        f = self.d_log_alpha_dt(t)
+        return f, -2.0 * f
+
+
+class VPSDE(NoiseSchedule):
+    """The VP SDE with linear beta(t) = beta_min + t (beta_max - beta_min) (Song et al. 2021).
+
+    log_alpha(t) = -(beta_max - beta_min) t^2 / 4 - beta_min t / 2. The network sees 999 t, as the released U-ViT
+    pixel-space checkpoints expect; training times are Uniform(0, 1) as in the release. `t_min` = 1e-5
+    (sigma ~ 1.4e-3, lambda ~ 6.6); the sampler presets end at 1e-4 (DPM-Solver) or 1e-3 (Euler-Maruyama).
+    """
+
+    t_min = 1e-5
+
+    def __init__(self, beta_min=0.1, beta_max=20.0):
+        if not 0 < beta_min <= beta_max:
+            raise UserError(f'VPSDE needs 0 < beta_min <= beta_max, got beta_min={beta_min}, beta_max={beta_max}')
+        self.beta_min = float(beta_min)
+        self.beta_max = float(beta_max)
+
+    def __repr__(self):
+        return f'VPSDE(beta_min={self.beta_min}, beta_max={self.beta_max})'
+
+    def log_alpha(self, t):
+        t = _as_time(t)
+        return -0.25 * (self.beta_max - self.beta_min) * t ** 2 - 0.5 * self.beta_min * t
+
+    def d_log_alpha_dt(self, t):
+        t = _as_time(t)
+        return -0.5 * (self.beta_min + (self.beta_max - self.beta_min) * t)
+
+    def t_from_log_alpha(self, log_alpha):
+        # Root of (b1 - b0)/4 t^2 + b0/2 t - L = 0 with L = -log_alpha, written without cancellation.
+        big_l = -_as_time(log_alpha)
+        b = 0.5 * self.beta_min
+        return 2.0 * big_l / (b + torch.sqrt(b ** 2 + (self.beta_max - self.beta_min) * big_l))
+
+    def model_time(self, t):
+        return 999.0 * t
+
+    def sample_train_t(self, n, device, generator=None):
+        return torch.rand(n, device=device, generator=generator)
+
+
+class DiscreteSchedule(NoiseSchedule):
+    """An N-step DDPM schedule placed in continuous time.
+
+    alphas_cumprod[n] = prod_{i <= n} (1 - beta_i) sits at t_n = n / N (n = 1..N), and log_alpha(t) is the
+    piecewise-linear interpolation of log(alphas_cumprod) / 2 over the knots t_n together with t_0 = 0,
+    log_alpha = 0 (clean data). So below t_1 = 1/N the schedule follows the straight line to (0, 0), which keeps
+    alpha <= 1; above t = 1 the last segment is extrapolated. The network sees N t (the integer n at t = n / N, as
+    the released text-to-image code calls it with steps 1..N); training times are n / N with n uniform in 1..N.
+    `t_min` = 1 / N.
+    """
+
+    def __init__(self, betas):
+        betas = torch.as_tensor(betas, dtype=torch.float64).cpu()
+        if betas.ndim != 1 or betas.numel() < 2 or not bool(((betas > 0) & (betas < 1)).all()):
+            raise UserError('DiscreteSchedule needs a 1-D sequence of at least 2 betas, each in (0, 1)')
+        self.betas = betas
+        self.num_steps = betas.numel()
+        self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+        self.t_min = 1.0 / self.num_steps
+        zero = torch.zeros(1, dtype=torch.float64)
+        self._t_knots = torch.arange(self.num_steps + 1, dtype=torch.float64) / self.num_steps
+        self._log_alpha_knots = torch.cat([zero, 0.5 * torch.log(self.alphas_cumprod)])
+        self._knot_cache = {}
+
+    def _knots(self, like):
+        """(t knots, log_alpha knots) on the device and in the dtype of `like`, cached."""
+        key = (like.device, like.dtype)
+        if key not in self._knot_cache:
+            self._knot_cache[key] = (self._t_knots.to(device=like.device, dtype=like.dtype),
+                                     self._log_alpha_knots.to(device=like.device, dtype=like.dtype))
+        return self._knot_cache[key]
+
+    def __repr__(self):
+        return f'DiscreteSchedule(N={self.num_steps})'
+
+    @classmethod
+    def linear(cls, N=1000, beta_start=1e-4, beta_end=0.02):
+        """DDPM (Ho et al. 2020): betas linear from beta_start to beta_end."""
+        return cls(torch.linspace(beta_start, beta_end, N, dtype=torch.float64))
+
+    @classmethod
+    def scaled_linear(cls, N=1000, beta_start=0.00085, beta_end=0.012):
+        """Stable Diffusion: betas = linspace(sqrt(beta_start), sqrt(beta_end), N)^2."""
+        return cls(torch.linspace(math.sqrt(beta_start), math.sqrt(beta_end), N, dtype=torch.float64) ** 2)
+
+    @classmethod
+    def cosine(cls, N=1000, s=0.008):
+        """Nichol & Dhariwal 2021: alphas_cumprod(t) = cos((t + s) / (1 + s) pi / 2)^2, normalised; betas <= 0.999."""
+        t = torch.arange(N + 1, dtype=torch.float64) / N
+        f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+        betas = 1.0 - f[1:] / f[:-1]
+        return cls(betas.clamp(max=0.999))
+
+    def log_alpha(self, t):
+        t = _as_time(t)
+        return _interp(t, *self._knots(t))[0]
+
+    def d_log_alpha_dt(self, t):
+        t = _as_time(t)
+        return _interp(t, *self._knots(t))[1]
+
+    def t_from_log_alpha(self, log_alpha):
+        log_alpha = _as_time(log_alpha)
+        t_knots, log_alpha_knots = self._knots(log_alpha)
+        return _interp(log_alpha, log_alpha_knots.flip(0), t_knots.flip(0))[0]
+
+    def model_time(self, t):
+        return self.num_steps * t
+
+    def sample_train_t(self, n, device, generator=None):
+        steps = torch.randint(1, self.num_steps + 1, (n,), device=device, generator=generator)
+        return steps.to(torch.float32) / self.num_steps
+
+
+SCHEDULES = {
+    'vpsde': VPSDE,
+    'ddpm_linear': DiscreteSchedule.linear,
+    'stable_diffusion': DiscreteSchedule.scaled_linear,
+    'cosine': DiscreteSchedule.cosine,
+}
+
+
+def build_schedule(cfg=None):
+    """A schedule from a mapping / ConfigDict with `name` and the constructor's keyword arguments.
+
+    A missing cfg or `name` None gives the default VPSDE().
+    """
+    if cfg is None:
+        return VPSDE()
+    options = dict(cfg.to_dict() if hasattr(cfg, 'to_dict') else cfg)
+    name = options.pop('name', None)
+    if name is None:
+        name = 'vpsde'
+    if name not in SCHEDULES:
+        raise UserError(f'unknown schedule {name!r}; known schedules: {", ".join(sorted(SCHEDULES))}')
+    constructor = SCHEDULES[name]
+    accepted = set(inspect.signature(constructor).parameters)
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise UserError(f'schedule {name!r} has no option(s) {", ".join(unknown)}; '
+                        f'it accepts: {", ".join(sorted(accepted)) or "none"}')
+    return constructor(**options)
