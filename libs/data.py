@@ -1,0 +1,493 @@
+"""Datasets for the training loop and for FID reference statistics.
+
+Every dataset yields ``(image, label)``: ``image`` a float32 ``(C, H, W)`` tensor in [-1, 1] (8-bit pixels map to
+``p / 127.5 - 1``), ``label`` a python int, -1 when the dataset has no labels. ``__getitem__`` is deterministic; random
+flips belong to the training loop. Every dataset carries ``name``, ``num_classes`` (0 when unlabeled), ``resolution``,
+``channels``, ``data_shape`` = (C, H, W), ``labels`` (int64 array of all labels, -1 when unlabeled) and ``fid_stats``
+(path of the reference statistics in the U-ViT release layout, or None; ``config.dataset.fid_stats`` overrides it).
+
+Nothing here downloads: each dataset reads files the user has put in place and says where they belong when missing.
+"""
+import os
+import pickle
+import struct
+import zipfile
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from libs.errors import UserError
+from libs.images import from_uint8
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.webp', '.bmp')
+
+# The CelebA crop of the U-ViT release (inherited from DDIM / Analytic-DPM): the 128x128 square centred at
+# (x, y) = (89, 121) of the 178x218 aligned images, as a PIL box (left, upper, right, lower).
+CELEBA_CROP_BOX = (89 - 64, 121 - 64, 89 + 64, 121 + 64)
+CELEBA_ALIGNED_SIZE = (178, 218)
+
+
+def _hwc_to_tensor(arr: np.ndarray) -> torch.Tensor:
+    """(H, W, C) uint8 -> (C, H, W) float32 in [-1, 1]."""
+    return from_uint8(torch.from_numpy(np.array(arr, dtype=np.uint8)).permute(2, 0, 1))
+
+
+def crop_and_resize(img: Image.Image, resolution: int, box=None, resample=Image.BICUBIC,
+                    box_downsample: bool = True) -> np.ndarray:
+    """A PIL image -> (resolution, resolution, 3) uint8 array: optional crop, then square resize and centre crop.
+
+    ``box`` (left, upper, right, lower) is cut out first when given. The rest follows the ADM / U-ViT ImageNet
+    preprocessing: halve with a box filter while the short side is at least twice ``resolution`` (when
+    ``box_downsample``), resize so the short side equals ``resolution`` with ``resample`` (PIL filters are
+    antialiased), then take the central ``resolution`` square.
+    """
+    img = img.convert('RGB')
+    if box is not None:
+        img = img.crop(box)
+    if box_downsample:
+        while min(img.size) >= 2 * resolution:
+            img = img.resize((img.width // 2, img.height // 2), resample=Image.BOX)
+    scale = resolution / min(img.size)
+    size = (max(resolution, round(img.width * scale)), max(resolution, round(img.height * scale)))
+    if size != img.size:
+        img = img.resize(size, resample=resample)
+    arr = np.asarray(img)
+    top, left = (arr.shape[0] - resolution) // 2, (arr.shape[1] - resolution) // 2
+    return arr[top:top + resolution, left:left + resolution]
+
+
+def _list_images(root: str) -> list:
+    """All image files under ``root`` (recursive), sorted by path relative to ``root``."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames.sort()
+        found.extend(os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(IMAGE_EXTENSIONS))
+    return found
+
+
+def _check_split(name: str, split: str, splits) -> None:
+    if split not in splits:
+        raise UserError(f"dataset '{name}' has no split '{split}'; known splits: {', '.join(splits)}")
+
+
+class ImageDataset(Dataset):
+    """Common attributes; subclasses set ``labels`` and implement ``_image(index) -> (C, H, W) float32``."""
+
+    name = ''
+    default_fid_stats = None
+
+    def __init__(self, split: str, resolution: int, channels: int, num_classes: int, labels: np.ndarray,
+                 fid_stats=None):
+        self.split = split
+        self.resolution = int(resolution)
+        self.channels = int(channels)
+        self.num_classes = int(num_classes)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.fid_stats = fid_stats if fid_stats is not None else self.default_fid_stats
+
+    @property
+    def data_shape(self):
+        return self.channels, self.resolution, self.resolution
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        if not -len(self) <= index < len(self):
+            raise IndexError(f'index {index} out of range for {self.name} ({len(self)} items)')
+        index = index % len(self)
+        return self._image(index), int(self.labels[index])
+
+    def _image(self, index: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return (f'{type(self).__name__}(split={self.split!r}, n={len(self)}, data_shape={self.data_shape}, '
+                f'num_classes={self.num_classes})')
+
+
+class Digits(ImageDataset):
+    """scikit-learn's bundled 8x8 handwritten digits (1797 images, 10 classes), one channel.
+
+    Values 0..16 map to ``v / 8 - 1``. Split: per class, a fixed permutation (``numpy.random.default_rng(0)``) sends
+    round(20%) of the images to 'test' and the rest to 'train' (1438 train / 359 test). A ``resolution`` that is a
+    multiple of 8 repeats pixels (nearest-neighbour upsampling), so values stay on the 17 original levels.
+    """
+
+    name = 'digits'
+    splits = ('train', 'test')
+    test_fraction = 0.2
+
+    def __init__(self, split: str = 'train', resolution: int = 8, fid_stats=None):
+        _check_split(self.name, split, self.splits)
+        resolution = int(resolution)
+        if resolution <= 0 or resolution % 8:
+            raise UserError(f'digits resolution must be a positive multiple of 8 (config.dataset.resolution), '
+                            f'got {resolution}')
+        from sklearn.datasets import load_digits
+        bunch = load_digits()
+        images, targets = bunch.images, bunch.target.astype(np.int64)
+        indices = self.split_indices(targets)[split]
+        x = torch.from_numpy(images[indices].astype(np.float32))[:, None] / 8 - 1
+        factor = resolution // 8
+        if factor > 1:
+            x = x.repeat_interleave(factor, dim=2).repeat_interleave(factor, dim=3)
+        self.images = x.contiguous()
+        super().__init__(split, resolution, 1, 10, targets[indices], fid_stats)
+
+    @classmethod
+    def split_indices(cls, targets: np.ndarray) -> dict:
+        """Deterministic stratified split -> {'train': sorted indices, 'test': sorted indices}."""
+        rng = np.random.default_rng(0)
+        test = []
+        for c in range(int(targets.max()) + 1):
+            idx = np.flatnonzero(targets == c)
+            test.extend(idx[rng.permutation(len(idx))[:round(cls.test_fraction * len(idx))]])
+        test = np.sort(np.asarray(test, dtype=np.int64))
+        train = np.setdiff1d(np.arange(len(targets)), test)
+        return {'train': train, 'test': test}
+
+    @classmethod
+    def from_config(cls, cfg, split):
+        return cls(split, resolution=cfg.get('resolution', 8), fid_stats=cfg.get('fid_stats', None))
+
+    def _image(self, index):
+        return self.images[index]
+
+
+class Cifar10(ImageDataset):
+    """CIFAR-10 from the python-pickle release: ``path`` holds ``cifar-10-batches-py/`` or is that folder.
+
+    'train' is data_batch_1..5 (50,000 images), 'test' is test_batch (10,000). Rows are CHW uint8 as released.
+    """
+
+    name = 'cifar10'
+    splits = ('train', 'test')
+    default_fid_stats = 'assets/fid_stats/fid_stats_cifar10_train_pytorch.npz'
+    files = {'train': [f'data_batch_{i}' for i in range(1, 6)], 'test': ['test_batch']}
+
+    def __init__(self, path: str = 'assets/datasets/cifar10', split: str = 'train', fid_stats=None):
+        _check_split(self.name, split, self.splits)
+        folder = path if os.path.basename(os.path.normpath(path)) == 'cifar-10-batches-py' \
+            else os.path.join(path, 'cifar-10-batches-py')
+        data, labels = [], []
+        for fname in self.files[split]:
+            fpath = os.path.join(folder, fname)
+            if not os.path.isfile(fpath):
+                raise UserError(f'CIFAR-10 not found at {path}: extract cifar-10-python.tar.gz there so that '
+                                f'{os.path.join(path, "cifar-10-batches-py", "data_batch_1")} exists '
+                                f'(missing {fpath})')
+            try:
+                with open(fpath, 'rb') as f:
+                    batch = pickle.load(f, encoding='bytes')
+                rows = np.asarray(batch[b'data'], dtype=np.uint8)
+                labels.extend(int(v) for v in batch[b'labels'])
+            except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as e:
+                raise UserError(f'{fpath} is not a CIFAR-10 python batch ({type(e).__name__}): re-extract '
+                                f'cifar-10-python.tar.gz into {path}') from None
+            if rows.ndim != 2 or rows.shape[1] != 3 * 32 * 32:
+                raise UserError(f'{fpath} holds rows of shape {rows.shape[1:]}, expected 3072 pixels: use the '
+                                f'CIFAR-10 python release (cifar-10-python.tar.gz)')
+            data.append(rows)
+        self.data = np.concatenate(data).reshape(-1, 3, 32, 32)
+        super().__init__(split, 32, 3, 10, np.asarray(labels), fid_stats)
+
+    @classmethod
+    def from_config(cls, cfg, split):
+        return cls(cfg.get('path', 'assets/datasets/cifar10'), split, fid_stats=cfg.get('fid_stats', None))
+
+    def _image(self, index):
+        return from_uint8(torch.from_numpy(self.data[index].copy()))
+
+
+class CelebA64(ImageDataset):
+    """CelebA aligned faces (``img_align_celeba/*.jpg``, 178x218), unlabeled, read lazily from the files.
+
+    ``path`` is ``img_align_celeba`` itself, the folder holding it, or torchvision's root (``<path>/celeba/``).
+    Each image is cut to ``CELEBA_CROP_BOX`` (the U-ViT release crop) and resized to ``resolution`` with PIL bilinear,
+    which is what the release's ``transforms.Resize`` does and what its FID statistics were computed with.
+    If ``list_eval_partition.txt`` sits beside ``img_align_celeba``, 'train' is partition 0 (162,770 images, as in
+    the release) and 'test' partition 2; without it 'train' is every image and there is no 'test'.
+    """
+
+    name = 'celeba64'
+    splits = ('train', 'test')
+    default_fid_stats = 'assets/fid_stats/fid_stats_celeba64_train_50000_ddim.npz'
+    partitions = {'train': '0', 'test': '2'}
+
+    def __init__(self, path: str = 'assets/datasets/celeba', split: str = 'train', resolution: int = 64,
+                 fid_stats=None):
+        _check_split(self.name, split, self.splits)
+        folder = self._find_folder(path)
+        names = sorted(f for f in os.listdir(folder) if f.lower().endswith('.jpg'))
+        if not names:
+            raise UserError(f'no .jpg images in {folder}: extract img_align_celeba.zip into {path}')
+        partition_file = os.path.join(os.path.dirname(folder), 'list_eval_partition.txt')
+        if os.path.isfile(partition_file):
+            wanted = set()
+            with open(partition_file) as f:
+                for line in f:
+                    parts = line.split()
+                    if len(parts) == 2 and parts[1] == self.partitions[split]:
+                        wanted.add(parts[0])
+            names = [n for n in names if n in wanted]
+            if not names:
+                raise UserError(f'no images of the CelebA {split} partition in {folder}: check that '
+                                f'{partition_file} belongs to these images')
+        elif split != 'train':
+            raise UserError(f"CelebA split '{split}' needs {partition_file}: put list_eval_partition.txt "
+                            f'beside img_align_celeba')
+        self.files = [os.path.join(folder, n) for n in names]
+        super().__init__(split, resolution, 3, 0, np.full(len(self.files), -1), fid_stats)
+
+    @staticmethod
+    def _find_folder(path: str) -> str:
+        for candidate in (path, os.path.join(path, 'img_align_celeba'),
+                          os.path.join(path, 'celeba', 'img_align_celeba')):
+            if os.path.basename(os.path.normpath(candidate)) == 'img_align_celeba' and os.path.isdir(candidate):
+                return candidate
+        raise UserError(f'CelebA not found at {path}: extract img_align_celeba.zip there so that '
+                        f'{os.path.join(path, "img_align_celeba", "000001.jpg")} exists')
+
+    @classmethod
+    def from_config(cls, cfg, split):
+        return cls(cfg.get('path', 'assets/datasets/celeba'), split, resolution=cfg.get('resolution', 64),
+                   fid_stats=cfg.get('fid_stats', None))
+
+    def _image(self, index):
+        path = self.files[index]
+        with Image.open(path) as img:
+            if img.size != CELEBA_ALIGNED_SIZE:
+                raise UserError(f'{path} is {img.width}x{img.height}, expected the 178x218 aligned CelebA images: '
+                                f'use img_align_celeba.zip, not the in-the-wild release')
+            arr = crop_and_resize(img, self.resolution, box=CELEBA_CROP_BOX, resample=Image.BILINEAR,
+                                  box_downsample=False)
+        return _hwc_to_tensor(arr)
+
+
+def _npz_array(path: str, key: str) -> np.ndarray:
+    """Array ``key`` of an .npz file, memory-mapped when stored uncompressed, else read into memory."""
+    member = key + '.npy'
+    with zipfile.ZipFile(path) as zf:
+        if member not in zf.namelist():
+            raise UserError(f"{path} has no array '{key}': use the downsampled-ImageNet npz release")
+        info = zf.getinfo(member)
+        if info.compress_type == zipfile.ZIP_STORED:
+            with open(path, 'rb') as f:
+                f.seek(info.header_offset)
+                local_header = f.read(30)
+                name_len, extra_len = struct.unpack('<HH', local_header[26:30])
+                f.seek(info.header_offset + 30 + name_len + extra_len)
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+                else:
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+                offset = f.tell()
+            if not dtype.hasobject:
+                return np.memmap(path, dtype=dtype, mode='r', offset=offset, shape=shape,
+                                 order='F' if fortran else 'C')
+    with np.load(path) as npz:
+        return npz[key]
+
+
+class ImageNet64(ImageDataset):
+    """ImageNet, class-conditional (labels 0..999), from one of two layouts found in ``path``.
+
+    * ImageFolder: ``train/<wnid>/*.JPEG`` (and ``val/<wnid>/*.JPEG`` for 'test'); classes are the sorted train wnids;
+      images go through ``crop_and_resize`` (ADM / U-ViT: box halving, bicubic short-side resize, centre crop).
+    * Downsampled-ImageNet npz release: ``train_data_batch_*.npz`` ('train') and ``val_data.npz`` ('test') anywhere
+      up to two folders below ``path`` (e.g. ``Imagenet64_train_npz/``); 'data' rows are CHW uint8, 'labels' 1-based.
+      Resolution comes from the rows; uncompressed files are memory-mapped, compressed ones loaded into memory.
+    """
+
+    name = 'imagenet64'
+    splits = ('train', 'test')
+    npz_names = {'train': 'train_data_batch_', 'test': 'val_data'}
+
+    def __init__(self, path: str = 'assets/datasets/ImageNet', split: str = 'train', resolution: int = 64,
+                 fid_stats=None):
+        _check_split(self.name, split, self.splits)
+        if not os.path.isdir(path):
+            raise UserError(self._missing(path))
+        self.files, self.batches, self.offsets = None, None, None
+        if os.path.isdir(os.path.join(path, 'train')):
+            labels, num_classes = self._init_folder(path, split)
+        else:
+            labels, resolution, num_classes = self._init_npz(path, split, resolution)
+        self.default_fid_stats = f'assets/fid_stats/fid_stats_imagenet{int(resolution)}_guided_diffusion.npz'
+        super().__init__(split, resolution, 3, num_classes, labels, fid_stats)
+
+    @staticmethod
+    def _missing(path):
+        return (f'ImageNet not found at {path}: put the ImageNet train/ (train/<wnid>/*.JPEG) and val/ folders there, '
+                f'or extract the downsampled release so that {path}/Imagenet64_train_npz/train_data_batch_1.npz exists')
+
+    def _init_folder(self, path, split):
+        train_dir = os.path.join(path, 'train')
+        wnids = sorted(d for d in os.listdir(train_dir) if os.path.isdir(os.path.join(train_dir, d)))
+        if not wnids:
+            raise UserError(f'no class folders in {train_dir}: lay out ImageNet as train/<wnid>/*.JPEG')
+        split_dir = train_dir if split == 'train' else os.path.join(path, 'val')
+        if not os.path.isdir(split_dir) or not any(
+                os.path.isdir(os.path.join(split_dir, w)) for w in os.listdir(split_dir)):
+            raise UserError(f'ImageNet test split needs {split_dir}/<wnid>/*.JPEG: sort the validation images '
+                            f'into one folder per wnid')
+        index = {w: i for i, w in enumerate(wnids)}
+        files, labels = [], []
+        for wnid in sorted(os.listdir(split_dir)):
+            if not os.path.isdir(os.path.join(split_dir, wnid)):
+                continue
+            if wnid not in index:
+                raise UserError(f'{os.path.join(split_dir, wnid)} is not a class of {train_dir}: '
+                                f'val/ must use the train wnids')
+            found = _list_images(os.path.join(split_dir, wnid))
+            files.extend(found)
+            labels.extend([index[wnid]] * len(found))
+        if not files:
+            raise UserError(f'no images (.JPEG, .png, ...) under {split_dir}/<wnid>/')
+        self.files = files
+        return np.asarray(labels), len(wnids)
+
+    def _init_npz(self, path, split, resolution):
+        prefix = self.npz_names[split]
+        found = []
+        for dirpath, dirnames, filenames in os.walk(path):
+            dirnames.sort()
+            if os.path.relpath(dirpath, path).count(os.sep) >= 2:
+                dirnames[:] = []
+            found.extend(os.path.join(dirpath, f) for f in filenames if f.startswith(prefix) and f.endswith('.npz'))
+        if not found:
+            if split == 'test' and any('train_data_batch_' in f for _, _, fs in os.walk(path) for f in fs):
+                raise UserError(f'ImageNet npz test split needs val_data.npz under {path}: extract '
+                                f'Imagenet64_val_npz.zip there')
+            raise UserError(self._missing(path))
+
+        def batch_number(f):
+            stem = os.path.basename(f)[len(prefix):-len('.npz')]
+            return int(stem) if stem.isdigit() else 0
+        found.sort(key=batch_number)
+        self.batches, labels, sizes = [], [], []
+        for f in found:
+            data = _npz_array(f, 'data')
+            with np.load(f) as npz:
+                if 'labels' not in npz.files:
+                    raise UserError(f"{f} has no array 'labels': use the downsampled-ImageNet npz release")
+                lab = np.asarray(npz['labels'], dtype=np.int64).reshape(-1) - 1
+            side = int(round((data.shape[1] / 3) ** 0.5)) if data.ndim == 2 else 0
+            if data.ndim != 2 or 3 * side * side != data.shape[1] or len(lab) != len(data):
+                raise UserError(f"{f}: expected 'data' (N, 3*R*R) uint8 and N 'labels', got {data.shape} and "
+                                f'{lab.shape}')
+            if lab.min() < 0 or lab.max() > 999:
+                raise UserError(f'{f}: labels must be 1..1000 as in the downsampled-ImageNet release')
+            self.batches.append(data)
+            labels.append(lab)
+            sizes.append(len(lab))
+        if resolution is not None and int(resolution) != side:
+            raise UserError(f'the ImageNet npz files at {path} are {side}x{side}; set config.dataset.resolution={side} '
+                            f'or point config.dataset.path at the {resolution}x{resolution} release')
+        self.offsets = np.cumsum([0] + sizes)
+        return np.concatenate(labels), side, 1000
+
+    @classmethod
+    def from_config(cls, cfg, split):
+        return cls(cfg.get('path', 'assets/datasets/ImageNet'), split, resolution=cfg.get('resolution', 64),
+                   fid_stats=cfg.get('fid_stats', None))
+
+    def _image(self, index):
+        if self.files is not None:
+            with Image.open(self.files[index]) as img:
+                return _hwc_to_tensor(crop_and_resize(img, self.resolution))
+        b = int(np.searchsorted(self.offsets, index, side='right')) - 1
+        row = np.array(self.batches[b][index - self.offsets[b]], dtype=np.uint8)
+        return from_uint8(torch.from_numpy(row.reshape(3, self.resolution, self.resolution)))
+
+
+class ImageFolder(ImageDataset):
+    """Any folder of images (recursive; .png .jpg .jpeg .webp .bmp), RGB.
+
+    With ``resolution`` every image goes through ``crop_and_resize``; without it the images are used at their own
+    size, which must be one square size for all of them (a folder of samples, say). With
+    ``labels_from_subfolders`` the class of an image is its first-level subfolder (sorted names -> 0..K-1);
+    otherwise every label is -1. Only a 'train' split exists.
+    """
+
+    name = 'image_folder'
+    splits = ('train',)
+
+    def __init__(self, path, resolution=None, split: str = 'train', labels_from_subfolders: bool = False,
+                 fid_stats=None):
+        _check_split(self.name, split, self.splits)
+        if not path:
+            raise UserError('image_folder needs a folder: set config.dataset.path=/path/to/images')
+        if not os.path.isdir(path):
+            raise UserError(f'image folder not found at {path}: set config.dataset.path to a folder of images')
+        files = _list_images(path)
+        if not files:
+            raise UserError(f'no images ({" ".join(IMAGE_EXTENSIONS)}) under {path}: put images there or fix '
+                            f'config.dataset.path')
+        if labels_from_subfolders:
+            rel = [os.path.relpath(f, path).split(os.sep) for f in files]
+            loose = [os.sep.join(r) for r in rel if len(r) == 1]
+            if loose:
+                raise UserError(f'{os.path.join(path, loose[0])} is not in a class subfolder: move it into '
+                                f'{path}/<class>/ or set config.dataset.labels_from_subfolders=False')
+            classes = sorted({r[0] for r in rel})
+            index = {c: i for i, c in enumerate(classes)}
+            labels, num_classes = [index[r[0]] for r in rel], len(classes)
+            self.classes = classes
+        else:
+            labels, num_classes = [-1] * len(files), 0
+            self.classes = []
+        self.files = files
+        self.native_size = not resolution
+        if self.native_size:
+            resolution = _common_square_size(path, files)
+        super().__init__(split, int(resolution), 3, num_classes, np.asarray(labels), fid_stats)
+
+    @classmethod
+    def from_config(cls, cfg, split):
+        return cls(cfg.get('path', None), cfg.get('resolution', None), split,
+                   labels_from_subfolders=bool(cfg.get('labels_from_subfolders', False)),
+                   fid_stats=cfg.get('fid_stats', None))
+
+    def _image(self, index):
+        with Image.open(self.files[index]) as img:
+            if self.native_size:
+                return _hwc_to_tensor(np.asarray(img.convert('RGB')))
+            return _hwc_to_tensor(crop_and_resize(img, self.resolution))
+
+
+def _common_square_size(path: str, files: list) -> int:
+    """The one square size of all ``files``; otherwise a UserError asking for a resolution."""
+    first = None
+    for file in files:
+        with Image.open(file) as img:
+            size = img.size
+        if first is None:
+            first = (size, file)
+        if size != first[0] or size[0] != size[1]:
+            raise UserError(f'images in {path} are not all of one square size ({first[0][0]}x{first[0][1]} in '
+                            f'{os.path.relpath(first[1], path)}, {size[0]}x{size[1]} in {os.path.relpath(file, path)}'
+                            f'): set a resolution (config.dataset.resolution or --resolution) to center-crop and '
+                            f'resize them')
+    return first[0][0]
+
+
+DATASETS = {
+    'digits': Digits,
+    'cifar10': Cifar10,
+    'celeba64': CelebA64,
+    'imagenet64': ImageNet64,
+    'image_folder': ImageFolder,
+}
+
+
+def build_dataset(cfg, split: str = 'train') -> ImageDataset:
+    """``config.dataset`` (``name`` plus that dataset's keys) -> the dataset of ``split`` ('train' or 'test')."""
+    name = cfg.get('name', None)
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset '{name}' in config.dataset.name; known: {', '.join(sorted(DATASETS))}")
+    return DATASETS[name].from_config(cfg, split)

@@ -1,0 +1,327 @@
+"""Tests for libs/data.py on small files written here: fake CIFAR-10 pickles, CelebA JPEGs, ImageNet trees and npz."""
+import os
+import pickle
+
+import ml_collections
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from libs.data import DATASETS, Digits, build_dataset
+from libs.errors import UserError
+
+# U-ViT release: the 128x128 square centred at x=89, y=121 of the 178x218 aligned image, as (left, top, right, bottom)
+CELEBA_BOX = (25, 57, 153, 185)
+RED, GREEN, BLUE, YELLOW = (200, 40, 80), (30, 190, 60), (0, 0, 255), (230, 220, 20)
+
+
+def cfg(**kwargs):
+    return ml_collections.ConfigDict(kwargs)
+
+
+def px(values):
+    """8-bit value(s) -> the float32 tensor the datasets must produce (p / 127.5 - 1)."""
+    return torch.tensor(np.asarray(values, dtype=np.float32)) / 127.5 - 1
+
+
+def solid(size, color):
+    return Image.new('RGB', size, color)
+
+
+def check_common(ds, name, shape, num_classes):
+    assert ds.name == name
+    assert ds.data_shape == shape
+    assert (ds.channels, ds.resolution, ds.resolution) == shape
+    assert ds.num_classes == num_classes
+    x, y = ds[0]
+    assert x.dtype == torch.float32 and tuple(x.shape) == shape
+    assert -1 <= x.min() and x.max() <= 1
+    assert type(y) is int
+    assert torch.equal(ds[0][0], x)
+    assert len(ds.labels) == len(ds)
+
+
+# digits
+
+def test_digits_splits_values_and_determinism():
+    from sklearn.datasets import load_digits
+    bunch = load_digits()
+    train, test = build_dataset(cfg(name='digits')), build_dataset(cfg(name='digits'), 'test')
+    check_common(train, 'digits', (1, 8, 8), 10)
+    check_common(test, 'digits', (1, 8, 8), 10)
+    assert len(train) + len(test) == 1797
+    idx = Digits.split_indices(bunch.target)
+    assert len(np.intersect1d(idx['train'], idx['test'])) == 0
+    assert len(np.union1d(idx['train'], idx['test'])) == 1797
+    counts = np.bincount(train.labels, minlength=10)
+    assert counts.min() >= 135 and counts.max() <= 150
+    assert abs(len(test) / 1797 - 0.2) < 0.01
+    i = idx['train'][7]
+    assert torch.equal(train[7][0][0], torch.from_numpy(bunch.images[i]).float() / 8 - 1)
+    assert train[7][1] == int(bunch.target[i])
+    values = torch.unique(train.images)
+    assert values.min() == -1 and values.max() == 1 and len(values) <= 17
+    again = build_dataset(cfg(name='digits'))
+    assert torch.equal(again.images, train.images) and np.array_equal(again.labels, train.labels)
+    assert train.fid_stats is None
+    assert build_dataset(cfg(name='digits', fid_stats='x.npz')).fid_stats == 'x.npz'
+
+
+def test_digits_upsampled():
+    small, big = build_dataset(cfg(name='digits')), build_dataset(cfg(name='digits', resolution=16))
+    assert big.data_shape == (1, 16, 16)
+    assert torch.equal(big[3][0][:, ::2, ::2], small[3][0])
+    assert torch.equal(big[3][0][:, 1::2, 1::2], small[3][0])
+    with pytest.raises(UserError, match='multiple of 8'):
+        build_dataset(cfg(name='digits', resolution=12))
+
+
+# cifar10
+
+def write_cifar(root, n_train=3, n_test=2):
+    folder = os.path.join(root, 'cifar-10-batches-py')
+    os.makedirs(folder)
+    rng = np.random.default_rng(0)
+    rows = {}
+    for name, n in [(f'data_batch_{i}', n_train) for i in range(1, 6)] + [('test_batch', n_test)]:
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        labels = [int(v) for v in rng.integers(0, 10, n)]
+        rows[name] = (data, labels)
+        with open(os.path.join(folder, name), 'wb') as f:
+            pickle.dump({b'data': data, b'labels': labels, b'batch_label': name.encode()}, f)
+    return rows
+
+
+def test_cifar10(tmp_path):
+    rows = write_cifar(str(tmp_path))
+    for path in (str(tmp_path), str(tmp_path / 'cifar-10-batches-py')):
+        train = build_dataset(cfg(name='cifar10', path=path))
+        test = build_dataset(cfg(name='cifar10', path=path), 'test')
+        check_common(train, 'cifar10', (3, 32, 32), 10)
+        assert (len(train), len(test)) == (15, 2)
+    data, labels = rows['data_batch_2']
+    x, y = train[3]                       # first row of data_batch_2
+    assert y == labels[0]
+    c, h, w = 1, 4, 7                     # rows are CHW: channel plane, then row, then column
+    assert x[c, h, w] == px(data[0, c * 1024 + h * 32 + w])
+    assert torch.equal(x, torch.from_numpy(data[0].reshape(3, 32, 32)).float() / 127.5 - 1)
+    assert test[1][1] == rows['test_batch'][1][1]
+    assert train.fid_stats == 'assets/fid_stats/fid_stats_cifar10_train_pytorch.npz'
+    assert build_dataset(cfg(name='cifar10', path=str(tmp_path), fid_stats='s.npz')).fid_stats == 's.npz'
+
+
+def test_cifar10_missing(tmp_path):
+    missing = str(tmp_path / 'nope')
+    with pytest.raises(UserError) as e:
+        build_dataset(cfg(name='cifar10', path=missing))
+    msg = str(e.value)
+    assert '\n' not in msg and missing in msg and 'cifar-10-python.tar.gz' in msg
+    assert os.path.join(missing, 'cifar-10-batches-py', 'data_batch_1') in msg
+
+
+# celeba64
+
+def celeba_image(quadrants=True):
+    """178x218 blue image whose crop box is split in four coloured quadrants (or all red)."""
+    img = solid((178, 218), BLUE)
+    l, t, r, b = CELEBA_BOX
+    cx, cy = (l + r) // 2, (t + b) // 2
+    if quadrants:
+        img.paste(RED, (l, t, cx, cy))
+        img.paste(GREEN, (cx, t, r, cy))
+        img.paste(YELLOW, (l, cy, cx, b))
+        img.paste(BLUE, (cx, cy, r, b))
+    else:
+        img.paste(RED, (l, t, r, b))
+    return img
+
+
+def write_celeba(folder, n=3):
+    os.makedirs(folder)
+    for i in range(1, n + 1):
+        celeba_image(quadrants=i == 1).save(os.path.join(folder, f'{i:06d}.jpg'), quality=100, subsampling=0)
+
+
+def test_celeba64_crop(tmp_path):
+    write_celeba(str(tmp_path / 'img_align_celeba'))
+    ds = build_dataset(cfg(name='celeba64', path=str(tmp_path)))
+    check_common(ds, 'celeba64', (3, 64, 64), 0)
+    assert len(ds) == 3 and ds[2][1] == -1 and set(ds.labels) == {-1}
+    tol = 4 / 127.5                       # JPEG at quality 100 is near-lossless on flat colours
+    x = ds[1][0]                          # crop region all red, surroundings blue
+    assert (x - px(RED)[:, None, None]).abs().max() < tol
+    q = ds[0][0]                          # top-left red, top-right green, bottom-left yellow, bottom-right blue
+    for rows, cols, color in [(slice(0, 30), slice(0, 30), RED), (slice(0, 30), slice(34, 64), GREEN),
+                              (slice(34, 64), slice(0, 30), YELLOW), (slice(34, 64), slice(34, 64), BLUE)]:
+        assert (q[:, rows, cols] - px(color)[:, None, None]).abs().max() < tol, color
+    assert ds.fid_stats == 'assets/fid_stats/fid_stats_celeba64_train_50000_ddim.npz'
+    with pytest.raises(UserError, match='list_eval_partition.txt'):
+        build_dataset(cfg(name='celeba64', path=str(tmp_path)), 'test')
+
+
+def test_celeba64_layouts_and_partition(tmp_path):
+    folder = tmp_path / 'celeba' / 'img_align_celeba'
+    write_celeba(str(folder))
+    for path in (tmp_path, tmp_path / 'celeba', folder):
+        assert len(build_dataset(cfg(name='celeba64', path=str(path)))) == 3
+    (tmp_path / 'celeba' / 'list_eval_partition.txt').write_text('000001.jpg 0\n000002.jpg 1\n000003.jpg 2\n')
+    train = build_dataset(cfg(name='celeba64', path=str(tmp_path)))
+    test = build_dataset(cfg(name='celeba64', path=str(tmp_path)), 'test')
+    assert [os.path.basename(f) for f in train.files] == ['000001.jpg']
+    assert [os.path.basename(f) for f in test.files] == ['000003.jpg']
+
+
+def test_celeba64_errors(tmp_path):
+    with pytest.raises(UserError, match='img_align_celeba.zip'):
+        build_dataset(cfg(name='celeba64', path=str(tmp_path / 'missing')))
+    (tmp_path / 'img_align_celeba').mkdir()
+    with pytest.raises(UserError, match='no .jpg images'):
+        build_dataset(cfg(name='celeba64', path=str(tmp_path)))
+    solid((100, 100), RED).save(str(tmp_path / 'img_align_celeba' / '000001.jpg'))
+    ds = build_dataset(cfg(name='celeba64', path=str(tmp_path)))
+    with pytest.raises(UserError, match='178x218'):
+        ds[0]
+
+
+# imagenet64
+
+def write_imagenet_folder(root):
+    """train/<wnid>/ and val/<wnid>/: 160x128 images, red in the central 128 columns, blue at the sides."""
+    def image(color):
+        img = solid((160, 128), BLUE)
+        img.paste(color, (16, 0, 144, 128))
+        return img
+    layout = {'train/n02': [GREEN], 'train/n01': [RED, YELLOW], 'val/n01': [RED], 'val/n02': [GREEN]}
+    for sub, colors in layout.items():
+        os.makedirs(os.path.join(root, sub))
+        for i, color in enumerate(colors):
+            image(color).save(os.path.join(root, sub, f'{sub[-3:]}_{i}.png'))
+
+
+def test_imagenet64_folder(tmp_path):
+    write_imagenet_folder(str(tmp_path))
+    train = build_dataset(cfg(name='imagenet64', path=str(tmp_path)))
+    test = build_dataset(cfg(name='imagenet64', path=str(tmp_path)), 'test')
+    check_common(train, 'imagenet64', (3, 64, 64), 2)
+    assert list(train.labels) == [0, 0, 1] and list(test.labels) == [0, 1]
+    for ds, i, color in [(train, 0, RED), (train, 1, YELLOW), (train, 2, GREEN), (test, 1, GREEN)]:
+        x = ds[i][0]                      # the centre crop keeps only the coloured middle, never the blue sides
+        assert (x - px(color)[:, None, None]).abs().max() <= 1 / 127.5 + 1e-6
+    assert train.fid_stats == 'assets/fid_stats/fid_stats_imagenet64_guided_diffusion.npz'
+    small = build_dataset(cfg(name='imagenet64', path=str(tmp_path), resolution=32))
+    assert small.data_shape == (3, 32, 32)
+    assert small.fid_stats == 'assets/fid_stats/fid_stats_imagenet32_guided_diffusion.npz'
+
+
+def write_imagenet_npz(root, res=64):
+    rng = np.random.default_rng(1)
+    batches = {}
+    for name, folder, n, compressed in [('train_data_batch_1', 'Imagenet64_train_npz', 2, False),
+                                        ('train_data_batch_2', 'Imagenet64_train_npz', 3, False),
+                                        ('train_data_batch_10', 'Imagenet64_train_npz', 1, False),
+                                        ('val_data', 'Imagenet64_val_npz', 2, True)]:
+        data = rng.integers(0, 256, (n, 3 * res * res), dtype=np.uint8)
+        labels = rng.integers(1, 1001, n)
+        os.makedirs(os.path.join(root, folder), exist_ok=True)
+        save = np.savez_compressed if compressed else np.savez
+        save(os.path.join(root, folder, name + '.npz'), data=data, labels=labels)
+        batches[name] = (data, labels)
+    return batches
+
+
+def test_imagenet64_npz(tmp_path):
+    batches = write_imagenet_npz(str(tmp_path))
+    train = build_dataset(cfg(name='imagenet64', path=str(tmp_path)))
+    test = build_dataset(cfg(name='imagenet64', path=str(tmp_path)), 'test')
+    check_common(train, 'imagenet64', (3, 64, 64), 1000)
+    assert (len(train), len(test)) == (6, 2)
+    assert isinstance(train.batches[0], np.memmap)           # uncompressed npz is memory-mapped
+    data, labels = batches['train_data_batch_2']
+    x, y = train[3]                       # batch 1 has 2 rows, so index 3 is row 1 of batch 2
+    assert y == labels[1] - 1
+    c, h, w = 2, 10, 33
+    assert x[c, h, w] == px(data[1, c * 4096 + h * 64 + w])
+    assert torch.equal(x, torch.from_numpy(data[1].reshape(3, 64, 64)).float() / 127.5 - 1)
+    assert train[5][1] == batches['train_data_batch_10'][1][0] - 1   # numeric, not lexical, batch order
+    vdata, vlabels = batches['val_data']
+    assert torch.equal(test[1][0], torch.from_numpy(vdata[1].reshape(3, 64, 64)).float() / 127.5 - 1)
+    assert test[1][1] == vlabels[1] - 1
+    with pytest.raises(UserError, match='resolution=64'):
+        build_dataset(cfg(name='imagenet64', path=str(tmp_path), resolution=32))
+
+
+def test_imagenet64_errors(tmp_path):
+    with pytest.raises(UserError, match='ImageNet not found'):
+        build_dataset(cfg(name='imagenet64', path=str(tmp_path / 'missing')))
+    with pytest.raises(UserError, match='train_data_batch_1.npz'):
+        build_dataset(cfg(name='imagenet64', path=str(tmp_path)))
+    (tmp_path / 'train').mkdir()
+    with pytest.raises(UserError, match='no class folders'):
+        build_dataset(cfg(name='imagenet64', path=str(tmp_path)))
+
+
+# image_folder
+
+def test_image_folder(tmp_path):
+    for sub, color in [('dogs', GREEN), ('cats', RED), ('cats/deep', YELLOW)]:
+        os.makedirs(tmp_path / sub, exist_ok=True)
+        img = solid((48, 32), BLUE)       # centre 32 columns coloured, 8 blue columns each side
+        img.paste(color, (8, 0, 40, 32))
+        img.save(str(tmp_path / sub / 'a.png'))
+    solid((64, 64), (10, 20, 30)).save(str(tmp_path / 'dogs' / 'b.bmp'))
+    (tmp_path / 'dogs' / 'notes.txt').write_text('not an image')
+    plain = build_dataset(cfg(name='image_folder', path=str(tmp_path), resolution=32))
+    check_common(plain, 'image_folder', (3, 32, 32), 0)
+    assert len(plain) == 4 and set(plain.labels) == {-1}
+    assert plain.fid_stats is None
+    x = plain[0][0]                       # cats/a.png: the crop is exactly the red middle
+    assert torch.equal(x, px(RED)[:, None, None].expand(3, 32, 32))
+    assert x[0, 0, 0] == px(200)
+    resized = plain[3][0]                 # dogs/b.bmp: 64 -> 32, a flat colour stays flat
+    assert (resized - px((10, 20, 30))[:, None, None]).abs().max() <= 1 / 127.5 + 1e-6
+    labeled = build_dataset(cfg(name='image_folder', path=str(tmp_path), resolution=32, labels_from_subfolders=True))
+    assert labeled.num_classes == 2 and labeled.classes == ['cats', 'dogs']
+    assert list(labeled.labels) == [0, 0, 1, 1]
+    assert torch.equal(labeled[1][0], px(YELLOW)[:, None, None].expand(3, 32, 32))
+    solid((8, 8), RED).save(str(tmp_path / 'loose.png'))
+    with pytest.raises(UserError, match='class subfolder'):
+        build_dataset(cfg(name='image_folder', path=str(tmp_path), resolution=8, labels_from_subfolders=True))
+
+
+def test_image_folder_at_native_size(tmp_path):
+    solid((12, 12), RED).save(str(tmp_path / 'a.png'))
+    solid((12, 12), GREEN).save(str(tmp_path / 'b.png'))
+    native = build_dataset(cfg(name='image_folder', path=str(tmp_path)))   # no resolution: the images' own size
+    assert native.data_shape == (3, 12, 12)
+    assert torch.equal(native[1][0], px(GREEN)[:, None, None].expand(3, 12, 12))
+    solid((20, 10), BLUE).save(str(tmp_path / 'c.png'))
+    with pytest.raises(UserError, match=r'not all of one square size \(12x12 in a.png, 20x10 in c.png\): set a '
+                                        r'resolution \(config.dataset.resolution'):
+        build_dataset(cfg(name='image_folder', path=str(tmp_path)))
+
+
+def test_image_folder_errors(tmp_path):
+    with pytest.raises(UserError, match='not found'):
+        build_dataset(cfg(name='image_folder', path=str(tmp_path / 'missing'), resolution=8))
+    with pytest.raises(UserError, match='no images'):
+        build_dataset(cfg(name='image_folder', path=str(tmp_path), resolution=8))
+    with pytest.raises(UserError, match='config.dataset.path'):
+        build_dataset(cfg(name='image_folder', resolution=8))
+
+
+# registry
+
+def test_unknown_name_and_split(tmp_path):
+    with pytest.raises(UserError) as e:
+        build_dataset(cfg(name='mnist'))
+    msg = str(e.value)
+    assert "'mnist'" in msg and '\n' not in msg
+    assert all(name in msg for name in DATASETS)
+    with pytest.raises(UserError, match="no split 'val'; known splits: train, test"):
+        build_dataset(cfg(name='digits'), 'val')
+    with pytest.raises(UserError, match="no split 'test'"):
+        build_dataset(cfg(name='image_folder', path=str(tmp_path), resolution=8), 'test')
+    with pytest.raises(UserError, match="no split 'valid'"):
+        build_dataset(cfg(name='cifar10', path=str(tmp_path)), 'valid')
+    assert set(DATASETS) == {'digits', 'cifar10', 'celeba64', 'imagenet64', 'image_folder'}
