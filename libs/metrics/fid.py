@@ -1,0 +1,228 @@
+"""FID computed in-process, with the standard FID Inception weights read from a local file.
+
+The feature extractor is pytorch-fid's ``InceptionV3``; images reach it exactly as pytorch-fid's file path feeds
+them (uint8 pixels / 255), and float samples in ``[-1, 1]`` are first rounded to pixels with
+``libs.images.to_uint8``, so FID of in-memory samples equals FID of the PNG files written from them.
+Reference statistics are ``.npz`` files with keys ``mu`` and ``sigma`` (the format of the U-ViT release's
+``assets/fid_stats``); ``scripts/compute_fid_stats.py`` creates them.
+"""
+import contextlib
+import os
+import warnings
+from unittest import mock
+
+import numpy as np
+import torch
+
+from libs.errors import UserError
+from libs.fileio import atomic_open
+from libs.images import to_uint8
+
+WEIGHTS_FILENAME = 'pt_inception-2015-12-05-6726825d.pth'
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _default_weight_paths() -> list:
+    return [os.path.join(REPO_ROOT, 'assets', 'fid_inception', WEIGHTS_FILENAME),
+            os.path.join(torch.hub.get_dir(), 'checkpoints', WEIGHTS_FILENAME)]
+
+
+def find_inception_weights(path: str = None) -> str:
+    """The FID Inception weights file: ``path`` if given, else ``assets/fid_inception/`` then torch hub's cache."""
+    if path:
+        if not os.path.isfile(path):
+            raise UserError(f'FID Inception weights not found: {path}')
+        return path
+    candidates = _default_weight_paths()
+    for candidate in candidates:
+        if os.path.isfile(candidate):
+            return candidate
+    raise UserError(f'FID Inception weights not found: put {WEIGHTS_FILENAME} in {os.path.dirname(candidates[0])}/ '
+                    f'(or {os.path.dirname(candidates[1])}/)')
+
+
+def _read_state_dict(path: str) -> dict:
+    try:
+        state_dict = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise UserError(f'cannot read FID Inception weights {path}: {type(e).__name__}') from None
+    if not isinstance(state_dict, dict):
+        raise UserError(f'FID Inception weights {path} hold a {type(state_dict).__name__}, not a state dict')
+    return state_dict
+
+
+def _first_mismatch(expected: dict, given: dict):
+    """Describe the first key where ``given`` does not fit ``expected`` (name -> tensor), or None."""
+    for key, value in expected.items():
+        if key not in given:
+            return f'missing key {key!r}'
+        if not torch.is_tensor(given[key]) or tuple(given[key].shape) != tuple(value.shape):
+            shape = tuple(given[key].shape) if torch.is_tensor(given[key]) else type(given[key]).__name__
+            return f'key {key!r} has shape {shape}, expected {tuple(value.shape)}'
+    for key in given:
+        if key not in expected:
+            return f'unexpected key {key!r}'
+    return None
+
+
+@contextlib.contextmanager
+def _local_fid_weights(state_dict: dict, path: str):
+    """While active, pytorch-fid's ``fid_inception_v3()`` loads ``state_dict`` instead of downloading.
+
+    The replacement loader checks the keys against the network being built, so a wrong file fails with the
+    name of the first bad key rather than torch's multi-line report.
+    """
+    from pytorch_fid import inception as fid_inception
+
+    built = []
+    build_torchvision_inception = fid_inception._inception_v3
+
+    def recording_build(*args, **kwargs):
+        net = build_torchvision_inception(*args, **kwargs)
+        built.append(net)
+        return net
+
+    def local_loader(url, *args, **kwargs):
+        problem = _first_mismatch(built[-1].state_dict(), state_dict)
+        if problem is not None:
+            raise UserError(f'{path} is not the FID Inception weights file: {problem}')
+        return state_dict
+
+    with mock.patch.object(fid_inception, '_inception_v3', recording_build), \
+            mock.patch.object(fid_inception, 'load_state_dict_from_url', local_loader):
+        yield
+
+
+def load_inception(path: str = None, dims: int = 2048, device='cpu') -> torch.nn.Module:
+    """pytorch-fid's FID ``InceptionV3`` returning the ``dims``-wide block, weights from a local file, eval mode."""
+    from pytorch_fid.inception import InceptionV3
+
+    if dims not in InceptionV3.BLOCK_INDEX_BY_DIM:
+        raise UserError(f'unknown Inception feature size {dims}; known: {sorted(InceptionV3.BLOCK_INDEX_BY_DIM)}')
+    path = find_inception_weights(path)
+    state_dict = _read_state_dict(path)
+    with _local_fid_weights(state_dict, path):
+        model = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[dims]], resize_input=True, normalize_input=True,
+                            use_fid_inception=True)
+    return model.eval().to(device)
+
+
+class InceptionFeatures:
+    """Images -> Inception activations ``(B, dims)`` float64, as pytorch-fid computes them from image files.
+
+    ``images``: uint8 ``(B, C, H, W)`` in ``[0, 255]`` or float ``(B, C, H, W)`` in ``[-1, 1]`` (rounded to
+    pixels with ``to_uint8``); torch tensors or numpy arrays; ``C`` is 1 (repeated to 3) or 3.
+    """
+
+    def __init__(self, model: torch.nn.Module, batch_size: int = 50):
+        self.model = model.eval()
+        self.batch_size = batch_size
+        self.device = next(model.parameters()).device
+
+    @classmethod
+    def from_file(cls, path: str = None, dims: int = 2048, device='cpu', batch_size: int = 50):
+        return cls(load_inception(path, dims, device), batch_size)
+
+    @torch.no_grad()
+    def __call__(self, images) -> np.ndarray:
+        images = torch.as_tensor(images)
+        if images.ndim != 4 or images.shape[1] not in (1, 3):
+            raise ValueError(f'expected images (B, 1 or 3, H, W), got shape {tuple(images.shape)}')
+        if images.dtype != torch.uint8:
+            images = to_uint8(images)
+        out = []
+        for batch in images.split(self.batch_size):
+            x = batch.to(self.device).float() / 255
+            if x.shape[1] == 1:
+                x = x.repeat(1, 3, 1, 1)
+            act = self.model(x)[0]
+            if act.shape[2:] != (1, 1):
+                act = torch.nn.functional.adaptive_avg_pool2d(act, (1, 1))
+            out.append(act.flatten(1).cpu().double().numpy())
+        if not out:
+            raise ValueError('no images given')
+        return np.concatenate(out)
+
+
+def activation_statistics(acts: np.ndarray):
+    """Activations ``(N, D)`` -> mean ``(D,)`` and covariance ``(D, D)``, float64, as pytorch-fid computes them."""
+    acts = np.asarray(acts, dtype=np.float64)
+    if acts.ndim != 2 or acts.shape[0] < 2:
+        raise UserError(f'FID statistics need at least 2 images, got activations of shape {acts.shape}')
+    return np.mean(acts, axis=0), np.cov(acts, rowvar=False)
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2) (pytorch-fid's implementation)."""
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
+    sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
+        raise UserError(f'FID statistics of different sizes: {mu1.shape[0]} vs {mu2.shape[0]} features '
+                        '(were they computed with the same Inception block?)')
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', DeprecationWarning)  # pytorch-fid passes scipy's deprecated `disp`
+        return float(calculate_frechet_distance(mu1, sigma1, mu2, sigma2))
+
+
+def save_stats(path: str, mu: np.ndarray, sigma: np.ndarray) -> None:
+    """Write ``mu``/``sigma`` as an ``.npz`` file (written to a temporary file, then renamed into place)."""
+    with atomic_open(path) as f:
+        np.savez(f, mu=np.asarray(mu, dtype=np.float64), sigma=np.asarray(sigma, dtype=np.float64))
+
+
+def load_stats(path: str):
+    """Read ``(mu, sigma)`` from an ``.npz`` file with keys ``mu`` and ``sigma``."""
+    if not os.path.isfile(path):
+        raise UserError(f'FID reference statistics not found: {path} (create them with '
+                        f'`python scripts/compute_fid_stats.py --config=... --out={path}`)')
+    try:
+        with np.load(path) as f:
+            keys = sorted(f.files)
+            if 'mu' not in keys or 'sigma' not in keys:
+                raise UserError(f'FID statistics {path} have keys {keys}; expected mu and sigma')
+            mu, sigma = f['mu'].astype(np.float64), f['sigma'].astype(np.float64)
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f'cannot read FID statistics {path}: {type(e).__name__}: {e}') from None
+    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+        raise UserError(f'FID statistics {path} have mu {mu.shape} and sigma {sigma.shape}; '
+                        'expected (D,) and (D, D)')
+    return mu, sigma
+
+
+def fid_from_activations(acts: np.ndarray, ref_stats_path: str) -> float:
+    """FID of samples given their Inception activations ``(N, D)``, against reference statistics on disk."""
+    ref_mu, ref_sigma = load_stats(ref_stats_path)
+    mu, sigma = activation_statistics(acts)
+    return frechet_distance(mu, sigma, ref_mu, ref_sigma)
+
+
+def dataset_statistics(dataset, features: InceptionFeatures, accelerator=None, batch_size: int = 50,
+                       num_workers: int = 0, progress: bool = True):
+    """Inception ``(mu, sigma)`` of every image of ``dataset``, split across ``accelerator``'s processes.
+
+    Items are images or ``(image, label)`` pairs; images are uint8 or float in ``[-1, 1]``, ``(C, H, W)``.
+    Activations are gathered on every process (``gather_for_metrics`` drops the padding of the last batch), so
+    all processes return the same statistics.
+    """
+    from tqdm import tqdm
+
+    if len(dataset) < 2:
+        raise UserError(f'FID statistics need at least 2 images, the dataset has {len(dataset)}')
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False,
+                                         num_workers=num_workers)
+    is_main = True
+    if accelerator is not None:
+        loader = accelerator.prepare_data_loader(loader)
+        is_main = accelerator.is_main_process
+    acts = []
+    for batch in tqdm(loader, desc='inception features', disable=not (progress and is_main)):
+        images = batch[0] if isinstance(batch, (list, tuple)) else batch
+        act = torch.from_numpy(features(images))
+        if accelerator is not None:
+            act = accelerator.gather_for_metrics(act.to(accelerator.device)).cpu()
+        acts.append(act.numpy())
+    return activation_statistics(np.concatenate(acts))

@@ -1,0 +1,60 @@
+"""Reference FID statistics (Inception mu/sigma as .npz) for a dataset of the suite or a folder of images.
+
+    python scripts/compute_fid_stats.py --config=configs/X.py --out=assets/fid_stats/X.npz
+    python scripts/compute_fid_stats.py --folder=DIR [--resolution=64] --out=stats.npz
+    accelerate launch scripts/compute_fid_stats.py ...   # images split across processes
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from libs.cli import parse_flags, run  # noqa: E402
+from libs.errors import UserError  # noqa: E402
+
+config_flags.DEFINE_config_file('config', None, 'Training config whose config.dataset gives the images.',
+                                lock_config=False)
+flags.DEFINE_string('folder', None, 'A folder of PNG/JPEG images (instead of --config).')
+flags.DEFINE_string('out', None, 'Where to write the .npz statistics (keys mu, sigma).')
+flags.DEFINE_string('inception', None, 'FID Inception weights file (default: assets/fid_inception/ or torch hub).')
+flags.DEFINE_integer('dims', 2048, 'Inception feature size: 64, 192, 768 or 2048 (the standard FID).')
+flags.DEFINE_integer('batch_size', 50, 'Images per Inception batch and process.')
+flags.DEFINE_integer('resolution', None, 'With --folder: center-crop and resize every image to this size.')
+flags.DEFINE_integer('num_workers', 0, 'Data loader workers per process.')
+FLAGS = flags.FLAGS
+
+
+def _images():
+    if (FLAGS.config is None) == (FLAGS.folder is None):
+        raise UserError('give exactly one of --config (a dataset of the suite) and --folder (a folder of images)')
+    if FLAGS.folder is not None:
+        from libs.data import ImageFolder
+        return ImageFolder(FLAGS.folder, FLAGS.resolution)
+    if 'dataset' not in FLAGS.config:
+        raise UserError('the config has no `dataset` field to take the images from')
+    from libs.data import build_dataset
+    return build_dataset(FLAGS.config.dataset, split='train')
+
+
+def compute(_argv):
+    from accelerate import Accelerator
+
+    from libs.metrics.fid import InceptionFeatures, dataset_statistics, save_stats
+
+    if not FLAGS.out:
+        raise UserError('--out is required (where to write the statistics, e.g. assets/fid_stats/NAME.npz)')
+    accelerator = Accelerator()
+    images = _images()
+    features = InceptionFeatures.from_file(FLAGS.inception, FLAGS.dims, accelerator.device, FLAGS.batch_size)
+    mu, sigma = dataset_statistics(images, features, accelerator, FLAGS.batch_size, FLAGS.num_workers)
+    if accelerator.is_main_process:
+        save_stats(FLAGS.out, mu, sigma)
+        print(f'wrote statistics of {len(images)} images ({mu.shape[0]} features) to {FLAGS.out}')
+    accelerator.wait_for_everyone()
+
+
+if __name__ == '__main__':
+    app.run(lambda argv: run(compute, argv), flags_parser=parse_flags)
