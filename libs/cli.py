@@ -1,0 +1,94 @@
+"""What every entry point shares: logging set-up, the config/workdir flags, and one-line errors."""
+import logging
+import os
+import sys
+from pathlib import Path
+
+from libs.errors import UserError
+
+
+def is_main_process() -> bool:
+    """Rank 0 (or a single process); readable before accelerate is initialised."""
+    return os.environ.get('RANK', '0') == '0'
+
+
+def setup_logging(log_file: str = None) -> None:
+    """Console logging on the main process only (others log warnings and errors); optionally a log file."""
+    level = logging.INFO if is_main_process() else logging.WARNING
+    handlers = [logging.StreamHandler(sys.stdout)]
+    if log_file and is_main_process():
+        os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+        handlers.append(logging.FileHandler(log_file))
+    logging.basicConfig(level=level, format='%(asctime)s %(levelname)s %(message)s', datefmt='%H:%M:%S',
+                        handlers=handlers, force=True)
+
+
+def run(main, *args, **kwargs):
+    """Call ``main``; a UserError becomes ``error: <message>`` on stderr and exit status 2."""
+    try:
+        return main(*args, **kwargs)
+    except UserError as exc:
+        if is_main_process():
+            print(f'error: {exc}', file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def config_name(argv) -> str:
+    """The stem of the --config file, e.g. 'cifar10_uvit_small'."""
+    for arg in argv[1:]:
+        if arg.startswith('--config='):
+            return Path(arg.split('=', 1)[1]).stem
+    return 'default'
+
+
+def hparams(argv) -> str:
+    """'key=value-...' from the --config.x=y overrides, as the release names its work directories."""
+    parts = []
+    for arg in argv[1:]:
+        if arg.startswith('--config.') and '=' in arg and not arg.startswith('--config.dataset.path'):
+            key, value = arg[len('--config.'):].split('=', 1)
+            key = key.split('.')[-1]
+            if key.endswith('path'):
+                value = Path(value).stem
+            parts.append(f'{key}={value}')
+    return '-'.join(parts) or 'default'
+
+
+def default_workdir(argv) -> str:
+    return os.path.join('workdir', config_name(argv), hparams(argv))
+
+
+def fail(message: str) -> None:
+    """Print ``error: message`` (main process only) and exit with status 2."""
+    if is_main_process():
+        print(f'error: {message}', file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def parse_flags(argv):
+    """absl flag parsing with one-line errors for bad overrides and config files that do not load.
+
+    Pass as ``app.run(main, flags_parser=cli.parse_flags)``.
+    """
+    import re
+
+    from absl import flags
+    try:
+        args = flags.FLAGS(argv)
+    except flags.Error as exc:
+        fail(str(exc).splitlines()[0])
+    except (AttributeError, KeyError) as exc:  # ml_collections: an override of a key the config does not have
+        text = str(exc).replace('\\', '')
+        key = re.search(r"'([A-Za-z0-9_]+)'", text)
+        key = key.group(1) if key else text
+        hint = re.search(r'Did you mean "([^"]+)"', text)
+        override = next((a.split('=')[0] for a in argv if a.startswith('--config.') and key in a), None)
+        fail(f'unknown config key {key!r}' + (f' in {override}' if override else '')
+             + (f'; did you mean {hint.group(1)!r}?' if hint else ''))
+    if 'config' in flags.FLAGS and flags.FLAGS['config'].present:
+        try:
+            flags.FLAGS.config.keys()
+        except (OSError, ImportError, SyntaxError, Exception) as exc:
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            fail(f'cannot load config file {flags.FLAGS["config"].config_filename}: {lines[-1] if lines else exc}')
+    return args

@@ -1,0 +1,124 @@
+"""Config defaults and validation.
+
+A config file (``configs/*.py``) sets what its experiment needs, with the field names of the U-ViT release, and
+returns ``resolve(d(...))``: every other field filled in from ``defaults()``, so that any known key can be
+overridden on the command line (``--config.train.grad_clip=1``), while keys that do not exist are rejected, so a
+typo (``config.train.n_step``) is one clear error instead of a silently ignored value. The entry points resolve
+again after the command-line overrides, to validate them.
+"""
+import difflib
+import json
+
+import ml_collections
+
+from libs.errors import UserError
+
+
+def d(**kwargs) -> ml_collections.ConfigDict:
+    """Shorthand for a nested config dict, as in the release's config files."""
+    return ml_collections.ConfigDict(initial_dictionary=kwargs)
+
+
+# Sections whose keys are free-form (constructor arguments, dataset-specific options).
+OPEN_SECTIONS = ('nnet', 'dataset', 'schedule')
+
+
+def defaults() -> ml_collections.ConfigDict:
+    """Every known config field with its default."""
+    return d(
+        seed=1234,
+        pred='noise_pred',               # what the network predicts: 'noise_pred' or 'x0_pred'
+        mixed_precision='',              # '', 'no', 'fp16', 'bf16'; '' keeps what `accelerate launch` says
+        log_with='tensorboard',          # 'tensorboard', 'wandb' or 'none'
+        train=d(
+            n_steps=500000,
+            batch_size=128,              # global batch per optimizer step, over all processes
+            mode='uncond',               # 'uncond' or 'cond' (class-conditional)
+            log_interval=10,
+            eval_interval=5000,          # sample grid PNG every this many steps
+            save_interval=50000,         # checkpoint (+ FID when reference statistics exist)
+            gradient_accumulation_steps=1,
+            grad_clip=0.0,               # max grad norm; 0 disables clipping
+            p_uncond=0.0,                # label dropout for classifier-free guidance (needs a 'no class' label)
+            ema_rate=0.9999,
+            keep_ckpts=0,                # how many checkpoints to keep; 0 keeps all
+            num_workers=4,               # DataLoader workers per process
+            compile=False,               # torch.compile the network
+            tf32=True,                   # TF32 matmuls / convolutions on Ampere and newer GPUs
+            final_eval=True,             # evaluate with config.sample at the end of training
+            grid_size=100,               # images in each sample grid
+        ),
+        optimizer=d(name='adamw', lr=0.0002, weight_decay=0.03, betas=(0.99, 0.999), eps=1e-8),
+        lr_scheduler=d(name='customized', warmup_steps=5000),
+        nnet=d(name='uvit'),
+        schedule=d(name='vpsde'),
+        dataset=d(name='cifar10'),
+        sample=d(
+            sample_steps=1000,
+            n_samples=50000,
+            mini_batch_size=500,         # per process
+            algorithm='euler_maruyama_sde',
+            path='',                     # keep the samples as PNG files here
+            scale=0.0,                   # classifier-free guidance scale (0: none)
+            order=0,                     # 0: the algorithm's default order
+            method='',                   # '' : the algorithm's default ('singlestep' / 'multistep')
+            skip_type='',                # '' : the algorithm's default step grid
+            t_end=0.0,                   # 0 : the algorithm's default end time
+        ),
+        eval=d(
+            metric='fid',                # 'fid' (Inception) or 'digits' (the offline digit classifier)
+            ref_stats='',                # '' : the dataset's default reference statistics
+            inception_path='',           # '' : assets/fid_inception/ or the torch hub cache
+            train_n_samples=10000,       # samples for the score computed at each checkpoint
+            train_algorithm='dpm_solver',
+            train_sample_steps=50,
+        ),
+    )
+
+
+def _merge(base: ml_collections.ConfigDict, user: ml_collections.ConfigDict, prefix: str, known: list) -> None:
+    for key in user.keys():
+        name = f'{prefix}{key}'
+        value = user[key]
+        if key not in base:
+            if prefix == '' and key in ('workdir', 'config_name', 'hparams'):
+                base[key] = value
+                continue
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f'; did you mean {close[0]}?' if close else ''
+            raise UserError(f'unknown config key {name}{hint}')
+        if isinstance(base[key], ml_collections.ConfigDict) and prefix == '' and key in OPEN_SECTIONS:
+            base[key] = value if isinstance(value, ml_collections.ConfigDict) else d(**dict(value))
+        elif isinstance(base[key], ml_collections.ConfigDict):
+            if not isinstance(value, (ml_collections.ConfigDict, dict)):
+                raise UserError(f'config key {name} must be a section, got {value!r}')
+            _merge(base[key], value, f'{name}.', known)
+        else:
+            with base.ignore_type():
+                base[key] = value
+
+
+def _known_keys(cfg: ml_collections.ConfigDict, prefix: str = '') -> list:
+    keys = []
+    for key in cfg.keys():
+        keys.append(f'{prefix}{key}')
+        if isinstance(cfg[key], ml_collections.ConfigDict) and key not in OPEN_SECTIONS:
+            keys.extend(_known_keys(cfg[key], f'{prefix}{key}.'))
+    return keys
+
+
+def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The user's config on top of the defaults; unknown keys raise UserError naming the closest known key."""
+    base = defaults()
+    _merge(base, config, '', _known_keys(base))
+    if base.pred not in ('noise_pred', 'x0_pred'):
+        raise UserError(f"config.pred must be 'noise_pred' or 'x0_pred', got {base.pred!r}")
+    if base.train.mode not in ('uncond', 'cond'):
+        raise UserError(f"config.train.mode must be 'uncond' or 'cond', got {base.train.mode!r}")
+    if base.eval.metric not in ('fid', 'digits'):
+        raise UserError(f"config.eval.metric must be 'fid' or 'digits', got {base.eval.metric!r}")
+    return base
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+    return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)

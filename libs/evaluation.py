@@ -1,0 +1,203 @@
+"""Sampling from a trained network and scoring the samples, shared by training and ``eval.py``.
+
+``generate`` splits ``n_samples`` across processes in rounds of ``mini_batch_size`` per process; every round's
+samples are scored in-process (Inception activations for FID, or the digit classifier) and optionally written as
+PNGs, so no PNG round trip is needed for the score. Results are written as JSON with every setting that changes
+the number (sampler, NFE, guidance, EMA, sample count, reference statistics), next to the weights they score.
+"""
+import contextlib
+import json
+import logging
+import math
+import os
+
+import torch
+from tqdm.auto import tqdm
+
+from libs.denoiser import Denoiser
+from libs.errors import UserError
+from libs.fileio import atomic_open
+from libs.guidance import bind_condition, classifier_free_guidance
+from libs.images import save_pngs
+from libs.samplers import build_sampler
+
+logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device):
+    """Run a block with its own seeded RNG streams, leaving the caller's (the training run's) untouched."""
+    devices = [device] if torch.device(device).type == 'cuda' else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def null_label(num_classes_model: int, num_classes_data: int):
+    """The "no class" label of a model trained with label dropout (ImageNet latent: 1000 of 1001), or None."""
+    return num_classes_data if num_classes_model == num_classes_data + 1 else None
+
+
+def make_eps_fn(denoiser: Denoiser, labels, scale: float, uncond_label):
+    """The noise-prediction function a sampler integrates: conditioned, and guided when scale > 0."""
+    if labels is None:
+        return bind_condition(denoiser.noise, {})
+    if scale > 0:
+        if uncond_label is None:
+            raise UserError('classifier-free guidance (config.sample.scale > 0) needs a model trained with a '
+                            '"no class" label (nnet.num_classes = dataset classes + 1)')
+        return classifier_free_guidance(denoiser.noise, {'y': labels}, {'y': torch.full_like(labels, uncond_label)},
+                                        scale)
+    return bind_condition(denoiser.noise, {'y': labels})
+
+
+@torch.no_grad()
+def sample_batch(denoiser: Denoiser, sampler, data_shape, labels, scale: float = 0.0, uncond_label=None,
+                 device='cpu') -> torch.Tensor:
+    """One batch of samples (B, C, H, W) in model space; B = len(labels), or labels is an int batch size."""
+    if isinstance(labels, int):
+        n, labels = labels, None
+    else:
+        n = len(labels)
+    x_T = torch.randn(n, *data_shape, device=device)
+    eps_fn = make_eps_fn(denoiser, labels, scale, uncond_label)
+    return sampler(eps_fn, x_T).clamp(-1, 1)
+
+
+class Scorer:
+    """Accumulates what a metric needs from each batch of samples; ``result()`` on the main process."""
+
+    def __init__(self, metric: str, device, ref_stats: str = '', inception_path: str = ''):
+        self.metric = metric
+        self.parts = []
+        self.labels = []
+        if metric == 'fid':
+            from libs.metrics import fid
+            self.ref_mu, self.ref_sigma = fid.load_stats(ref_stats)
+            self.features = fid.InceptionFeatures(fid.load_inception(inception_path or None, device=device))
+        elif metric != 'digits':
+            raise UserError(f"unknown metric {metric!r}; known: fid, digits")
+
+    def add(self, samples: torch.Tensor, labels) -> None:
+        if self.metric == 'fid':
+            self.parts.append(torch.from_numpy(self.features(samples)).to(samples.device))
+        else:
+            self.parts.append(samples.float())
+            if labels is not None:
+                self.labels.append(labels)
+
+    def local(self):
+        return torch.cat(self.parts), (torch.cat(self.labels) if self.labels else None)
+
+    def result(self, gathered: torch.Tensor, labels) -> dict:
+        if self.metric == 'fid':
+            from libs.metrics import fid
+            mu, sigma = fid.activation_statistics(gathered.double().cpu().numpy())
+            return {'fid': fid.frechet_distance(mu, sigma, self.ref_mu, self.ref_sigma)}
+        from libs.metrics.digits_score import digits_score
+        score = digits_score(gathered.cpu(), None if labels is None else labels.cpu())
+        return {'digits_accuracy': score['accuracy'], 'digits_frechet_distance': score['frechet_distance']}
+
+
+def generate(accelerator, denoiser: Denoiser, sample_cfg, schedule, data_shape, n_samples: int, mini_batch_size: int,
+             num_classes_data: int, num_classes_model: int, scorer: Scorer = None, png_dir: str = '',
+             seed: int = 0, desc: str = 'sample') -> dict:
+    """Sample ``n_samples`` across processes; score them and/or write PNGs. Returns the score on every process."""
+    sampler = build_sampler(sample_cfg, schedule)
+    uncond = null_label(num_classes_model, num_classes_data)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    rounds = math.ceil(n_samples / (mini_batch_size * world))
+    with seeded(seed * 1000003 + rank, accelerator.device):
+        for r in tqdm(range(rounds), desc=desc, disable=not accelerator.is_main_process):
+            labels = None
+            if num_classes_model > 0:
+                labels = torch.randint(0, num_classes_data, (mini_batch_size,), device=accelerator.device)
+            samples = sample_batch(denoiser, sampler, data_shape, labels if labels is not None else mini_batch_size,
+                                   sample_cfg.get('scale', 0.0), uncond, accelerator.device)
+            start = (r * world + rank) * mini_batch_size
+            keep = max(0, min(mini_batch_size, n_samples - start))
+            if png_dir and keep:
+                save_pngs(samples[:keep], png_dir, start)
+            if scorer is not None:
+                scorer.add(samples, labels)
+    if scorer is None:
+        return {}
+    local, labels = scorer.local()
+    gathered = accelerator.gather(local.contiguous())
+    gathered_labels = accelerator.gather(labels.contiguous()) if labels is not None else None
+    # gather concatenates per process; reorder to the sample index order used for the PNG names
+    per_rank = local.shape[0]
+    order = torch.arange(rounds * mini_batch_size * world).view(world, rounds, mini_batch_size)
+    order = order.permute(1, 0, 2).reshape(-1)
+    index = torch.empty_like(order)
+    index[order] = torch.arange(order.numel())
+    assert gathered.shape[0] == per_rank * world
+    gathered = gathered[index.to(gathered.device)][:n_samples]
+    if gathered_labels is not None:
+        gathered_labels = gathered_labels[index.to(gathered_labels.device)][:n_samples]
+    result = scorer.result(gathered, gathered_labels) if accelerator.is_main_process else {}
+    return broadcast_dict(accelerator, result)
+
+
+def broadcast_dict(accelerator, result: dict) -> dict:
+    """Send the main process's dict of floats to every process (so all return the same score)."""
+    if accelerator.num_processes == 1:
+        return result
+    from accelerate.utils import broadcast_object_list
+    box = [result]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
+def settings_record(sample_cfg, n_samples: int, ema: bool, metric: str, ref_stats: str, weights: str) -> dict:
+    """Everything that changes a score, stored beside it."""
+    return {
+        'metric': metric,
+        'weights': weights,
+        'ema': ema,
+        'n_samples': n_samples,
+        'algorithm': sample_cfg.algorithm,
+        'nfe': sample_cfg.sample_steps,
+        'guidance_scale': sample_cfg.get('scale', 0.0),
+        'order': sample_cfg.get('order', 0),
+        'method': sample_cfg.get('method', ''),
+        'skip_type': sample_cfg.get('skip_type', ''),
+        'reference_statistics': ref_stats if metric == 'fid' else 'sklearn digits (all 1797)',
+    }
+
+
+def write_result(directory: str, record: dict) -> str:
+    """Write one evaluation as JSON beside the weights; the file name carries the settings."""
+    name = (f"eval_{record['metric']}_{record['algorithm']}_nfe{record['nfe']}_n{record['n_samples']}"
+            f"_scale{record['guidance_scale']:g}_{'ema' if record['ema'] else 'raw'}.json")
+    path = os.path.join(directory, name)
+    with atomic_open(path, 'w') as f:
+        json.dump(record, f, indent=2)
+    return path
+
+
+def ref_stats_path(config, dataset) -> str:
+    """config.eval.ref_stats, else the dataset's default reference statistics ('' if neither)."""
+    return config.eval.ref_stats or getattr(dataset, 'fid_stats', None) or ''
+
+
+def make_scorer(config, dataset, device) -> Scorer:
+    return Scorer(config.eval.metric, device, ref_stats_path(config, dataset), config.eval.inception_path)
+
+
+def evaluate(accelerator, denoiser: Denoiser, schedule, config, sample_cfg, n_samples: int, dataset, scorer: Scorer,
+             weights_path: str, ema: bool = True, png_dir: str = '', step=None) -> dict:
+    """Sample, score, and write the score with its settings as JSON beside ``weights_path``."""
+    mini_batch = min(config.sample.mini_batch_size, n_samples)
+    result = generate(accelerator, denoiser, sample_cfg, schedule, dataset.data_shape, n_samples, mini_batch,
+                      dataset.num_classes, config.nnet.get('num_classes', -1), scorer, png_dir=png_dir,
+                      seed=config.seed, desc=config.eval.metric)
+    if accelerator.is_main_process:
+        record = settings_record(sample_cfg, n_samples, ema, config.eval.metric, ref_stats_path(config, dataset),
+                                 weights_path)
+        if step is not None:
+            record['step'] = step
+        record.update(result)
+        path = write_result(os.path.dirname(os.path.abspath(weights_path)), record)
+        logger.info('%s (%s)', ', '.join(f'{k}={v:.4f}' for k, v in result.items() if isinstance(v, float)), path)
+    return result

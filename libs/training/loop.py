@@ -1,0 +1,404 @@
+"""The training loop: accelerate (DDP, mixed precision, gradient accumulation), EMA, atomic checkpoints, exact
+resume, sample grids, per-checkpoint scores, and clean stops on NaN losses and SIGTERM.
+
+Work directory layout:
+    config.json       the resolved config of the run
+    output.log        the console log
+    metrics.jsonl     one JSON line per logged step (step, loss, lr, images/s, skipped steps, ...)
+    logs/             TensorBoard (or wandb) files
+    samples/<step>.png  sample grids from the EMA weights
+    ckpts/<step>.ckpt/  checkpoints (see libs/training/checkpoint.py), each with its eval_*.json scores
+"""
+import copy
+import json
+import logging
+import os
+import signal
+import time
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from libs.config import to_json
+from libs.data import build_dataset
+from libs.denoiser import CONFIG_PREDICTIONS, Denoiser
+from libs.errors import UserError
+from libs.fileio import atomic_open
+from libs.evaluation import evaluate, make_scorer, null_label, sample_batch, seeded
+from libs.images import save_grid
+from libs.losses import l_simple
+from libs.nnets import build_nnet, check_state_dict, count_parameters, strip_wrapper_prefixes
+from libs.samplers import build_sampler
+from libs.schedules import build_schedule
+from libs.training.checkpoint import (CheckpointManager, load_object, now, read_train_state, rng_state,
+                                      set_rng_state)
+from libs.training.data_order import ResumableBatchSampler
+from libs.training.optim import build_lr_scheduler, build_optimizer, update_ema
+
+logger = logging.getLogger(__name__)
+
+class StopRequest:
+    """SIGTERM (what clusters send before preemption) asks the run to save a checkpoint and exit.
+
+    ``received`` is this process's flag, set by the handler; ``agreed`` is set from the all-reduce in each step,
+    so every process stops after the same step even if the signal reached them at different times.
+    """
+
+    def __init__(self):
+        self.received = False
+        self.agreed = False
+        self._previous = None
+
+    def install(self):
+        def handler(signum, frame):
+            self.received = True
+            logger.warning('received signal %d: saving a checkpoint after this step', signum)
+        try:
+            self._previous = signal.signal(signal.SIGTERM, handler)
+        except ValueError:  # not in the main thread (e.g. a notebook helper thread): no handler
+            self._previous = None
+
+    def uninstall(self):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+
+def make_accelerator(config, workdir):
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+    log_with = None if config.log_with in ('none', '', None) else config.log_with
+    if log_with == 'wandb':
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise UserError("config.log_with='wandb' needs the wandb package: pip install wandb") from None
+    elif log_with not in (None, 'tensorboard'):
+        raise UserError(f"unknown config.log_with {config.log_with!r}; known: tensorboard, wandb, none")
+    return Accelerator(
+        mixed_precision=config.mixed_precision or None,
+        gradient_accumulation_steps=config.train.gradient_accumulation_steps,
+        log_with=log_with,
+        project_config=ProjectConfiguration(project_dir=workdir, logging_dir=os.path.join(workdir, 'logs')),
+    )
+
+
+def flat_hparams(config) -> dict:
+    """The config as a flat dict of scalars, for TensorBoard's hparams table."""
+    out = {}
+
+    def walk(prefix, value):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f'{prefix}{k}.' if isinstance(v, dict) else f'{prefix}{k}', v)
+        else:
+            out[prefix] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    walk('', config.to_dict())
+    return out
+
+
+def param_checksum(model: torch.nn.Module) -> torch.Tensor:
+    """Two numbers that differ when replicas differ: sum and sum of squares of all parameters (float64)."""
+    total = torch.zeros(2, dtype=torch.float64, device=next(model.parameters()).device)
+    for p in model.parameters():
+        q = p.detach().double()
+        total[0] += q.sum()
+        total[1] += q.square().sum()
+    return total
+
+
+class Trainer:
+    """Holds the run's objects; ``fit()`` trains to ``config.train.n_steps`` and returns the final scores."""
+
+    def __init__(self, config, workdir: str):
+        self.config = config
+        self.workdir = workdir
+        self.accelerator = acc = make_accelerator(config, workdir)
+        self.device = acc.device
+        if self.device.type == 'cuda' and config.train.tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+
+        tc = config.train
+        world, accum = acc.num_processes, tc.gradient_accumulation_steps
+        if tc.batch_size % (world * accum):
+            raise UserError(f'config.train.batch_size={tc.batch_size} is not divisible by the number of processes '
+                            f'({world}) x gradient_accumulation_steps ({accum})')
+        self.micro_batch = tc.batch_size // (world * accum)
+
+        self.dataset = build_dataset(config.dataset, split='train')
+        self.num_classes_model = config.nnet.get('num_classes', -1)
+        if tc.mode == 'cond':
+            if self.dataset.num_classes <= 0:
+                raise UserError(f"config.train.mode='cond' but dataset {config.dataset.name!r} has no labels")
+            if self.num_classes_model < self.dataset.num_classes:
+                raise UserError(f'config.nnet.num_classes={self.num_classes_model} is smaller than the '
+                                f'{self.dataset.num_classes} classes of the dataset')
+        elif self.num_classes_model > 0:
+            raise UserError("config.nnet.num_classes > 0 needs config.train.mode='cond'")
+        self.uncond_label = null_label(self.num_classes_model, self.dataset.num_classes)
+        if tc.p_uncond > 0 and self.uncond_label is None:
+            raise UserError('config.train.p_uncond > 0 needs nnet.num_classes = dataset classes + 1 '
+                            '(the extra label means "no class")')
+
+        torch.manual_seed(config.seed)  # identical initial weights on every process
+        nnet = build_nnet(config.nnet)
+        self.nnet_ema = copy.deepcopy(nnet).requires_grad_(False).eval()
+        optimizer = build_optimizer(config.optimizer, nnet.parameters())
+        self.lr_scheduler = build_lr_scheduler(config.lr_scheduler, optimizer, tc.n_steps)
+        self.ckpts = CheckpointManager(os.path.join(workdir, 'ckpts'), keep=tc.keep_ckpts)
+        self.step = 0
+        resume_from = self.ckpts.latest()
+        resumed_state = None
+        if resume_from:
+            resumed_state = self._load_weights(resume_from, nnet)
+
+        self.nnet, self.optimizer = acc.prepare(nnet, optimizer)
+        self.nnet_ema.to(self.device)
+        if resume_from:
+            self._load_optimizer_and_rng(resume_from, resumed_state)
+        else:
+            torch.manual_seed(config.seed + 7919 * acc.process_index)
+        if tc.compile:
+            self.nnet = torch.compile(self.nnet)
+
+        self.schedule = build_schedule(config.schedule)
+        prediction = CONFIG_PREDICTIONS[config.pred]
+        self.denoiser = Denoiser(self.nnet, self.schedule, prediction)
+        self.denoiser_ema = Denoiser(self.nnet_ema, self.schedule, prediction)
+
+        sampler = ResumableBatchSampler(len(self.dataset), self.micro_batch, config.seed, acc.process_index, world,
+                                        start=self.step * accum)
+        workers = tc.num_workers
+        # The loader gets its own generator: creating an iterator would otherwise draw from the global RNG, and
+        # a resumed run (which creates it at a later step) would no longer repeat an uninterrupted one.
+        self.loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=workers,
+                                 pin_memory=self.device.type == 'cuda', persistent_workers=workers > 0,
+                                 generator=torch.Generator().manual_seed(config.seed + acc.process_index))
+        self.stop = StopRequest()
+        self.skipped_steps = 0
+        self.warned = set()
+
+    # ----------------------------------------------------------------------------------------------- resume
+    def _load_weights(self, ckpt: str, nnet: torch.nn.Module) -> dict:
+        state = read_train_state(ckpt)
+        for name, model in (('nnet.pth', nnet), ('nnet_ema.pth', self.nnet_ema)):
+            weights = strip_wrapper_prefixes(load_object(ckpt, name))
+            check_state_dict(model, weights, os.path.join(ckpt, name))
+            model.load_state_dict(weights)
+        self.step = state['step']
+        return state
+
+    def _load_optimizer_and_rng(self, ckpt: str, state: dict) -> None:
+        acc = self.accelerator
+        self.optimizer.load_state_dict(load_object(ckpt, 'optimizer.pth'))
+        self.lr_scheduler.load_state_dict(load_object(ckpt, 'lr_scheduler.pth'))
+        if acc.scaler is not None and os.path.isfile(os.path.join(ckpt, 'grad_scaler.pth')):
+            acc.scaler.load_state_dict(load_object(ckpt, 'grad_scaler.pth'))
+        self.skipped_steps = state.get('skipped_steps', 0)
+        saved_world = state.get('num_processes', 1)
+        if saved_world == acc.num_processes:
+            set_rng_state(load_object(ckpt, f'rng_state_{acc.process_index}.pth'))
+            logger.info('resumed from %s (step %d)', ckpt, self.step)
+        else:
+            torch.manual_seed(self.config.seed + 7919 * acc.process_index + 104729 * self.step)
+            logger.warning('resumed from %s (step %d), written by %d processes; this run has %d: weights, EMA and '
+                           'optimizer are restored exactly, but the random streams and the split of batches among '
+                           'processes differ from an uninterrupted run', ckpt, self.step, saved_world,
+                           acc.num_processes)
+
+    # ------------------------------------------------------------------------------------------------- save
+    def save_checkpoint(self) -> str:
+        acc = self.accelerator
+        tmp = self.ckpts.begin(self.step, acc.is_main_process)
+        acc.wait_for_everyone()
+        checksums = acc.gather(param_checksum(acc.unwrap_model(self.nnet)).unsqueeze(0)).cpu()
+        self.ckpts.write(tmp, f'rng_state_{acc.process_index}.pth', rng_state())
+        if acc.is_main_process:
+            nnet = acc.unwrap_model(self.nnet)
+            self.ckpts.write(tmp, 'nnet.pth', {k: v.cpu() for k, v in nnet.state_dict().items()})
+            self.ckpts.write(tmp, 'nnet_ema.pth', {k: v.cpu() for k, v in self.nnet_ema.state_dict().items()})
+            self.ckpts.write(tmp, 'optimizer.pth', self.optimizer.state_dict())
+            self.ckpts.write(tmp, 'lr_scheduler.pth', self.lr_scheduler.state_dict())
+            if acc.scaler is not None:
+                self.ckpts.write(tmp, 'grad_scaler.pth', acc.scaler.state_dict())
+            replicas_equal = bool((checksums == checksums[0]).all())
+            self.ckpts.write_json(tmp, 'train_state.json', {
+                'step': self.step, 'num_processes': acc.num_processes, 'skipped_steps': self.skipped_steps,
+                'replica_checksums': checksums.tolist(), 'replicas_equal': replicas_equal, 'time': now(),
+            })
+            if not replicas_equal:
+                logger.error('model replicas differ across processes at step %d: %s', self.step, checksums.tolist())
+        acc.wait_for_everyone()
+        path = self.ckpts.path(self.step)
+        if acc.is_main_process:
+            path = self.ckpts.commit(tmp, self.step)
+            logger.info('saved checkpoint %s', path)
+        acc.wait_for_everyone()
+        return path
+
+    # ------------------------------------------------------------------------------------------------- eval
+    def evaluate(self, sample_cfg, n_samples: int, ckpt: str, png_dir: str = '') -> dict:
+        """Score the EMA weights of checkpoint ``ckpt``; skipped with one log line when FID files are missing."""
+        try:
+            scorer = make_scorer(self.config, self.dataset, self.device)
+        except UserError as exc:
+            if 'scorer' not in self.warned:
+                self.warned.add('scorer')
+                logger.warning('no %s scores during training: %s', self.config.eval.metric, exc)
+            return {}
+        result = evaluate(self.accelerator, self.denoiser_ema, self.schedule, self.config, sample_cfg, n_samples,
+                          self.dataset, scorer, os.path.join(ckpt, 'nnet_ema.pth'), ema=True, png_dir=png_dir,
+                          step=self.step)
+        self.accelerator.log({f'eval/{k}': v for k, v in result.items()}, step=self.step)
+        return result
+
+    def training_eval_cfg(self):
+        cfg = self.config.sample.copy_and_resolve_references()
+        cfg.algorithm = self.config.eval.train_algorithm
+        cfg.sample_steps = self.config.eval.train_sample_steps
+        return cfg
+
+    def save_grid(self) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        n = self.config.train.grid_size
+        labels = n
+        if self.num_classes_model > 0:
+            rows = max(1, int(round(n ** 0.5)))
+            labels = (torch.arange(n, device=self.device) // (n // rows)) % self.dataset.num_classes
+        sampler = build_sampler(self.training_eval_cfg(), self.schedule)
+        with seeded(self.config.seed, self.device):
+            samples = sample_batch(self.denoiser_ema, sampler, self.dataset.data_shape, labels,
+                                   self.config.sample.scale, self.uncond_label, self.device)
+        path = os.path.join(self.workdir, 'samples', f'{self.step}.png')
+        nrow = max(1, int(round(n ** 0.5)))
+        save_grid(samples, path, nrow=nrow, scale=max(1, 64 // self.dataset.resolution))
+
+    # ------------------------------------------------------------------------------------------------ train
+    def batches(self):
+        while True:
+            for batch in self.loader:
+                yield batch
+
+    def prepare_batch(self, batch):
+        x, y = batch
+        x = x.to(self.device, non_blocking=True)
+        if self.config.dataset.get('random_flip', False):
+            flip = torch.rand(x.shape[0], device=self.device) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        cond = {}
+        if self.config.train.mode == 'cond':
+            y = y.to(self.device, non_blocking=True)
+            p_uncond = self.config.train.p_uncond
+            if p_uncond > 0:
+                y = torch.where(torch.rand(y.shape[0], device=self.device) < p_uncond,
+                                torch.full_like(y, self.uncond_label), y)
+            cond = {'y': y}
+        return x, cond
+
+    def train_step(self, data) -> dict:
+        acc, tc = self.accelerator, self.config.train
+        self.nnet.train()
+        losses = []
+        nonfinite = torch.zeros((), device=self.device)
+        grad_norm = None
+        for _ in range(tc.gradient_accumulation_steps):
+            x, cond = self.prepare_batch(next(data))
+            with acc.accumulate(self.nnet):
+                loss = l_simple(self.denoiser, x, cond).mean()
+                nonfinite = torch.maximum(nonfinite, (~torch.isfinite(loss)).float())
+                acc.backward(loss)
+                if acc.sync_gradients:
+                    # one reduction tells every process whether any saw a NaN loss or a SIGTERM
+                    received = torch.tensor(float(self.stop.received), device=self.device)
+                    flags = acc.reduce(torch.stack([nonfinite, received]), 'sum')
+                    if flags[0] > 0:
+                        raise UserError(self.nan_message())
+                    self.stop.agreed = bool(flags[1] > 0)
+                    if tc.grad_clip > 0:
+                        grad_norm = acc.clip_grad_norm_(self.nnet.parameters(), tc.grad_clip)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.detach())
+        if acc.optimizer_step_was_skipped:
+            self.skipped_steps += 1  # fp16 overflow: the grad scaler skipped the update and lowered its scale
+        else:
+            self.lr_scheduler.step()
+            update_ema(self.nnet_ema, acc.unwrap_model(self.nnet), tc.ema_rate)
+        self.step += 1
+        out = {'loss': torch.stack(losses).mean()}
+        if grad_norm is not None:
+            out['grad_norm'] = grad_norm if torch.is_tensor(grad_norm) else torch.tensor(grad_norm)
+        return out
+
+    def nan_message(self) -> str:
+        last = self.ckpts.latest()
+        kept = f'the last good checkpoint {last} is kept' if last else 'no checkpoint was saved before it'
+        return (f'loss is not finite at step {self.step + 1}; training stopped before updating the weights, '
+                f'{kept} (lower the learning rate, enable grad_clip, or use bf16 instead of fp16)')
+
+    def log(self, metrics: dict, images_per_sec: float) -> None:
+        acc = self.accelerator
+        values = {k: acc.reduce(v.to(self.device).float(), 'mean').item() for k, v in metrics.items()}
+        values.update(lr=self.optimizer.param_groups[0]['lr'], images_per_sec=images_per_sec,
+                      skipped_steps=self.skipped_steps)
+        if acc.is_main_process:
+            with open(os.path.join(self.workdir, 'metrics.jsonl'), 'a') as f:
+                f.write(json.dumps({'step': self.step, **values}) + '\n')
+            logger.info('step %d: %s', self.step, ', '.join(
+                f'{k}={v:.5g}' if isinstance(v, float) else f'{k}={v}' for k, v in values.items()))
+        acc.log({f'train/{k}': v for k, v in values.items()}, step=self.step)
+
+    def train_until_done(self) -> None:
+        tc = self.config.train
+        data = self.batches()
+        bar = tqdm(total=tc.n_steps, initial=self.step, desc='train', disable=not self.accelerator.is_main_process,
+                   dynamic_ncols=True)
+        tick, tick_step = time.time(), self.step
+        while self.step < tc.n_steps and not self.stop.agreed:
+            metrics = self.train_step(data)
+            bar.update(1)
+            if self.step % tc.log_interval == 0:
+                ips = (self.step - tick_step) * tc.batch_size / max(time.time() - tick, 1e-9)
+                self.log(metrics, ips)
+                bar.set_postfix(loss=f"{metrics['loss'].item():.4f}")
+                tick, tick_step = time.time(), self.step
+            if self.step % tc.eval_interval == 0:
+                self.save_grid()
+            if self.step % tc.save_interval == 0 or self.step == tc.n_steps or self.stop.agreed:
+                path = self.save_checkpoint()
+                if not self.stop.agreed:
+                    self.evaluate(self.training_eval_cfg(), self.config.eval.train_n_samples, path)
+            if self.step % tc.log_interval == 0:  # images/s measures training only, not grids and evaluations
+                tick = time.time()
+        bar.close()
+
+    def fit(self) -> dict:
+        acc, tc, config = self.accelerator, self.config.train, self.config
+        if acc.is_main_process:
+            os.makedirs(self.workdir, exist_ok=True)
+            with atomic_open(os.path.join(self.workdir, 'config.json'), 'w') as f:
+                f.write(to_json(config))
+        acc.init_trackers('train', config=flat_hparams(config))
+        self.stop.install()
+        logger.info('training %s (%.2fM parameters) on %s with %d process(es), mixed precision %s, '
+                    'global batch %d (%d per process x %d accumulation), from step %d',
+                    config.nnet.name, count_parameters(acc.unwrap_model(self.nnet)) / 1e6, self.device,
+                    acc.num_processes, acc.mixed_precision, tc.batch_size, self.micro_batch,
+                    tc.gradient_accumulation_steps, self.step)
+        try:
+            self.train_until_done()
+        finally:
+            self.stop.uninstall()
+        result = {}
+        if self.stop.agreed:
+            logger.warning('stopped by signal at step %d; run the same command again to resume', self.step)
+        elif tc.final_eval:
+            if self.step % tc.eval_interval:
+                self.save_grid()
+            result = self.evaluate(config.sample, config.sample.n_samples, self.ckpts.path(self.step),
+                                   png_dir=config.sample.path)
+        acc.end_training()
+        return result

@@ -1,0 +1,301 @@
+"""The training loop on the digits: loss falls, resume is exact, checkpoints are atomic, bad input is one line."""
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from libs.config import resolve
+from libs.errors import UserError
+from libs.training import checkpoint as checkpoint_module
+from libs.training import loop as loop_module
+from libs.training.checkpoint import CheckpointManager, read_train_state
+from libs.training.data_order import ResumableBatchSampler
+from libs.training.loop import Trainer
+from libs.training.optim import build_lr_scheduler, update_ema
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DIGITS_CONFIG = os.path.join(ROOT, 'configs', 'digits_uvit_tiny.py')
+
+# A model small enough that a step takes milliseconds on the CPU.
+TINY = dict(embed_dim=32, depth=2, num_heads=2)
+
+
+def tiny_config(**train):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('digits_config', DIGITS_CONFIG)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = resolve(module.get_config())
+    config.nnet.update(TINY)
+    config.log_with = 'none'
+    config.train.update(dict(n_steps=8, batch_size=32, log_interval=1, eval_interval=10 ** 9, save_interval=4,
+                             final_eval=False, num_workers=0), **{})
+    config.train.update(train)
+    config.optimizer.lr = 2e-3
+    config.lr_scheduler.warmup_steps = 2
+    return config
+
+
+def reset_accelerate():
+    """Each Trainer builds an Accelerator; accelerate keeps process-wide singletons between them."""
+    from accelerate.state import AcceleratorState, GradientState
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    reset_accelerate()
+    yield
+    reset_accelerate()
+
+
+def losses(workdir):
+    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+        return {row['step']: row['loss'] for row in map(json.loads, f)}
+
+
+def test_loss_falls_over_30_digits_steps(tmp_path):
+    config = tiny_config(n_steps=30, save_interval=30, batch_size=64)
+    config.pred = 'noise_pred'  # its loss starts at 1 (E|eps|^2), so the fall is large and easy to see
+    Trainer(config, str(tmp_path)).fit()
+    history = losses(tmp_path)
+    assert sorted(history) == list(range(1, 31))
+    first = sum(history[s] for s in range(1, 6)) / 5
+    last = sum(history[s] for s in range(26, 31)) / 5
+    assert last < 0.8 * first, (first, last)  # measured: 0.95 -> 0.73; a net that does not learn stays near 1
+    assert (tmp_path / 'ckpts' / '30.ckpt' / 'nnet_ema.pth').is_file()
+    assert json.loads((tmp_path / 'config.json').read_text())['nnet']['embed_dim'] == 32
+
+
+def test_resume_after_sigterm_equals_uninterrupted(tmp_path, monkeypatch):
+    config = tiny_config(n_steps=8, save_interval=100)
+    straight = Trainer(config, str(tmp_path / 'a'))
+    straight.fit()
+
+    original_step = Trainer.train_step
+
+    def step_then_signal(self, data):
+        out = original_step(self, data)
+        if self.step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # what a cluster sends before preemption
+        return out
+
+    monkeypatch.setattr(Trainer, 'train_step', step_then_signal)
+    interrupted = Trainer(config, str(tmp_path / 'b'))
+    interrupted.fit()
+    # the signal is agreed on in the next step's reduction, so the run stops (and saves) after step 4
+    assert interrupted.step == 4
+    assert CheckpointManager(str(tmp_path / 'b' / 'ckpts')).steps() == [4]
+    monkeypatch.setattr(Trainer, 'train_step', original_step)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is removed after the run
+
+    resumed = Trainer(config, str(tmp_path / 'b'))
+    assert resumed.step == 4
+    resumed.fit()
+    assert losses(tmp_path / 'a') == losses(tmp_path / 'b')  # bit-for-bit, every step
+    for name, a, b in (('nnet', straight.nnet, resumed.nnet), ('ema', straight.nnet_ema, resumed.nnet_ema)):
+        for (key, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(pa, pb), f'{name}.{key}'
+    assert straight.optimizer.state_dict()['state'][0]['step'] == resumed.optimizer.state_dict()['state'][0]['step']
+    assert straight.lr_scheduler.last_epoch == resumed.lr_scheduler.last_epoch == 8
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path, monkeypatch):
+    def deterministic_loss(denoiser, x0, cond=None):  # no random t or noise: both runs see identical losses
+        t = torch.full((x0.shape[0],), 0.5)
+        return (denoiser.output(x0, t, **(cond or {})) - x0).square().flatten(1).mean(1)
+
+    monkeypatch.setattr(loop_module, 'l_simple', deterministic_loss)
+    big = Trainer(tiny_config(n_steps=3, save_interval=100, batch_size=32), str(tmp_path / 'big'))
+    big.fit()
+    reset_accelerate()
+    accum = Trainer(tiny_config(n_steps=3, save_interval=100, batch_size=32, gradient_accumulation_steps=2),
+                    str(tmp_path / 'accum'))
+    assert accum.micro_batch == 16
+    accum.fit()
+    for (name, pa), pb in zip(big.nnet.named_parameters(), accum.nnet.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-6, msg=name)
+    for a, b in zip(losses(tmp_path / 'big').values(), losses(tmp_path / 'accum').values()):
+        assert abs(a - b) < 1e-5 * max(1.0, abs(a))
+
+
+def test_leftover_temporary_and_incomplete_checkpoints_are_ignored(tmp_path):
+    manager = CheckpointManager(str(tmp_path), keep=2)
+    for step in (2, 4):
+        tmp = manager.begin(step, True)
+        manager.write_json(tmp, 'train_state.json', {'step': step})
+        manager.commit(tmp, step)
+    os.makedirs(tmp_path / '6.ckpt.tmp')                 # a save killed half-way
+    os.makedirs(tmp_path / '8.ckpt')                     # a folder without its train_state.json
+    assert manager.latest() == str(tmp_path / '4.ckpt')
+    tmp = manager.begin(10, True)
+    manager.write_json(tmp, 'train_state.json', {'step': 10})
+    manager.commit(tmp, 10)
+    assert manager.steps() == [4, 10]                    # pruned to keep=2 only after 10 was complete
+    assert not (tmp_path / '10.ckpt.tmp').exists()
+
+
+def test_out_of_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    Trainer(tiny_config(n_steps=2, save_interval=2), str(tmp_path)).fit()
+    reset_accelerate()
+
+    def full_disk(obj, f, *args, **kwargs):
+        raise OSError(errno.ENOSPC, 'No space left on device')
+
+    monkeypatch.setattr(checkpoint_module.torch, 'save', full_disk)
+    trainer = Trainer(tiny_config(n_steps=4, save_interval=2), str(tmp_path))
+    with pytest.raises(UserError, match=r'out of disk space while writing checkpoint to .*4\.ckpt\.tmp; '
+                                        r'the previous checkpoint .*2\.ckpt is kept'):
+        trainer.fit()
+    assert CheckpointManager(str(tmp_path / 'ckpts')).steps() == [2]
+    assert sorted(os.listdir(tmp_path / 'ckpts')) == ['2.ckpt']
+
+
+def test_nan_loss_stops_before_the_update_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    calls = {'n': 0}
+    real_loss = loop_module.l_simple
+
+    def loss_that_turns_nan(*args, **kwargs):
+        calls['n'] += 1
+        out = real_loss(*args, **kwargs)
+        return out * float('nan') if calls['n'] >= 3 else out
+
+    monkeypatch.setattr(loop_module, 'l_simple', loss_that_turns_nan)
+    trainer = Trainer(tiny_config(n_steps=6, save_interval=2), str(tmp_path))
+    before = {k: v.clone() for k, v in trainer.nnet.state_dict().items()}
+    with pytest.raises(UserError, match=r'loss is not finite at step 3; .* the last good checkpoint .*2\.ckpt '
+                                        r'is kept'):
+        trainer.fit()
+    assert CheckpointManager(str(tmp_path / 'ckpts')).steps() == [2]
+    saved = torch.load(tmp_path / 'ckpts' / '2.ckpt' / 'nnet.pth')
+    assert all(torch.isfinite(v).all() for v in saved.values())
+    assert all(torch.isfinite(v).all() for v in trainer.nnet.state_dict().values())
+    assert any(not torch.equal(before[k], v) for k, v in trainer.nnet.state_dict().items())
+
+
+def test_batch_size_must_divide_into_processes_and_accumulation(tmp_path):
+    with pytest.raises(UserError, match=r'batch_size=32 is not divisible by the number of processes \(1\) x '
+                                        r'gradient_accumulation_steps \(3\)'):
+        Trainer(tiny_config(gradient_accumulation_steps=3), str(tmp_path))
+
+
+def test_resume_into_a_different_model_names_the_key(tmp_path):
+    Trainer(tiny_config(n_steps=2, save_interval=2), str(tmp_path)).fit()
+    reset_accelerate()
+    config = tiny_config(n_steps=4)
+    config.nnet.embed_dim = 48
+    with pytest.raises(UserError, match=r"2\.ckpt/nnet\.pth does not fit the model: 'pos_embed' has shape "
+                                        r"\(1, 18, 32\), the model expects \(1, 18, 48\)"):
+        Trainer(config, str(tmp_path))
+
+
+def test_unknown_config_keys_are_rejected_with_a_suggestion():
+    config = tiny_config()
+    config.train.n_step = 3
+    with pytest.raises(UserError, match=r'unknown config key train\.n_step; did you mean train\.n_steps\?'):
+        resolve(config)
+
+
+def test_data_order_resumes_and_does_not_depend_on_the_process_count():
+    one = ResumableBatchSampler(100, 8, seed=3)
+    batches = [b for _, b in zip(range(30), iter(one))]
+    later = ResumableBatchSampler(100, 8, seed=3, start=17)
+    assert [b for _, b in zip(range(13), iter(later))] == batches[17:]
+    epoch = [i for b in batches[:12] for i in b]          # 12 batches of 8 per epoch of 100 (4 dropped)
+    assert len(set(epoch)) == 96
+    halves = [ResumableBatchSampler(100, 4, seed=3, rank=r, num_processes=2) for r in range(2)]
+    iters = [iter(h) for h in halves]
+    for step in range(20):
+        assert next(iters[0]) + next(iters[1]) == batches[step]
+    with pytest.raises(UserError, match='fewer than one global batch'):
+        ResumableBatchSampler(10, 8, seed=0, num_processes=2)
+
+
+def test_ema_and_warmup_schedule_math():
+    model, ema = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    expected = {k: 0.9 * e + 0.1 * m for (k, e), m in zip(ema.state_dict().items(), model.state_dict().values())}
+    update_ema(ema, model, 0.9)
+    for k, v in ema.state_dict().items():
+        torch.testing.assert_close(v, expected[k])
+    from libs.config import d
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    sched = build_lr_scheduler(d(name='customized', warmup_steps=4), opt, total_steps=10)
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]['lr'])
+        opt.step()
+        sched.step()
+    assert lrs == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+
+
+# ------------------------------------------------------------------------------------------- real processes
+def run_train(args, env=None, **kwargs):
+    overrides = [f'--config.nnet.{k}={v}' for k, v in TINY.items()] + [
+        '--config.log_with=none', '--config.train.num_workers=0', '--config.train.final_eval=False',
+        '--config.train.log_interval=1', '--config.train.eval_interval=1000000', '--config.train.batch_size=32']
+    cmd = [sys.executable, os.path.join(ROOT, 'train.py'), f'--config={DIGITS_CONFIG}'] + overrides + args
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, **kwargs)
+
+
+@pytest.mark.parametrize('override,message', [
+    ('--config.train.n_stepz=3', "error: unknown config key 'n_stepz' in --config.train.n_stepz; "
+                                 "did you mean 'n_steps'?"),
+    ('--config.train.batch_size=abc', 'error: flag --config.train.batch_size=abc: invalid literal for int()'),
+    ('--config.dataset.name=cifar10', 'error: CIFAR-10 not found at assets/datasets/cifar10'),
+    ('--config.train.batch_size=30000', 'error: the dataset has 1438 images, fewer than one global batch'),
+])
+def test_bad_input_is_one_line_on_stderr(tmp_path, override, message):
+    result = run_train([override, f'--workdir={tmp_path}'])
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith(message), result.stderr
+    assert 'Traceback' not in result.stderr
+
+
+def test_sigterm_to_a_real_run_saves_and_exits_cleanly(tmp_path):
+    cmd_args = ['--config.train.n_steps=100000', '--config.train.save_interval=100000', f'--workdir={tmp_path}']
+    overrides = [f'--config.nnet.{k}={v}' for k, v in TINY.items()] + [
+        '--config.log_with=none', '--config.train.num_workers=0', '--config.train.log_interval=1',
+        '--config.train.eval_interval=1000000', '--config.train.batch_size=32']
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'train.py'), f'--config={DIGITS_CONFIG}']
+                            + overrides + cmd_args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    metrics = tmp_path / 'metrics.jsonl'
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    steps = CheckpointManager(str(tmp_path / 'ckpts')).steps()
+    assert len(steps) == 1 and steps[0] >= 3, out
+    assert 'stopped by signal at step' in out
+    assert read_train_state(str(tmp_path / 'ckpts' / f'{steps[0]}.ckpt'))['step'] == steps[0]
+
+
+def test_two_cpu_processes_keep_identical_replicas(tmp_path):
+    env = dict(os.environ, ACCELERATE_USE_CPU='true', OMP_NUM_THREADS='1')
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+           os.path.join(ROOT, 'train.py'), f'--config={DIGITS_CONFIG}', f'--workdir={tmp_path}',
+           '--config.train.n_steps=6', '--config.train.save_interval=3', '--config.log_with=none',
+           '--config.train.num_workers=0', '--config.train.final_eval=False', '--config.train.log_interval=1',
+           '--config.train.eval_interval=1000000', '--config.train.batch_size=32'] + \
+          [f'--config.nnet.{k}={v}' for k, v in TINY.items()]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for step in (3, 6):
+        state = read_train_state(str(tmp_path / 'ckpts' / f'{step}.ckpt'))
+        assert state['num_processes'] == 2
+        assert len(state['replica_checksums']) == 2
+        assert state['replicas_equal'] is True
+        assert state['replica_checksums'][0] == state['replica_checksums'][1]
+        assert (tmp_path / 'ckpts' / f'{step}.ckpt' / 'rng_state_1.pth').is_file()
+    assert 'with 2 process(es)' in result.stdout + result.stderr
+    assert sorted(losses(tmp_path)) == list(range(1, 7))
