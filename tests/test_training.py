@@ -107,6 +107,29 @@ def test_resume_after_sigterm_equals_uninterrupted(tmp_path, monkeypatch):
     assert straight.lr_scheduler.last_epoch == resumed.lr_scheduler.last_epoch == 8
 
 
+def test_bf16_mixed_precision_keeps_the_loss_in_fp32(tmp_path, monkeypatch):
+    loss_dtypes = []
+    real_loss = loop_module.l_simple
+
+    def recording_loss(denoiser, x0, cond=None):
+        loss = real_loss(denoiser, x0, cond)
+        loss_dtypes.append(loss.dtype)
+        return loss
+
+    monkeypatch.setattr(loop_module, 'l_simple', recording_loss)
+    config = tiny_config(n_steps=3, save_interval=100)
+    config.mixed_precision = 'bf16'
+    trainer = Trainer(config, str(tmp_path))
+    inner_dtypes = []
+    qkv = trainer.accelerator.unwrap_model(trainer.nnet).in_blocks[0].attn.qkv
+    qkv.register_forward_hook(lambda module, args, out: inner_dtypes.append(out.dtype))
+    trainer.fit()
+    assert trainer.accelerator.mixed_precision == 'bf16'
+    assert inner_dtypes and set(inner_dtypes) == {torch.bfloat16}   # the network's matmuls run in bf16
+    assert set(loss_dtypes) == {torch.float32}                       # the loss is computed in fp32
+    assert all(v == v for v in losses(tmp_path).values())
+
+
 def test_gradient_accumulation_matches_one_big_batch(tmp_path, monkeypatch):
     def deterministic_loss(denoiser, x0, cond=None):  # no random t or noise: both runs see identical losses
         t = torch.full((x0.shape[0],), 0.5)

@@ -1,0 +1,372 @@
+"""Training and sampling speed of a config's network on this machine, one switch at a time.
+
+    python scripts/benchmark.py --config=configs/cifar10_uvit_small.py [--batch_size=8] [--steps=10] [--warmup=3] \
+        [--variants=all|baseline,attention,precision,checkpointing,compile] [--sample_batch=N] [--out=results.json]
+
+Training: one optimizer step (l_simple through the Denoiser, backward, the config's AdamW) on random data of the
+network's input shape. Sampling: no-grad forward passes of the network. The baseline is sdpa attention, fp32 on the
+CPU / bf16 autocast on a GPU, no gradient checkpointing, no torch.compile; every other variant changes one switch.
+Each variant runs in a fresh process of this script, so peak memory and compile caches are its own.
+
+Prints a markdown table; --out writes every number as JSON. FLOPs are counted once on one forward pass (matmuls and
+convolutions, torch.utils.flop_counter); a training step counts as 3 forward passes (recomputation under gradient
+checkpointing is not counted, so its TFLOP/s is model FLOPs per second).
+"""
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from libs.cli import parse_flags, run  # noqa: E402
+from libs.errors import UserError  # noqa: E402
+
+config_flags.DEFINE_config_file('config', None, 'Training configuration file (configs/*.py).', lock_config=False)
+flags.mark_flags_as_required(['config'])
+flags.DEFINE_integer('batch_size', 8, 'Training batch size.')
+flags.DEFINE_integer('sample_batch', None, 'Batch size of the sampling forward passes (default: --batch_size).')
+flags.DEFINE_integer('steps', 10, 'Timed steps (and timed sampling forward passes) per variant.')
+flags.DEFINE_integer('warmup', 3, 'Untimed steps before the timed ones.')
+flags.DEFINE_string('variants', 'all', "'all' or a comma-separated list of groups "
+                                       '(baseline, attention, precision, checkpointing, compile) or variant names.')
+flags.DEFINE_string('out', None, 'Write all numbers to this JSON file.')
+flags.DEFINE_string('_single_variant', None, 'Internal: measure this one variant and print its JSON.')
+FLAGS = flags.FLAGS
+
+RESULT_MARKER = 'BENCHMARK_RESULT '
+PRECISIONS = ('fp32', 'bf16', 'fp16')
+GROUPS = {
+    'baseline': ['baseline'],
+    'attention': ['attention=math', 'attention=xformers'],
+    'precision': [f'precision={p}' for p in PRECISIONS],
+    'checkpointing': ['checkpointing'],
+    'compile': ['compile'],
+}
+COLUMNS = ('variant', 'train step ms', 'train img/s', 'peak memory MiB', 'TFLOP/s', 'sample img/s per NFE',
+           'sample img/s @50 NFE (derived)', 'note')
+
+
+# ------------------------------------------------------------------------------------------------------- variants
+
+def baseline_settings(device_type: str) -> dict:
+    return dict(attention='sdpa', precision='bf16' if device_type == 'cuda' else 'fp32', checkpointing=False,
+                compile=False)
+
+
+def variant_settings(name: str, device_type: str) -> dict:
+    """The baseline with the one switch that ``name`` ('attention=math', 'checkpointing', ...) changes."""
+    settings = baseline_settings(device_type)
+    if name != 'baseline':
+        key, _, value = name.partition('=')
+        settings[key] = value or True
+    return settings
+
+
+def expand_variants(spec: str, device_type: str) -> list:
+    """Variant names for --variants; a precision group leaves out the baseline's own precision."""
+    baseline_precision = f"precision={baseline_settings(device_type)['precision']}"
+    known = [name for names in GROUPS.values() for name in names]
+    names = []
+    for item in [s.strip() for s in spec.split(',') if s.strip()] or ['']:
+        if item == 'all':
+            expanded = known
+        elif item in GROUPS:
+            expanded = GROUPS[item]
+        elif item in known:
+            expanded = [item]
+        else:
+            raise UserError(f"unknown variant {item!r}; known: all, {', '.join(GROUPS)}, "
+                            f"{', '.join(n for n in known if n not in GROUPS)}")
+        if item != baseline_precision:
+            expanded = [n for n in expanded if n != baseline_precision]
+        names.extend(n for n in expanded if n not in names)
+    return names
+
+
+def why_not_runnable(settings: dict, device_type: str):
+    """(status, note) for a variant that cannot run here, else None."""
+    from libs.attention import available_backends
+    if settings['attention'] not in available_backends():
+        return 'unavailable', f"attention backend {settings['attention']!r} is not installed"
+    if settings['precision'] == 'fp16' and device_type == 'cpu':
+        return 'skipped', 'fp16 autocast is not benchmarked on the CPU'
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------- measurement
+
+def pick_device():
+    import torch
+    return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+
+
+def describe_device(device) -> dict:
+    import torch
+    if device.type == 'cuda':
+        return dict(type='cuda', name=torch.cuda.get_device_name(device))
+    name = platform.processor() or 'unknown CPU'
+    try:
+        with open('/proc/cpuinfo') as f:
+            name = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+    except (OSError, StopIteration):
+        pass
+    return dict(type='cpu', name=name, threads=torch.get_num_threads())
+
+
+def synthetic_batch(nnet, batch: int, device):
+    """Images in [-1, 1] of the network's input shape and, for a class-conditional network, random labels."""
+    import torch
+    x0 = torch.rand(batch, nnet.in_chans, nnet.img_size, nnet.img_size, device=device) * 2 - 1
+    cond = {}
+    if nnet.num_classes > 0:
+        cond['y'] = torch.randint(0, nnet.num_classes, (batch,), device=device)
+    return x0, cond
+
+
+def count_flops(config) -> int:
+    """FLOPs of one forward pass for one image, counted on the meta device (no memory, no time)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from libs.nnets import build_nnet
+    # The 'math' backend writes attention as two matmuls, which the counter sees on every device.
+    with torch.device('meta'):
+        nnet = build_nnet(dict(config.nnet, attention_backend='math', use_checkpoint=False))
+        x, cond = synthetic_batch(nnet, 1, 'meta')
+        timesteps = torch.full((1,), 500.0)
+    with FlopCounterMode(display=False) as counter:
+        nnet(x, timesteps, **cond)
+    return counter.get_total_flops()
+
+
+def build(config, settings: dict, device):
+    """(denoiser, optimizer, nnet) for a variant; the denoiser wraps the compiled network when asked."""
+    import torch
+
+    from libs.denoiser import Denoiser
+    from libs.nnets import build_nnet
+    from libs.schedules import build_schedule
+    from libs.denoiser import CONFIG_PREDICTIONS
+    from libs.training.optim import build_optimizer
+
+    torch.manual_seed(config.seed)
+    nnet = build_nnet(dict(config.nnet, attention_backend=settings['attention'],
+                           use_checkpoint=settings['checkpointing'])).to(device)
+    optimizer = build_optimizer(config.optimizer, nnet.parameters())
+    net = torch.compile(nnet) if settings['compile'] else nnet
+    denoiser = Denoiser(net, build_schedule(config.schedule), CONFIG_PREDICTIONS[config.pred])
+    return denoiser, optimizer, nnet
+
+
+def _sync(device) -> None:
+    import torch
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def time_calls(fn, steps: int, warmup: int, device) -> tuple:
+    """(warm-up times, timed times) in ms of ``warmup + steps`` calls of ``fn``."""
+    times = []
+    for _ in range(warmup + steps):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    return times[:warmup], times[warmup:]
+
+
+def autocast(device, precision: str):
+    import torch
+    dtype = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}[precision]
+    return torch.autocast(device.type, dtype=dtype, enabled=precision != 'fp32')
+
+
+def reset_peak_memory(device) -> None:
+    import torch
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mib(device) -> float:
+    """CUDA: peak allocated by tensors since the last reset; CPU: peak resident set size of this process."""
+    import torch
+    if device.type == 'cuda':
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def time_training(denoiser, optimizer, nnet, settings: dict, batch: int, steps: int, warmup: int, device) -> dict:
+    import torch
+
+    from libs.losses import l_simple
+    x0, cond = synthetic_batch(nnet, batch, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=settings['precision'] == 'fp16')
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, settings['precision']):
+            loss = l_simple(denoiser, x0, cond).mean()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    reset_peak_memory(device)
+    warm, timed = time_calls(step, steps, warmup, device)
+    step_ms = statistics.median(timed)
+    return dict(train_step_ms=step_ms, train_step_ms_all=timed, train_warmup_ms=warm,
+                train_img_per_s=batch / step_ms * 1e3, peak_memory_mib=peak_memory_mib(device))
+
+
+def time_sampling(denoiser, nnet, settings: dict, batch: int, steps: int, warmup: int, device) -> dict:
+    import torch
+    x, cond = synthetic_batch(nnet, batch, device)
+    t = torch.full((batch,), 0.5, device=device)
+
+    @torch.no_grad()
+    def forward():
+        with autocast(device, settings['precision']):
+            denoiser.noise(x, t, **cond)
+
+    warm, timed = time_calls(forward, steps, warmup, device)
+    forward_ms = statistics.median(timed)
+    per_nfe = batch / forward_ms * 1e3
+    return dict(sample_forward_ms=forward_ms, sample_forward_ms_all=timed, sample_warmup_ms=warm,
+                sample_img_per_s_per_nfe=per_nfe, sample_img_per_s_50nfe_derived=per_nfe / 50)
+
+
+def run_variant(config, name: str, batch: int, sample_batch: int, steps: int, warmup: int) -> dict:
+    """Measure one variant in this process (a fresh one: see measure_in_subprocess)."""
+    import torch
+    device = pick_device()
+    if device.type == 'cuda':
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    startup_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    settings = variant_settings(name, device.type)
+    denoiser, optimizer, nnet = build(config, settings, device)
+    result = dict(status='ok', note='', settings=settings, startup_rss_mib=startup_rss,
+                  peak_memory_kind='cuda_max_allocated' if device.type == 'cuda' else 'process_peak_rss')
+    result.update(time_training(denoiser, optimizer, nnet, settings, batch, steps, warmup, device))
+    del optimizer
+    result.update(time_sampling(denoiser, nnet, settings, sample_batch, steps, warmup, device))
+    return result
+
+
+def measure_in_subprocess(name: str) -> dict:
+    """Run this script again with --_single_variant=name (same flags and overrides) and read its result line."""
+    cmd = [sys.executable, os.path.abspath(__file__)] + sys.argv[1:] + [f'--_single_variant={name}']
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_MARKER):
+            return json.loads(line[len(RESULT_MARKER):])
+    lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+    return dict(status='failed', note=f"exit status {proc.returncode}: {lines[-1] if lines else 'no output'}")
+
+
+# -------------------------------------------------------------------------------------------------------- report
+
+def add_throughput(result: dict, forward_flops: int, batch: int, sample_batch: int) -> None:
+    """TFLOP/s from the counted FLOPs: a training step is 3 forward passes."""
+    if result.get('status') == 'ok':
+        result['train_tflops'] = 3 * forward_flops * batch / (result['train_step_ms'] * 1e-3) / 1e12
+        result['sample_tflops'] = forward_flops * sample_batch / (result['sample_forward_ms'] * 1e-3) / 1e12
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return '-'
+    return f'{value:,.0f}' if value >= 100 else f'{value:.3g}'
+
+
+def markdown(report: dict) -> str:
+    device = report['device']
+    where = device['name']
+    if device['type'] == 'cpu':
+        where += f" ({device['threads']} thread{'s' if device['threads'] > 1 else ''})"
+    base = report['baseline_settings']
+    memory = ('torch.cuda.max_memory_allocated' if device['type'] == 'cuda'
+              else 'peak RSS of the variant\'s process')
+    lines = [
+        f"Device: {where} | torch {report['torch']} | config {report['config']} | batch {report['batch_size']} "
+        f"(sampling {report['sample_batch']}) | {report['steps']} timed steps after {report['warmup']} warm-up",
+        f"Baseline: {base['attention']} attention, {base['precision']}, no checkpointing, no compile | "
+        f"{report['parameters'] / 1e6:.2f}M parameters, {report['flops']['forward_per_image'] / 1e9:.3g} GFLOP "
+        f"per image forward | peak memory: {memory}",
+        '',
+        '| ' + ' | '.join(COLUMNS) + ' |',
+        '|' + '|'.join('---' if i in (0, len(COLUMNS) - 1) else '---:' for i in range(len(COLUMNS))) + '|',
+    ]
+    for name, r in report['variants'].items():
+        cells = [r.get(k) for k in ('train_step_ms', 'train_img_per_s', 'peak_memory_mib', 'train_tflops',
+                                    'sample_img_per_s_per_nfe', 'sample_img_per_s_50nfe_derived')]
+        note = r['note'] if r['status'] == 'ok' else f"{r['status']}: {r['note']}".rstrip(': ')
+        lines.append('| ' + ' | '.join([name] + [_fmt(c) for c in cells] + [note]) + ' |')
+    return '\n'.join(lines)
+
+
+def check_sizes(batch: int, sample_batch: int, steps: int, warmup: int) -> None:
+    if batch < 1 or sample_batch < 1:
+        raise UserError(f'--batch_size and --sample_batch must be positive, got {batch} and {sample_batch}')
+    if steps < 1 or warmup < 0:
+        raise UserError(f'--steps must be at least 1 and --warmup at least 0, got {steps} and {warmup}')
+
+
+def main(_argv):
+    import torch
+
+    from libs.config import resolve
+    from libs.nnets import build_nnet, count_parameters
+
+    config = resolve(FLAGS.config)
+    batch, steps, warmup = FLAGS.batch_size, FLAGS.steps, FLAGS.warmup
+    sample_batch = FLAGS.sample_batch or batch
+    check_sizes(batch, sample_batch, steps, warmup)
+    if FLAGS._single_variant:
+        result = run_variant(config, FLAGS._single_variant, batch, sample_batch, steps, warmup)
+        print(RESULT_MARKER + json.dumps(result), flush=True)
+        return
+
+    device = pick_device()
+    names = expand_variants(FLAGS.variants, device.type)
+    with torch.device('meta'):
+        parameters = count_parameters(build_nnet(config.nnet))
+    forward_flops = count_flops(config)
+    variants = {}
+    for name in names:
+        settings = variant_settings(name, device.type)
+        blocked = why_not_runnable(settings, device.type)
+        if blocked:
+            variants[name] = dict(status=blocked[0], note=blocked[1], settings=settings)
+            continue
+        print(f'measuring {name} ...', file=sys.stderr, flush=True)
+        variants[name] = measure_in_subprocess(name)
+        variants[name].setdefault('settings', settings)
+        add_throughput(variants[name], forward_flops, batch, sample_batch)
+
+    report = dict(
+        device=describe_device(device), torch=torch.__version__, config=FLAGS['config'].config_filename,
+        nnet=config.nnet.to_dict(), batch_size=batch, sample_batch=sample_batch, steps=steps, warmup=warmup,
+        parameters=parameters, baseline_settings=baseline_settings(device.type),
+        flops=dict(forward_per_image=forward_flops, train_step=3 * forward_flops * batch,
+                   sample_forward=forward_flops * sample_batch),
+        variants=variants)
+    print(markdown(report), flush=True)
+    if FLAGS.out:
+        os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
+        with open(FLAGS.out, 'w') as f:
+            json.dump(report, f, indent=2)
+    if any(r['status'] == 'failed' for r in variants.values()):
+        sys.exit(1)
+
+
+if __name__ == '__main__':
+    app.run(lambda argv: run(main, argv), flags_parser=parse_flags)

@@ -1,0 +1,100 @@
+"""scripts/benchmark.py on a tiny digits U-ViT: every requested variant is measured, FLOPs match a closed form."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, 'scripts', 'benchmark.py')
+DIGITS_CONFIG = os.path.join(ROOT, 'configs', 'digits_uvit_tiny.py')
+# configs/digits_uvit_tiny.py with the overrides below.
+TINY = dict(img_size=8, patch_size=2, in_chans=1, embed_dim=32, depth=2, num_heads=2, mlp_ratio=4, num_classes=10)
+OVERRIDES = [f'--config.nnet.{key}={TINY[key]}' for key in ('embed_dim', 'depth', 'num_heads')]
+BATCH = 4
+NUMBERS = ('train_step_ms', 'train_img_per_s', 'peak_memory_mib', 'train_tflops', 'sample_forward_ms',
+           'sample_img_per_s_per_nfe', 'sample_img_per_s_50nfe_derived', 'sample_tflops')
+
+
+def run_benchmark(*args):
+    # One thread per process: the subprocesses must not fight over the cores of a busy CI machine.
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    return subprocess.run([sys.executable, SCRIPT, f'--config={DIGITS_CONFIG}', *OVERRIDES, *args],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+
+
+def uvit_forward_flops(img_size, patch_size, in_chans, embed_dim, depth, mlp_ratio, num_classes, **_):
+    """Matmul and convolution FLOPs (2 per multiply-add) of one U-ViT forward pass for one image.
+
+    N patches, L = N + extras tokens (time, and the label when class-conditional), width D:
+    patch embedding N * 2 (p^2 C) D; per block qkv 2 L D 3D, attention scores and values 2 * 2 L^2 D,
+    projection 2 L D^2, MLP 2 * 2 L D (r D); each of the depth // 2 deep blocks adds its skip fusion 2 L (2D) D;
+    the decoder 2 L D (p^2 C) runs on all L tokens; the final 3x3 convolution 2 (9 C) C H W.
+    """
+    n = (img_size // patch_size) ** 2
+    tokens = n + (2 if num_classes > 0 else 1)
+    dim, patch_dim, hidden = embed_dim, patch_size ** 2 * in_chans, int(embed_dim * mlp_ratio)
+
+    def linear(fan_in, fan_out, rows=tokens):
+        return 2 * fan_in * fan_out * rows
+
+    block = linear(dim, 3 * dim) + 2 * 2 * tokens ** 2 * dim + linear(dim, dim) + linear(dim, hidden) \
+        + linear(hidden, dim)
+    num_blocks = 2 * (depth // 2) + 1
+    return (linear(patch_dim, dim, n) + num_blocks * block + (depth // 2) * linear(2 * dim, dim)
+            + linear(dim, patch_dim) + 2 * 9 * in_chans * in_chans * img_size ** 2)
+
+
+@pytest.fixture(scope='module')
+def bench_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp('benchmark') / 'results.json'
+    proc = run_benchmark(f'--batch_size={BATCH}', '--steps=2', '--warmup=1',
+                         '--variants=baseline,attention,checkpointing', f'--out={out}')
+    assert proc.returncode == 0, proc.stderr
+    with open(out) as f:
+        return json.load(f), proc.stdout
+
+
+def test_every_variant_is_measured(bench_run):
+    report, _ = bench_run
+    assert list(report['variants']) == ['baseline', 'attention=math', 'attention=xformers', 'checkpointing']
+    assert report['variants']['attention=xformers']['status'] in ('ok', 'unavailable')
+    measured = [r for r in report['variants'].values() if r['status'] == 'ok']
+    assert len(measured) >= 3
+    for result in measured:
+        for key in NUMBERS:
+            assert math.isfinite(result[key]) and result[key] > 0, (key, result[key])
+        assert len(result['train_step_ms_all']) == 2 and len(result['train_warmup_ms']) == 1
+    assert report['variants']['checkpointing']['settings']['checkpointing'] is True
+    assert report['variants']['attention=math']['settings']['attention'] == 'math'
+    assert report['batch_size'] == BATCH and report['sample_batch'] == BATCH
+
+
+def test_flops_match_the_closed_form(bench_run):
+    report, _ = bench_run
+    expected = uvit_forward_flops(**TINY)
+    assert report['flops']['forward_per_image'] == pytest.approx(expected, rel=0.02)
+    assert report['flops']['train_step'] == 3 * report['flops']['forward_per_image'] * BATCH
+    baseline = report['variants']['baseline']
+    tflops = report['flops']['train_step'] / (baseline['train_step_ms'] * 1e-3) / 1e12
+    assert baseline['train_tflops'] == pytest.approx(tflops)
+
+
+def test_markdown_table_lists_every_variant(bench_run):
+    report, stdout = bench_run
+    assert stdout.startswith('Device: ')
+    assert 'digits_uvit_tiny.py' in stdout.splitlines()[0]
+    rows = [line.split('|')[1].strip() for line in stdout.splitlines() if line.startswith('| ')]
+    assert rows[0] == 'variant'
+    assert rows[1:] == list(report['variants'])
+
+
+def test_unknown_variant_is_one_line():
+    proc = run_benchmark('--variants=baseline,flash')
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
+    assert errors == ["error: unknown variant 'flash'; known: all, baseline, attention, precision, checkpointing, "
+                      'compile, attention=math, attention=xformers, precision=fp32, precision=bf16, '
+                      'precision=fp16']

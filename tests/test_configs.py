@@ -1,0 +1,47 @@
+"""Every config file resolves, and the paper's configs build networks with the released parameter counts."""
+import glob
+import importlib.util
+import json
+import os
+
+import pytest
+import torch
+
+from libs.config import resolve
+from libs.nnets import build_nnet, count_parameters
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REFERENCE = os.path.join(ROOT, '..', 'shared', 'reference', 'uvit_official_state_dicts.json')
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', '*.py')))
+
+
+def load(path):
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return resolve(module.get_config())
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=[os.path.basename(p) for p in CONFIGS])
+def test_config_resolves_and_builds(path):
+    config = load(path)
+    with torch.device('meta'):
+        nnet = build_nnet(config.nnet)
+    assert count_parameters(nnet) > 0
+    assert config.train.batch_size > 0 and config.sample.sample_steps > 0
+
+
+@pytest.mark.parametrize('name', ['cifar10_uvit_small', 'celeba64_uvit_small', 'imagenet64_uvit_mid',
+                                  'imagenet64_uvit_large'])
+def test_paper_configs_have_the_released_networks(name):
+    if not os.path.isfile(REFERENCE):
+        pytest.skip(f'reference file {REFERENCE} is not present')
+    with open(REFERENCE) as f:
+        released = json.load(f)[name]
+    config = load(os.path.join(ROOT, 'configs', f'{name}.py'))
+    with torch.device('meta'):
+        nnet = build_nnet(config.nnet)
+    assert count_parameters(nnet) == released['n_params']
+    assert {k: list(v.shape) for k, v in nnet.state_dict().items()} == released['keys']
+    for key, value in released['nnet'].items():
+        assert config.nnet[key] == value, key
