@@ -125,18 +125,23 @@ def generate(accelerator, denoiser: Denoiser, sample_cfg, schedule, data_shape, 
     local, labels = scorer.local()
     gathered = accelerator.gather(local.contiguous())
     gathered_labels = accelerator.gather(labels.contiguous()) if labels is not None else None
-    # gather concatenates per process; reorder to the sample index order used for the PNG names
-    per_rank = local.shape[0]
-    order = torch.arange(rounds * mini_batch_size * world).view(world, rounds, mini_batch_size)
-    order = order.permute(1, 0, 2).reshape(-1)
-    index = torch.empty_like(order)
-    index[order] = torch.arange(order.numel())
-    assert gathered.shape[0] == per_rank * world
-    gathered = gathered[index.to(gathered.device)][:n_samples]
+    assert gathered.shape[0] == local.shape[0] * world
+    order = gathered_order(world, rounds, mini_batch_size, n_samples).to(gathered.device)
+    gathered = gathered[order]
     if gathered_labels is not None:
-        gathered_labels = gathered_labels[index.to(gathered_labels.device)][:n_samples]
+        gathered_labels = gathered_labels[order]
     result = scorer.result(gathered, gathered_labels) if accelerator.is_main_process else {}
     return broadcast_dict(accelerator, result)
+
+
+def gathered_order(world: int, rounds: int, mini_batch_size: int, n_samples: int) -> torch.Tensor:
+    """Rows of the gathered tensor in sample order, cut to ``n_samples``.
+
+    ``accelerator.gather`` concatenates per process, so row ``rank * rounds * mb + r * mb + i`` holds sample
+    ``(r * world + rank) * mb + i`` (the index in the PNG file names); element k of the result is the row of sample k.
+    """
+    order = torch.arange(world * rounds * mini_batch_size).view(world, rounds, mini_batch_size)
+    return order.permute(1, 0, 2).reshape(-1)[:n_samples]
 
 
 def broadcast_dict(accelerator, result: dict) -> dict:

@@ -72,6 +72,15 @@ def test_digits_score_of_a_checkpoint_directory(tmp_path, weights):
     assert f"digits_accuracy={record['digits_accuracy']:.4f}" in result.stdout
 
 
+def test_gathered_samples_are_put_back_in_file_name_order():
+    from libs.evaluation import gathered_order
+    world, rounds, mb, n = 3, 2, 4, 21
+    # what accelerate.gather returns: each process's rounds, one process after the other
+    rows = [(r * world + rank) * mb + i for rank in range(world) for r in range(rounds) for i in range(mb)]
+    assert torch.tensor(rows)[gathered_order(world, rounds, mb, n)].tolist() == list(range(n))
+    assert gathered_order(1, 3, 5, 12).tolist() == list(range(12))
+
+
 @pytest.mark.parametrize('args,message', [
     (['--config.eval.metric=fid', '--config.eval.ref_stats=/nowhere/ref.npz'],
      'error: FID reference statistics not found: /nowhere/ref.npz'),

@@ -8,7 +8,6 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
-import torchvision
 from pytorch_fid import fid_score
 from pytorch_fid import inception as fid_inception
 
