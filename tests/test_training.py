@@ -130,6 +130,31 @@ def test_bf16_mixed_precision_keeps_the_loss_in_fp32(tmp_path, monkeypatch):
     assert all(v == v for v in losses(tmp_path).values())
 
 
+def test_checkpoints_get_an_fid_json_when_statistics_and_weights_exist(tmp_path, random_weights):
+    from libs.metrics import fid
+    real = torch.stack([loop_module.build_dataset(tiny_config().dataset)[i][0] for i in range(12)])
+    features = fid.InceptionFeatures(fid.load_inception(random_weights))
+    fid.save_stats(str(tmp_path / 'ref.npz'), *fid.activation_statistics(features(real)))
+    config = tiny_config(n_steps=2, save_interval=2)
+    config.eval.update(metric='fid', ref_stats=str(tmp_path / 'ref.npz'), inception_path=random_weights,
+                       train_n_samples=6, train_sample_steps=2)
+    Trainer(config, str(tmp_path / 'run')).fit()
+    record = json.loads((tmp_path / 'run' / 'ckpts' / '2.ckpt' / 'eval_fid_dpm_solver++_nfe2_n6_scale0_ema.json')
+                        .read_text())
+    assert record['step'] == 2 and record['n_samples'] == 6 and record['fid'] > 0
+    assert record['reference_statistics'] == str(tmp_path / 'ref.npz')
+
+
+def test_training_without_fid_files_logs_why_and_goes_on(tmp_path, caplog):
+    config = tiny_config(n_steps=2, save_interval=2)
+    config.eval.update(metric='fid', ref_stats=str(tmp_path / 'absent.npz'))
+    with caplog.at_level('WARNING'):
+        Trainer(config, str(tmp_path / 'run')).fit()
+    assert any('no fid scores during training: FID reference statistics not found' in r.getMessage()
+               for r in caplog.records)
+    assert CheckpointManager(str(tmp_path / 'run' / 'ckpts')).steps() == [2]
+
+
 def test_gradient_accumulation_matches_one_big_batch(tmp_path, monkeypatch):
     def deterministic_loss(denoiser, x0, cond=None):  # no random t or noise: both runs see identical losses
         t = torch.full((x0.shape[0],), 0.5)
