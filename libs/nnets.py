@@ -4,10 +4,12 @@ import os
 import torch
 
 from libs.errors import UserError
+from libs.genvit import GenViT
 from libs.uvit import UViT
 
 NNETS = {
     'uvit': UViT,
+    'genvit': GenViT,
 }
 
 # Prefixes that wrappers add to parameter names (DistributedDataParallel, torch.compile).
