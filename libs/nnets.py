@@ -6,9 +6,11 @@ import torch
 from libs.errors import UserError
 from libs.genvit import GenViT
 from libs.uvit import UViT
+from libs.uvit_t2i import UViT as UViTT2I
 
 NNETS = {
     'uvit': UViT,
+    'uvit_t2i': UViTT2I,
     'genvit': GenViT,
 }
 

@@ -13,45 +13,35 @@ import torch.nn as nn
 from libs.layers import Block, PatchEmbed, init_vit_weights, timestep_embedding, unpatchify
 
 
-class UViT(nn.Module):
-    """Noise-prediction U-ViT.
+class UViTTrunk(nn.Module):
+    """What every U-ViT shares: patch and time embeddings, positions, the U-shaped block stack and the decoder.
 
-    forward(x, timesteps, y=None):
-        x: (B, in_chans, img_size, img_size); timesteps: (B,) float; y: (B,) int64 class labels or None.
-        Returns a tensor shaped like x.
-    With ``num_classes > 0`` the label is one extra token placed before the time token.
-    ``attention_backend`` ('sdpa', 'xformers', 'math') is this suite's addition and does not touch the weights.
+    Subclasses add their condition embedding (``condition_name`` / ``condition_module``, created between the time
+    embedding and the positions, the release's parameter order) and build the token sequence in ``forward``.
     """
 
-    def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.,
-                 qkv_bias=False, qk_scale=None, norm_layer=nn.LayerNorm, mlp_time_embed=False, num_classes=-1,
-                 use_checkpoint=False, conv=True, skip=True, attention_backend='sdpa'):
+    def __init__(self, img_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio, qkv_bias, qk_scale,
+                 mlp_time_embed, use_checkpoint, conv, skip, attention_backend, extras, condition_name=None,
+                 condition_module=None):
         super().__init__()
-        if norm_layer is not nn.LayerNorm:
-            raise ValueError('UViT supports only nn.LayerNorm as norm_layer')
         if img_size % patch_size:
             raise ValueError(f'img_size {img_size} is not divisible by patch_size {patch_size}')
         self.num_features = self.embed_dim = embed_dim
-        self.num_classes = num_classes
         self.in_chans = in_chans
         self.img_size = img_size
         self.patch_size = patch_size
+        self.extras = extras
 
         self.patch_embed = PatchEmbed(patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim)
         num_patches = (img_size // patch_size) ** 2
-
         self.time_embed = nn.Sequential(
             nn.Linear(embed_dim, 4 * embed_dim),
             nn.SiLU(),
             nn.Linear(4 * embed_dim, embed_dim),
         ) if mlp_time_embed else nn.Identity()
-
-        if num_classes > 0:
-            self.label_emb = nn.Embedding(num_classes, embed_dim)
-            self.extras = 2
-        else:
-            self.extras = 1
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.extras + num_patches, embed_dim))
+        if condition_name is not None:
+            setattr(self, condition_name, condition_module)
+        self.pos_embed = nn.Parameter(torch.zeros(1, extras + num_patches, embed_dim))
 
         def block(skip_connection=False):
             return Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale,
@@ -73,19 +63,16 @@ class UViT(nn.Module):
     def no_weight_decay(self):
         return {'pos_embed'}
 
-    def forward(self, x, timesteps, y=None):
-        x = self.patch_embed(x)
-        num_patches = x.shape[1]
-        time_token = self.time_embed(timestep_embedding(timesteps, self.embed_dim).to(x.dtype)).unsqueeze(1)
-        tokens = [time_token, x]
-        if y is not None:
-            tokens.insert(0, self.label_emb(y).unsqueeze(1))
-        x = torch.cat(tokens, dim=1)
-        if x.shape[1] != self.pos_embed.shape[1]:
-            raise ValueError(f'got {x.shape[1]} tokens, the model has positions for {self.pos_embed.shape[1]} '
-                             f'(is y given exactly when num_classes > 0?)')
-        x = x + self.pos_embed
+    def time_token(self, timesteps, dtype):
+        """(B,) timesteps -> (B, 1, D) time token."""
+        return self.time_embed(timestep_embedding(timesteps, self.embed_dim).to(dtype)).unsqueeze(1)
 
+    def trunk(self, tokens):
+        """(B, extras + L, D) tokens (condition tokens first, patch tokens last) -> (B, C, H, W) prediction."""
+        if tokens.shape[1] != self.pos_embed.shape[1]:
+            raise ValueError(f'got {tokens.shape[1]} tokens, the model has positions for {self.pos_embed.shape[1]} '
+                             f'(is the condition given exactly when the model has one?)')
+        x = tokens + self.pos_embed
         skips = []
         for blk in self.in_blocks:
             x = blk(x)
@@ -93,8 +80,35 @@ class UViT(nn.Module):
         x = self.mid_block(x)
         for blk in self.out_blocks:
             x = blk(x, skips.pop())
-
-        x = self.decoder_pred(self.norm(x))
-        x = x[:, self.extras:, :]
-        assert x.shape[1] == num_patches
+        x = self.decoder_pred(self.norm(x))[:, self.extras:, :]
         return self.final_layer(unpatchify(x, self.in_chans))
+
+
+class UViT(UViTTrunk):
+    """Noise-prediction U-ViT.
+
+    forward(x, timesteps, y=None):
+        x: (B, in_chans, img_size, img_size); timesteps: (B,) float; y: (B,) int64 class labels or None.
+        Returns a tensor shaped like x.
+    With ``num_classes > 0`` the label is one extra token placed before the time token.
+    ``attention_backend`` ('sdpa', 'xformers', 'math') is this suite's addition and does not touch the weights.
+    """
+
+    def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.,
+                 qkv_bias=False, qk_scale=None, norm_layer=nn.LayerNorm, mlp_time_embed=False, num_classes=-1,
+                 use_checkpoint=False, conv=True, skip=True, attention_backend='sdpa'):
+        if norm_layer is not nn.LayerNorm:
+            raise ValueError('UViT supports only nn.LayerNorm as norm_layer')
+        labelled = num_classes > 0
+        super().__init__(img_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio, qkv_bias, qk_scale,
+                         mlp_time_embed, use_checkpoint, conv, skip, attention_backend, extras=2 if labelled else 1,
+                         condition_name='label_emb' if labelled else None,
+                         condition_module=nn.Embedding(num_classes, embed_dim) if labelled else None)
+        self.num_classes = num_classes
+
+    def forward(self, x, timesteps, y=None):
+        x = self.patch_embed(x)
+        tokens = [self.time_token(timesteps, x.dtype), x]
+        if y is not None:
+            tokens.insert(0, self.label_emb(y).unsqueeze(1))
+        return self.trunk(torch.cat(tokens, dim=1))

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from libs.errors import UserError
 from libs.nnets import build_nnet, count_parameters, load_nnet_weights
 from libs.uvit import UViT
+from libs.uvit_t2i import UViT as UViTT2I
 
 REFERENCE = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'reference', 'uvit_official_state_dicts.json')
 
@@ -61,7 +62,8 @@ def test_state_dict_built_from_the_released_key_list_loads_strictly_and_samples(
     assert out.shape == x.shape and torch.isfinite(out).all()
 
 
-def reference_forward(sd: dict, x, timesteps, y, *, patch_size, num_heads, depth, mlp_time_embed, conv):
+def reference_forward(sd: dict, x, timesteps, y, *, patch_size, num_heads, depth, mlp_time_embed, conv,
+                      context=None):
     """U-ViT written out from the paper with plain tensor ops on a state dict (no code shared with libs/)."""
     def linear(h, name, bias=True):
         return h @ sd[f'{name}.weight'].T + (sd[f'{name}.bias'] if bias and f'{name}.bias' in sd else 0)
@@ -97,6 +99,8 @@ def reference_forward(sd: dict, x, timesteps, y, *, patch_size, num_heads, depth
     seq = [t_emb[:, None], tokens]
     if y is not None:
         seq.insert(0, sd['label_emb.weight'][y][:, None])
+    if context is not None:  # text-to-image: [time, context, patches]
+        seq.insert(1, linear(context, 'context_embed'))
     h = torch.cat(seq, 1) + sd['pos_embed']
     skips = []
     for i in range(depth // 2):
@@ -176,7 +180,31 @@ def test_wrapper_prefixes_from_ddp_and_compile_are_accepted(tmp_path):
 
 
 def test_unknown_nnet_and_bad_arguments_are_user_errors():
-    with pytest.raises(UserError, match="unknown nnet name 'dit' in config.nnet; known: uvit, genvit"):
+    with pytest.raises(UserError, match="unknown nnet name 'dit' in config.nnet; known: uvit, uvit_t2i, genvit"):
         build_nnet(dict(name='dit'))
     with pytest.raises(UserError, match='config.nnet does not fit UViT'):
         build_nnet(dict(name='uvit', img_size=8, patch_size=2, embed_dimm=3))
+
+
+def test_text_to_image_uvit_has_the_released_keys_and_forward():
+    if not os.path.isfile(REFERENCE):
+        pytest.skip(f'reference file {REFERENCE} is not present')
+    with open(REFERENCE) as f:
+        entry = json.load(f)['mscoco_uvit_small']
+    with torch.device('meta'):
+        model = build_nnet(dict(entry['nnet']))
+    assert isinstance(model, UViTT2I)
+    assert {k: list(v.shape) for k, v in model.state_dict().items()} == entry['keys']
+    assert count_parameters(model) == entry['n_params']
+
+    torch.manual_seed(0)
+    small = UViTT2I(img_size=8, patch_size=2, in_chans=4, embed_dim=32, depth=4, num_heads=4, clip_dim=12,
+                    num_clip_token=5).eval()
+    with torch.no_grad():
+        for p in small.parameters():
+            p.normal_(0, 0.2)
+        x, t, context = torch.randn(2, 4, 8, 8), torch.tensor([3.0, 700.0]), torch.randn(2, 5, 12)
+        ours = small(x, t, context)
+        ref = reference_forward(small.state_dict(), x, t, None, patch_size=2, num_heads=4, depth=4,
+                                mlp_time_embed=False, conv=True, context=context)
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
