@@ -1,4 +1,5 @@
-"""Tests for libs/data.py on small files written here: fake CIFAR-10 pickles, CelebA JPEGs, ImageNet trees and npz."""
+"""Tests for libs/data.py on small files written here: fake CIFAR-10 pickles, CelebA JPEGs, ImageNet trees and npz,
+CIFAR-100 pickles, SVHN .mat files, STL-10 binaries and a Tiny ImageNet tree."""
 import os
 import pickle
 
@@ -324,4 +325,311 @@ def test_unknown_name_and_split(tmp_path):
         build_dataset(cfg(name='image_folder', path=str(tmp_path), resolution=8), 'test')
     with pytest.raises(UserError, match="no split 'valid'"):
         build_dataset(cfg(name='cifar10', path=str(tmp_path)), 'valid')
-    assert set(DATASETS) == {'digits', 'cifar10', 'celeba64', 'imagenet64', 'image_folder'}
+    assert set(DATASETS) == {'digits', 'cifar10', 'celeba64', 'imagenet64', 'image_folder', 'cifar100', 'svhn',
+                             'stl10', 'tinyimagenet', 'imagenet32', 'interpolated'}
+
+
+# cifar100
+
+def write_cifar100(root, n_train=4, n_test=2):
+    folder = os.path.join(root, 'cifar-100-python')
+    os.makedirs(folder)
+    rng = np.random.default_rng(2)
+    rows = {}
+    for name, n in [('train', n_train), ('test', n_test)]:
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        fine = [int(v) for v in rng.integers(0, 100, n)]
+        rows[name] = (data, fine)
+        with open(os.path.join(folder, name), 'wb') as f:
+            pickle.dump({b'data': data, b'fine_labels': fine, b'coarse_labels': [v // 5 for v in fine],
+                         b'batch_label': name.encode()}, f)
+    return rows
+
+
+def test_cifar100(tmp_path):
+    rows = write_cifar100(str(tmp_path))
+    for path in (str(tmp_path), str(tmp_path / 'cifar-100-python')):
+        train = build_dataset(cfg(name='cifar100', path=path))
+        test = build_dataset(cfg(name='cifar100', path=path), 'test')
+        check_common(train, 'cifar100', (3, 32, 32), 100)
+        assert (len(train), len(test)) == (4, 2)
+    data, fine = rows['train']
+    x, y = train[2]
+    assert y == fine[2] and list(train.labels) == fine          # the fine labels, not the coarse ones
+    c, h, w = 2, 31, 5
+    assert x[c, h, w] == px(data[2, c * 1024 + h * 32 + w])
+    assert torch.equal(x, torch.from_numpy(data[2].reshape(3, 32, 32)).float() / 127.5 - 1)
+    assert test[1][1] == rows['test'][1][1]
+    assert train.fid_stats is None
+    assert build_dataset(cfg(name='cifar100', path=str(tmp_path), fid_stats='s.npz')).fid_stats == 's.npz'
+
+
+def test_cifar100_missing(tmp_path):
+    missing = str(tmp_path / 'nope')
+    with pytest.raises(UserError) as e:
+        build_dataset(cfg(name='cifar100', path=missing))
+    msg = str(e.value)
+    assert '\n' not in msg and missing in msg and 'cifar-100-python.tar.gz' in msg
+    assert os.path.join(missing, 'cifar-100-python', 'train') in msg
+    write_cifar(str(tmp_path))                                    # a CIFAR-10 folder is not CIFAR-100
+    with pytest.raises(UserError, match='CIFAR-100 not found'):
+        build_dataset(cfg(name='cifar100', path=str(tmp_path)))
+
+
+# svhn
+
+def write_svhn(root, labels=None):
+    from scipy.io import savemat
+    rng = np.random.default_rng(3)
+    mats = {}
+    for name, y in [('train_32x32.mat', [10, 1, 9]), ('test_32x32.mat', [4, 10])]:
+        y = labels or y
+        x = rng.integers(0, 256, (32, 32, 3, len(y)), dtype=np.uint8)     # (row, column, channel, image)
+        savemat(os.path.join(root, name), {'X': x, 'y': np.asarray(y, dtype=np.uint8)[:, None]})
+        mats[name] = (x, y)
+    return mats
+
+
+def test_svhn(tmp_path):
+    mats = write_svhn(str(tmp_path))
+    train = build_dataset(cfg(name='svhn', path=str(tmp_path)))
+    test = build_dataset(cfg(name='svhn', path=str(tmp_path)), 'test')
+    check_common(train, 'svhn', (3, 32, 32), 10)
+    assert (len(train), len(test)) == (3, 2)
+    assert list(train.labels) == [0, 1, 9] and list(test.labels) == [4, 0]    # label 10 is the digit 0
+    x_mat = mats['train_32x32.mat'][0]
+    x, y = train[2]
+    c, h, w = 1, 3, 30
+    assert x[c, h, w] == px(x_mat[h, w, c, 2]) and y == 9
+    assert torch.equal(x, torch.from_numpy(x_mat[:, :, :, 2]).permute(2, 0, 1).float() / 127.5 - 1)
+    assert torch.equal(test[1][0], torch.from_numpy(mats['test_32x32.mat'][0][:, :, :, 1]).permute(2, 0, 1)
+                       .float() / 127.5 - 1)
+    assert train.fid_stats is None
+    assert build_dataset(cfg(name='svhn', path=str(tmp_path), fid_stats='s.npz')).fid_stats == 's.npz'
+
+
+def test_svhn_errors(tmp_path):
+    missing = str(tmp_path / 'nope')
+    with pytest.raises(UserError) as e:
+        build_dataset(cfg(name='svhn', path=missing), 'test')
+    msg = str(e.value)
+    assert '\n' not in msg and 'SVHN not found' in msg and os.path.join(missing, 'test_32x32.mat') in msg
+    assert 'train_32x32.mat' in msg
+    (tmp_path / 'train_32x32.mat').write_bytes(b'not a mat file')
+    with pytest.raises(UserError, match='train_32x32.mat is not an SVHN'):
+        build_dataset(cfg(name='svhn', path=str(tmp_path)))
+    write_svhn(str(tmp_path), labels=[0, 3])
+    with pytest.raises(UserError, match='1..10'):
+        build_dataset(cfg(name='svhn', path=str(tmp_path)))
+
+
+# stl10
+
+STL_BYTES = 3 * 96 * 96
+
+
+def write_stl10(root, unlabeled=False):
+    """Raw rows as in the release: per image 3 channels, each 96x96 channel stored column-major."""
+    folder = os.path.join(root, 'stl10_binary')
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(4)
+    files = {}
+    splits = [('train', [1, 10, 5]), ('test', [2, 7])] + ([('unlabeled', None)] if unlabeled else [])
+    for split, y in splits:
+        raw = rng.integers(0, 256, (len(y) if y else 4, STL_BYTES), dtype=np.uint8)
+        if split == 'test':
+            raw[0] = np.repeat(np.array([10, 120, 250], dtype=np.uint8), 96 * 96)   # a flat colour
+        raw.tofile(os.path.join(folder, f'{split}_X.bin'))
+        if y:
+            np.asarray(y, dtype=np.uint8).tofile(os.path.join(folder, f'{split}_y.bin'))
+        files[split] = (raw, y)
+    return files
+
+
+def test_stl10(tmp_path):
+    files = write_stl10(str(tmp_path))
+    for path in (str(tmp_path), str(tmp_path / 'stl10_binary')):
+        train = build_dataset(cfg(name='stl10', path=path))
+        test = build_dataset(cfg(name='stl10', path=path), 'test')
+        check_common(train, 'stl10', (3, 96, 96), 10)
+        assert (len(train), len(test)) == (3, 2)
+    assert isinstance(train.data, np.memmap)
+    assert list(train.labels) == [0, 9, 4] and list(test.labels) == [1, 6]      # 1..10 -> 0..9
+    raw = files['train'][0]
+    x, y = train[1]
+    c, h, w = 2, 5, 70                    # byte c * 9216 + w * 96 + h: column-major within a channel
+    assert x[c, h, w] == px(raw[1, c * 9216 + w * 96 + h]) and y == 9
+    assert x[c, h, w] != px(raw[1, c * 9216 + h * 96 + w])
+    assert torch.equal(x, torch.from_numpy(raw[1].reshape(3, 96, 96).transpose(0, 2, 1).copy()).float() / 127.5 - 1)
+    assert train.fid_stats is None
+    assert build_dataset(cfg(name='stl10', path=str(tmp_path), fid_stats='s.npz')).fid_stats == 's.npz'
+    small = build_dataset(cfg(name='stl10', path=str(tmp_path), resolution=48), 'test')
+    check_common(small, 'stl10', (3, 48, 48), 10)
+    assert torch.equal(small[0][0], px((10, 120, 250))[:, None, None].expand(3, 48, 48))   # flat stays flat
+
+
+def test_stl10_unlabeled_and_errors(tmp_path):
+    missing = str(tmp_path / 'nope')
+    with pytest.raises(UserError) as e:
+        build_dataset(cfg(name='stl10', path=missing))
+    msg = str(e.value)
+    assert '\n' not in msg and 'stl10_binary.tar.gz' in msg
+    assert os.path.join(missing, 'stl10_binary', 'train_X.bin') in msg
+    write_stl10(str(tmp_path))
+    with pytest.raises(UserError, match="split 'unlabeled' needs .*unlabeled_X.bin"):
+        build_dataset(cfg(name='stl10', path=str(tmp_path)), 'unlabeled')
+    files = write_stl10(str(tmp_path), unlabeled=True)
+    unlabeled = build_dataset(cfg(name='stl10', path=str(tmp_path)), 'unlabeled')
+    check_common(unlabeled, 'stl10', (3, 96, 96), 0)
+    assert len(unlabeled) == 4 and set(unlabeled.labels) == {-1} and unlabeled[3][1] == -1
+    raw = files['unlabeled'][0]
+    assert torch.equal(unlabeled[3][0], torch.from_numpy(raw[3].reshape(3, 96, 96).transpose(0, 2, 1).copy())
+                       .float() / 127.5 - 1)
+    os.remove(tmp_path / 'stl10_binary' / 'test_y.bin')
+    with pytest.raises(UserError, match='test_y.bin'):
+        build_dataset(cfg(name='stl10', path=str(tmp_path)), 'test')
+    (tmp_path / 'stl10_binary' / 'train_X.bin').write_bytes(b'\0' * 100)
+    with pytest.raises(UserError, match='not a whole number of 3x96x96 images'):
+        build_dataset(cfg(name='stl10', path=str(tmp_path)))
+
+
+# tinyimagenet
+
+def write_tinyimagenet(root):
+    """tiny-imagenet-200/ with 64x64 noise JPEGs (one grayscale), classes n02 (1 image) and n01 (2), 3 val images."""
+    base = os.path.join(root, 'tiny-imagenet-200')
+    rng = np.random.default_rng(5)
+
+    def save(rel, gray=False):
+        os.makedirs(os.path.dirname(os.path.join(base, rel)), exist_ok=True)
+        shape = (64, 64) if gray else (64, 64, 3)
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(os.path.join(base, rel), quality=90)
+    for rel in ['train/n02/images/n02_0.JPEG', 'train/n01/images/n01_0.JPEG', 'val/images/val_0.JPEG',
+                'val/images/val_1.JPEG', 'val/images/val_2.JPEG']:
+        save(rel)
+    save('train/n01/images/n01_1.JPEG', gray=True)
+    with open(os.path.join(base, 'train', 'n01', 'n01_boxes.txt'), 'w') as f:
+        f.write('n01_0.JPEG\t0\t0\t63\t63\n')
+    with open(os.path.join(base, 'val', 'val_annotations.txt'), 'w') as f:
+        for name, wnid in [('val_0.JPEG', 'n02'), ('val_1.JPEG', 'n01'), ('val_2.JPEG', 'n02')]:
+            f.write(f'{name}\t{wnid}\t1\t2\t40\t50\n')
+    return base
+
+
+def test_tinyimagenet(tmp_path):
+    base = write_tinyimagenet(str(tmp_path))
+    for path in (str(tmp_path), base):
+        train = build_dataset(cfg(name='tinyimagenet', path=path))
+        test = build_dataset(cfg(name='tinyimagenet', path=path), 'test')
+        check_common(train, 'tinyimagenet', (3, 64, 64), 2)
+        assert (len(train), len(test)) == (3, 3)
+    assert train.classes == ['n01', 'n02'] and list(train.labels) == [0, 0, 1]
+    assert list(test.labels) == [1, 0, 1]                          # from val_annotations.txt, not the folder
+    assert [os.path.basename(f) for f in test.files] == ['val_0.JPEG', 'val_1.JPEG', 'val_2.JPEG']
+    decoded = np.asarray(Image.open(os.path.join(base, 'val', 'images', 'val_1.JPEG')).convert('RGB'))
+    x, y = test[1]
+    c, h, w = 0, 17, 42
+    assert x[c, h, w] == px(decoded[h, w, c]) and y == 0
+    assert torch.equal(x, torch.from_numpy(decoded.copy()).permute(2, 0, 1).float() / 127.5 - 1)
+    gray = train[1][0]                                             # n01_1.JPEG is grayscale: three equal channels
+    assert gray.shape == (3, 64, 64) and torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
+    assert train.fid_stats is None
+    assert build_dataset(cfg(name='tinyimagenet', path=base, fid_stats='s.npz')).fid_stats == 's.npz'
+    assert build_dataset(cfg(name='tinyimagenet', path=base, resolution=32)).data_shape == (3, 32, 32)
+
+
+def test_tinyimagenet_errors(tmp_path):
+    missing = str(tmp_path / 'nope')
+    with pytest.raises(UserError) as e:
+        build_dataset(cfg(name='tinyimagenet', path=missing))
+    msg = str(e.value)
+    assert '\n' not in msg and 'tiny-imagenet-200.zip' in msg
+    assert os.path.join(missing, 'tiny-imagenet-200', 'train') in msg
+    base = write_tinyimagenet(str(tmp_path))
+    with open(os.path.join(base, 'val', 'val_annotations.txt'), 'a') as f:
+        f.write('val_3.JPEG\tn09\t0\t0\t1\t1\n')
+    Image.new('RGB', (64, 64)).save(os.path.join(base, 'val', 'images', 'val_3.JPEG'))
+    with pytest.raises(UserError, match='n09, which is not a class folder'):
+        build_dataset(cfg(name='tinyimagenet', path=base), 'test')
+    os.remove(os.path.join(base, 'val', 'val_annotations.txt'))
+    with pytest.raises(UserError, match="split 'test' .*needs .*val_annotations.txt"):
+        build_dataset(cfg(name='tinyimagenet', path=base), 'test')
+
+
+# imagenet32
+
+def test_imagenet32_npz(tmp_path):
+    batches = write_imagenet_npz(str(tmp_path), res=32)
+    for kind in ('train', 'val'):
+        os.rename(tmp_path / f'Imagenet64_{kind}_npz', tmp_path / f'Imagenet32_{kind}_npz')
+    train = build_dataset(cfg(name='imagenet32', path=str(tmp_path)))
+    test = build_dataset(cfg(name='imagenet32', path=str(tmp_path)), 'test')
+    check_common(train, 'imagenet32', (3, 32, 32), 1000)
+    assert (len(train), len(test)) == (6, 2)
+    assert isinstance(train.batches[0], np.memmap)
+    data, labels = batches['train_data_batch_2']
+    x, y = train[3]
+    c, h, w = 1, 20, 3
+    assert x[c, h, w] == px(data[1, c * 1024 + h * 32 + w]) and y == labels[1] - 1
+    assert torch.equal(x, torch.from_numpy(data[1].reshape(3, 32, 32)).float() / 127.5 - 1)
+    assert train[5][1] == batches['train_data_batch_10'][1][0] - 1
+    assert test[0][1] == batches['val_data'][1][0] - 1
+    assert train.fid_stats is None
+    assert build_dataset(cfg(name='imagenet32', path=str(tmp_path), fid_stats='s.npz')).fid_stats == 's.npz'
+    with pytest.raises(UserError, match='resolution=32'):
+        build_dataset(cfg(name='imagenet64', path=str(tmp_path)))
+
+
+def test_imagenet32_errors(tmp_path):
+    missing = str(tmp_path / 'missing')
+    for name, res in [('imagenet32', 32), ('imagenet64', 64)]:
+        with pytest.raises(UserError) as e:
+            build_dataset(cfg(name=name, path=missing))
+        msg = str(e.value)
+        assert '\n' not in msg and 'ImageNet not found' in msg
+        assert f'{missing}/Imagenet{res}_train_npz/train_data_batch_1.npz' in msg
+    write_imagenet_npz(str(tmp_path))                              # the 64x64 release
+    with pytest.raises(UserError, match='are 64x64; set config.dataset.resolution=64'):
+        build_dataset(cfg(name='imagenet32', path=str(tmp_path)))
+    os.remove(tmp_path / 'Imagenet64_val_npz' / 'val_data.npz')
+    with pytest.raises(UserError, match='Imagenet32_val_npz.zip'):
+        build_dataset(cfg(name='imagenet32', path=str(tmp_path), resolution=64), 'test')
+
+
+# interpolated
+
+def test_interpolated(tmp_path):
+    rows = write_cifar(str(tmp_path), n_test=5)
+    base_cfg = cfg(name='cifar10', path=str(tmp_path))
+    ds = build_dataset(cfg(name='interpolated', base=base_cfg, seed=3), 'test')
+    base = build_dataset(base_cfg, 'test')
+    check_common(ds, 'interpolated', (3, 32, 32), 0)
+    assert len(ds) == 5 and set(ds.labels) == {-1} and ds[4][1] == -1
+    assert sorted(ds.pairs[:, 0]) == list(range(5)) and all(ds.pairs[:, 0] != ds.pairs[:, 1])
+    data = rows['test_batch'][0].reshape(5, 3, 32, 32).astype(np.float64)
+    for i, (a, b) in enumerate(ds.pairs):
+        x = ds[i][0]
+        assert torch.equal(x, (base[int(a)][0] + base[int(b)][0]) / 2)
+        assert torch.allclose(x, torch.from_numpy((data[a] + data[b]) / 2 / 127.5 - 1).float(), atol=1e-6)
+    again = build_dataset(cfg(name='interpolated', base=base_cfg, seed=3), 'test')
+    assert np.array_equal(again.pairs, ds.pairs) and torch.equal(again[2][0], ds[2][0])
+    train_pairs = [build_dataset(cfg(name='interpolated', base=base_cfg, seed=s)).pairs for s in range(40)]
+    assert all(len(p) == 15 and all(p[:, 0] != p[:, 1]) for p in train_pairs)
+    assert len({p.tobytes() for p in train_pairs}) == 40            # the seed changes the pairing
+    assert ds.fid_stats is None
+    assert build_dataset(cfg(name='interpolated', base=base_cfg, fid_stats='s.npz'), 'test').fid_stats == 's.npz'
+
+
+def test_interpolated_errors(tmp_path):
+    with pytest.raises(UserError) as e:
+        build_dataset(cfg(name='interpolated'))
+    msg = str(e.value)
+    assert '\n' not in msg and 'config.dataset.base.name' in msg
+    missing = str(tmp_path / 'nope')
+    with pytest.raises(UserError, match='CIFAR-10 not found'):                 # the base dataset's own message
+        build_dataset(cfg(name='interpolated', base=cfg(name='cifar10', path=missing)))
+    write_cifar(str(tmp_path), n_test=1)
+    with pytest.raises(UserError, match='at least two images'):
+        build_dataset(cfg(name='interpolated', base=cfg(name='cifar10', path=str(tmp_path))), 'test')
+    two = build_dataset(cfg(name='interpolated', base=cfg(name='digits'), seed=0), 'test')
+    assert two.data_shape == (1, 8, 8)
