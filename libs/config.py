@@ -48,7 +48,13 @@ def defaults() -> ml_collections.ConfigDict:
             final_eval=True,             # evaluate with config.sample at the end of training
             grid_size=100,               # images in each sample grid
         ),
-        optimizer=d(name='adamw', lr=0.0002, weight_decay=0.03, betas=(0.99, 0.999), eps=1e-8),
+        optimizer=d(name='adamw', lr=0.0002, weight_decay=0.03, betas=(0.99, 0.999), eps=1e-8, momentum=0.9,
+                    nesterov=False),        # betas/eps for adam(w), momentum/nesterov for sgd
+        objective=d(
+            name='diffusion',            # 'diffusion' (L_simple) or 'hybrid' (HybViT: CE + alpha * L_simple)
+            alpha=100.0,                 # hybrid: weight of L_simple
+            augment='none',              # hybrid: augmentation of the classification batch
+        ),
         lr_scheduler=d(name='customized', warmup_steps=5000),
         nnet=d(name='uvit'),
         schedule=d(name='vpsde'),

@@ -96,7 +96,10 @@ class Scorer:
             return {'fid': fid.frechet_distance(mu, sigma, self.ref_mu, self.ref_sigma)}
         from libs.metrics.digits_score import digits_score
         score = digits_score(gathered.cpu(), None if labels is None else labels.cpu())
-        return {'digits_accuracy': score['accuracy'], 'digits_frechet_distance': score['frechet_distance']}
+        result = {'digits_frechet_distance': score['frechet_distance']}
+        if score['accuracy'] is not None:  # only class-conditional samples have labels to check
+            result['digits_accuracy'] = score['accuracy']
+        return result
 
 
 def generate(accelerator, denoiser: Denoiser, sample_cfg, schedule, data_shape, n_samples: int, mini_batch_size: int,
@@ -194,9 +197,10 @@ def evaluate(accelerator, denoiser: Denoiser, schedule, config, sample_cfg, n_sa
              weights_path: str, ema: bool = True, png_dir: str = '', step=None) -> dict:
     """Sample, score, and write the score with its settings as JSON beside ``weights_path``."""
     mini_batch = min(config.sample.mini_batch_size, n_samples)
+    num_classes_model = config.nnet.get('num_classes', -1) if config.train.mode == 'cond' else 0
     result = generate(accelerator, denoiser, sample_cfg, schedule, dataset.data_shape, n_samples, mini_batch,
-                      dataset.num_classes, config.nnet.get('num_classes', -1), scorer, png_dir=png_dir,
-                      seed=config.seed, desc=config.eval.metric)
+                      dataset.num_classes, num_classes_model, scorer, png_dir=png_dir, seed=config.seed,
+                      desc=config.eval.metric)
     if accelerator.is_main_process:
         record = settings_record(sample_cfg, n_samples, ema, config.eval.metric, ref_stats_path(config, dataset),
                                  weights_path)

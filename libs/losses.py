@@ -9,7 +9,18 @@ def l_simple(denoiser, x0, cond=None, generator=None):
     predicts (eps for 'noise', x0 for 'x0'). Without a generator the random numbers come from the global RNG of x0's
     device, so restoring that RNG state on resume reproduces the losses exactly.
     """
-    schedule = denoiser.schedule
+    t, eps, x_t = noised(denoiser.schedule, x0, generator)
+    target = eps if denoiser.prediction == 'noise' else x0
+    return squared_error(denoiser.output(x_t, t, **(cond or {})), target)
+
+
+def squared_error(prediction, target):
+    """Mean squared error per sample, (B,) float32 whatever the precision of the prediction."""
+    return (prediction.float() - target.float()).pow(2).flatten(1).mean(1)
+
+
+def noised(schedule, x0, generator=None):
+    """Draw t ~ schedule.sample_train_t and eps ~ N(0, I); return (t, eps, x_t = alpha(t) x0 + sigma(t) eps)."""
     t = schedule.sample_train_t(x0.shape[0], x0.device, generator=generator)
     if generator is None:
         eps = torch.randn_like(x0)
@@ -18,7 +29,4 @@ def l_simple(denoiser, x0, cond=None, generator=None):
     shape = (-1,) + (1,) * (x0.ndim - 1)
     alpha = schedule.alpha(t).to(x0.dtype).view(shape)
     sigma = schedule.sigma(t).to(x0.dtype).view(shape)
-    x_t = alpha * x0 + sigma * eps
-    target = eps if denoiser.prediction == 'noise' else x0
-    out = denoiser.output(x_t, t, **(cond or {}))
-    return (out.float() - target.float()).pow(2).flatten(1).mean(1)
+    return t, eps, alpha * x0 + sigma * eps

@@ -105,6 +105,7 @@ class UViT(UViTTrunk):
                          condition_name='label_emb' if labelled else None,
                          condition_module=nn.Embedding(num_classes, embed_dim) if labelled else None)
         self.num_classes = num_classes
+        self.takes_labels = labelled
 
     def forward(self, x, timesteps, y=None):
         x = self.patch_embed(x)

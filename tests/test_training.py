@@ -13,6 +13,7 @@ import torch
 from libs.config import resolve
 from libs.errors import UserError
 from libs.training import checkpoint as checkpoint_module
+from libs import objectives as objectives_module
 from libs.training import loop as loop_module
 from libs.training.checkpoint import CheckpointManager, read_train_state
 from libs.training.data_order import ResumableBatchSampler
@@ -109,14 +110,14 @@ def test_resume_after_sigterm_equals_uninterrupted(tmp_path, monkeypatch):
 
 def test_bf16_mixed_precision_keeps_the_loss_in_fp32(tmp_path, monkeypatch):
     loss_dtypes = []
-    real_loss = loop_module.l_simple
+    real_loss = objectives_module.l_simple
 
     def recording_loss(denoiser, x0, cond=None):
         loss = real_loss(denoiser, x0, cond)
         loss_dtypes.append(loss.dtype)
         return loss
 
-    monkeypatch.setattr(loop_module, 'l_simple', recording_loss)
+    monkeypatch.setattr(objectives_module, 'l_simple', recording_loss)
     config = tiny_config(n_steps=3, save_interval=100)
     config.mixed_precision = 'bf16'
     trainer = Trainer(config, str(tmp_path))
@@ -160,7 +161,7 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, monkeypatch):
         t = torch.full((x0.shape[0],), 0.5)
         return (denoiser.output(x0, t, **(cond or {})) - x0).square().flatten(1).mean(1)
 
-    monkeypatch.setattr(loop_module, 'l_simple', deterministic_loss)
+    monkeypatch.setattr(objectives_module, 'l_simple', deterministic_loss)
     big = Trainer(tiny_config(n_steps=3, save_interval=100, batch_size=32), str(tmp_path / 'big'))
     big.fit()
     reset_accelerate()
@@ -208,14 +209,14 @@ def test_out_of_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
 def test_nan_loss_stops_before_the_update_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     calls = {'n': 0}
-    real_loss = loop_module.l_simple
+    real_loss = objectives_module.l_simple
 
     def loss_that_turns_nan(*args, **kwargs):
         calls['n'] += 1
         out = real_loss(*args, **kwargs)
         return out * float('nan') if calls['n'] >= 3 else out
 
-    monkeypatch.setattr(loop_module, 'l_simple', loss_that_turns_nan)
+    monkeypatch.setattr(objectives_module, 'l_simple', loss_that_turns_nan)
     trainer = Trainer(tiny_config(n_steps=6, save_interval=2), str(tmp_path))
     before = {k: v.clone() for k, v in trainer.nnet.state_dict().items()}
     with pytest.raises(UserError, match=r'loss is not finite at step 3; .* the last good checkpoint .*2\.ckpt '

@@ -27,8 +27,8 @@ from libs.errors import UserError
 from libs.fileio import atomic_open
 from libs.evaluation import evaluate, make_scorer, null_label, sample_batch, seeded
 from libs.images import save_grid
-from libs.losses import l_simple
 from libs.nnets import build_nnet, check_state_dict, count_parameters, strip_wrapper_prefixes
+from libs.objectives import build_objective
 from libs.samplers import build_sampler
 from libs.schedules import build_schedule
 from libs.training.checkpoint import (CheckpointManager, load_object, now, read_train_state, rng_state,
@@ -128,15 +128,14 @@ class Trainer:
         self.micro_batch = tc.batch_size // (world * accum)
 
         self.dataset = build_dataset(config.dataset, split='train')
-        self.num_classes_model = config.nnet.get('num_classes', -1)
+        # classes the network is conditioned on (GenViT's num_classes is its classifier head, not a condition)
+        self.num_classes_model = config.nnet.get('num_classes', -1) if tc.mode == 'cond' else 0
         if tc.mode == 'cond':
             if self.dataset.num_classes <= 0:
                 raise UserError(f"config.train.mode='cond' but dataset {config.dataset.name!r} has no labels")
             if self.num_classes_model < self.dataset.num_classes:
                 raise UserError(f'config.nnet.num_classes={self.num_classes_model} is smaller than the '
                                 f'{self.dataset.num_classes} classes of the dataset')
-        elif self.num_classes_model > 0:
-            raise UserError("config.nnet.num_classes > 0 needs config.train.mode='cond'")
         self.uncond_label = null_label(self.num_classes_model, self.dataset.num_classes)
         if tc.p_uncond > 0 and self.uncond_label is None:
             raise UserError('config.train.p_uncond > 0 needs nnet.num_classes = dataset classes + 1 '
@@ -144,6 +143,10 @@ class Trainer:
 
         torch.manual_seed(config.seed)  # identical initial weights on every process
         nnet = build_nnet(config.nnet)
+        if getattr(nnet, 'takes_labels', False) != (tc.mode == 'cond'):
+            raise UserError(f"config.train.mode={tc.mode!r} does not fit the network: it "
+                            f"{'takes' if getattr(nnet, 'takes_labels', False) else 'takes no'} class labels "
+                            f"(config.nnet.num_classes={config.nnet.get('num_classes', -1)})")
         self.nnet_ema = copy.deepcopy(nnet).requires_grad_(False).eval()
         optimizer = build_optimizer(config.optimizer, nnet.parameters())
         self.lr_scheduler = build_lr_scheduler(config.lr_scheduler, optimizer, tc.n_steps)
@@ -154,7 +157,11 @@ class Trainer:
         if resume_from:
             resumed_state = self._load_weights(resume_from, nnet)
 
-        self.nnet, self.optimizer = acc.prepare(nnet, optimizer)
+        self.schedule = build_schedule(config.schedule)
+        prediction = CONFIG_PREDICTIONS[config.pred]
+        self.objective = build_objective(config.objective, self.schedule, prediction)
+        # self.nnet is the module accelerate wraps (the backbone, or the objective's module around it)
+        self.nnet, self.optimizer = acc.prepare(self.objective.training_module(nnet), optimizer)
         self.nnet_ema.to(self.device)
         if resume_from:
             self._load_optimizer_and_rng(resume_from, resumed_state)
@@ -163,9 +170,6 @@ class Trainer:
         if tc.compile:
             self.nnet = torch.compile(self.nnet)
 
-        self.schedule = build_schedule(config.schedule)
-        prediction = CONFIG_PREDICTIONS[config.pred]
-        self.denoiser = Denoiser(self.nnet, self.schedule, prediction)
         self.denoiser_ema = Denoiser(self.nnet_ema, self.schedule, prediction)
 
         sampler = ResumableBatchSampler(len(self.dataset), self.micro_batch, config.seed, acc.process_index, world,
@@ -179,6 +183,10 @@ class Trainer:
         self.stop = StopRequest()
         self.skipped_steps = 0
         self.warned = set()
+
+    def backbone(self) -> torch.nn.Module:
+        """The network being trained, without DDP / compile / objective wrappers."""
+        return self.objective.backbone(self.accelerator.unwrap_model(self.nnet))
 
     # ----------------------------------------------------------------------------------------------- resume
     def _load_weights(self, ckpt: str, nnet: torch.nn.Module) -> dict:
@@ -213,11 +221,10 @@ class Trainer:
         acc = self.accelerator
         tmp = self.ckpts.begin(self.step, acc.is_main_process)
         acc.wait_for_everyone()
-        checksums = acc.gather(param_checksum(acc.unwrap_model(self.nnet)).unsqueeze(0)).cpu()
+        checksums = acc.gather(param_checksum(self.backbone()).unsqueeze(0)).cpu()
         self.ckpts.write(tmp, f'rng_state_{acc.process_index}.pth', rng_state())
         if acc.is_main_process:
-            nnet = acc.unwrap_model(self.nnet)
-            self.ckpts.write(tmp, 'nnet.pth', {k: v.cpu() for k, v in nnet.state_dict().items()})
+            self.ckpts.write(tmp, 'nnet.pth', {k: v.cpu() for k, v in self.backbone().state_dict().items()})
             self.ckpts.write(tmp, 'nnet_ema.pth', {k: v.cpu() for k, v in self.nnet_ema.state_dict().items()})
             self.ckpts.write(tmp, 'optimizer.pth', self.optimizer.state_dict())
             self.ckpts.write(tmp, 'lr_scheduler.pth', self.lr_scheduler.state_dict())
@@ -283,31 +290,34 @@ class Trainer:
                 yield batch
 
     def prepare_batch(self, batch):
+        """(images, labels) from the loader -> (x on the device, flipped at random if configured, the network's
+        condition dict, the labels on the device)."""
         x, y = batch
         x = x.to(self.device, non_blocking=True)
+        y = y.to(self.device, non_blocking=True)
         if self.config.dataset.get('random_flip', False):
             flip = torch.rand(x.shape[0], device=self.device) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
         cond = {}
         if self.config.train.mode == 'cond':
-            y = y.to(self.device, non_blocking=True)
             p_uncond = self.config.train.p_uncond
+            label = y
             if p_uncond > 0:
-                y = torch.where(torch.rand(y.shape[0], device=self.device) < p_uncond,
-                                torch.full_like(y, self.uncond_label), y)
-            cond = {'y': y}
-        return x, cond
+                label = torch.where(torch.rand(y.shape[0], device=self.device) < p_uncond,
+                                    torch.full_like(y, self.uncond_label), y)
+            cond = {'y': label}
+        return x, cond, y
 
     def train_step(self, data) -> dict:
         acc, tc = self.accelerator, self.config.train
         self.nnet.train()
-        losses = []
+        losses, extras = [], []
         nonfinite = torch.zeros((), device=self.device)
         grad_norm = None
         for _ in range(tc.gradient_accumulation_steps):
-            x, cond = self.prepare_batch(next(data))
+            x, cond, labels = self.prepare_batch(next(data))
             with acc.accumulate(self.nnet):
-                loss = l_simple(self.denoiser, x, cond).mean()
+                loss, extra = self.objective(self.nnet, x, cond, labels)
                 nonfinite = torch.maximum(nonfinite, (~torch.isfinite(loss)).float())
                 acc.backward(loss)
                 if acc.sync_gradients:
@@ -322,13 +332,16 @@ class Trainer:
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
             losses.append(loss.detach())
+            extras.append(extra)
         if acc.optimizer_step_was_skipped:
             self.skipped_steps += 1  # fp16 overflow: the grad scaler skipped the update and lowered its scale
         else:
             self.lr_scheduler.step()
-            update_ema(self.nnet_ema, acc.unwrap_model(self.nnet), tc.ema_rate)
+            update_ema(self.nnet_ema, self.backbone(), tc.ema_rate)
         self.step += 1
         out = {'loss': torch.stack(losses).mean()}
+        for key in extras[0]:
+            out[key] = torch.stack([e[key] for e in extras]).mean()
         if grad_norm is not None:
             out['grad_norm'] = grad_norm if torch.is_tensor(grad_norm) else torch.tensor(grad_norm)
         return out
@@ -385,7 +398,7 @@ class Trainer:
         self.stop.install()
         logger.info('training %s (%.2fM parameters) on %s with %d process(es), mixed precision %s, '
                     'global batch %d (%d per process x %d accumulation), from step %d',
-                    config.nnet.name, count_parameters(acc.unwrap_model(self.nnet)) / 1e6, self.device,
+                    config.nnet.name, count_parameters(self.backbone()) / 1e6, self.device,
                     acc.num_processes, acc.mixed_precision, tc.batch_size, self.micro_batch,
                     tc.gradient_accumulation_steps, self.step)
         try:

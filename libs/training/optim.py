@@ -6,16 +6,23 @@ import torch
 from libs.errors import UserError
 
 
+OPTIMIZERS = {
+    # name: (class, the config keys it takes)
+    'adamw': (torch.optim.AdamW, ('lr', 'weight_decay', 'betas', 'eps')),
+    'adam': (torch.optim.Adam, ('lr', 'weight_decay', 'betas', 'eps')),
+    'sgd': (torch.optim.SGD, ('lr', 'weight_decay', 'momentum', 'nesterov')),
+}
+
+
 def build_optimizer(cfg, params) -> torch.optim.Optimizer:
-    """``cfg.name`` in {'adamw', 'adam'}; the remaining keys are the optimiser's arguments."""
-    kwargs = dict(cfg)
-    name = kwargs.pop('name')
+    """``cfg.name`` in OPTIMIZERS; the optimiser takes the config keys that apply to it."""
+    if cfg.name not in OPTIMIZERS:
+        raise UserError(f"unknown optimizer {cfg.name!r}; known: {', '.join(OPTIMIZERS)}")
+    cls, keys = OPTIMIZERS[cfg.name]
+    kwargs = {key: cfg[key] for key in keys if key in cfg}
     if 'betas' in kwargs:
         kwargs['betas'] = tuple(kwargs['betas'])
-    optimizers = {'adamw': torch.optim.AdamW, 'adam': torch.optim.Adam}
-    if name not in optimizers:
-        raise UserError(f"unknown optimizer {name!r}; known: {', '.join(optimizers)}")
-    return optimizers[name](params, **kwargs)
+    return cls(params, **kwargs)
 
 
 def _warmup_constant(warmup_steps: int):

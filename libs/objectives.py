@@ -1,0 +1,88 @@
+"""Training objectives: what the Trainer optimises, and which module accelerate wraps for it.
+
+An objective is built from ``config.objective`` and gives
+- ``training_module(nnet)``: the module to prepare (DDP-wrap); every loss term must come from ONE forward call
+  of it, because DDP's gradient bookkeeping breaks when one module runs forward twice before a backward;
+- ``backbone(module)``: the network inside that module (what EMA tracks and checkpoints store);
+- ``__call__(module, x, cond, labels) -> (loss, metrics)``: the scalar loss (fp32) and detached metrics.
+
+``diffusion``: L_simple alone (U-ViT, GenViT). ``hybrid``: HybViT (Yang et al. 2022), cross-entropy of the
+classifier on an augmented copy of the batch plus ``alpha`` times L_simple on the clean batch.
+"""
+import torch.nn as nn
+import torch.nn.functional as F
+
+from libs.augment import build_augment
+from libs.errors import UserError
+from libs.denoiser import Denoiser
+from libs.losses import l_simple, noised, squared_error
+
+
+class Diffusion:
+    """L_simple on the batch."""
+
+    def __init__(self, cfg, schedule, prediction):
+        self.schedule = schedule
+        self.prediction = prediction
+
+    def training_module(self, nnet):
+        return nnet
+
+    def backbone(self, module):
+        return module
+
+    def __call__(self, module, x, cond, labels):
+        return l_simple(Denoiser(module, self.schedule, self.prediction), x, cond).mean(), {}
+
+
+class HybridModule(nn.Module):
+    """One forward pass for both tasks: (noisy x, model time, augmented clean x) -> (prediction, class logits)."""
+
+    def __init__(self, nnet):
+        super().__init__()
+        self.nnet = nnet
+
+    def forward(self, x_t, model_time, x_cls, **cond):
+        return self.nnet(x_t, model_time, **cond), self.nnet.classify(x_cls)
+
+
+class Hybrid(Diffusion):
+    """cross-entropy(classify(augment(x)), y) + alpha * L_simple(x); needs a backbone with ``classify``."""
+
+    def __init__(self, cfg, schedule, prediction):
+        super().__init__(cfg, schedule, prediction)
+        self.alpha = float(cfg.get('alpha', 100.0))
+        self.augment = build_augment(cfg.get('augment', 'none'))
+
+    def training_module(self, nnet):
+        if not hasattr(nnet, 'classify'):
+            raise UserError(f"config.objective.name='hybrid' needs a network with a classification head; "
+                            f"{type(nnet).__name__} has none (use nnet.name='genvit')")
+        return HybridModule(nnet)
+
+    def backbone(self, module):
+        return module.nnet
+
+    def __call__(self, module, x, cond, labels):
+        if (labels < 0).any():
+            raise UserError("config.objective.name='hybrid' needs labelled data; the dataset has unlabelled images")
+        t, eps, x_t = noised(self.schedule, x)
+        out, logits = module(x_t, self.schedule.model_time(t), self.augment(x), **cond)
+        target = eps if self.prediction == 'noise' else x
+        mse = squared_error(out, target).mean()
+        ce = F.cross_entropy(logits.float(), labels)
+        accuracy = (logits.argmax(1) == labels).float().mean()
+        return ce + self.alpha * mse, {'ce': ce.detach(), 'mse': mse.detach(), 'train_accuracy': accuracy}
+
+
+OBJECTIVES = {
+    'diffusion': Diffusion,
+    'hybrid': Hybrid,
+}
+
+
+def build_objective(cfg, schedule, prediction):
+    name = cfg.get('name', 'diffusion')
+    if name not in OBJECTIVES:
+        raise UserError(f"unknown config.objective.name {name!r}; known: {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[name](cfg, schedule, prediction)
