@@ -19,7 +19,6 @@ flags.mark_flags_as_required(['config', 'nnet_path'])
 
 
 def main(_):
-    import torch
     from accelerate import Accelerator
 
     from libs.config import resolve
@@ -32,9 +31,8 @@ def main(_):
     cli.setup_logging()
     config = resolve(FLAGS.config)
     accelerator = Accelerator(mixed_precision=config.mixed_precision or None)
-    if accelerator.device.type == 'cuda' and config.train.tf32:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    if config.train.tf32:
+        cli.enable_tf32(accelerator.device)
     dataset = build_dataset(config.dataset, split='train')
     scorer = make_scorer(config, dataset, accelerator.device)  # fails early if FID files are missing
     nnet = build_nnet(config.nnet)

@@ -9,16 +9,25 @@ import torch.nn.functional as F
 from libs.errors import UserError
 
 
-def random_shift(x: torch.Tensor, pad: int) -> torch.Tensor:
-    """Translate each image by up to ``pad`` pixels (zero padding = black in [-1, 1] is -1, so pad with -1)."""
+def random_shift(x: torch.Tensor, pad: int, generator: torch.Generator = None) -> torch.Tensor:
+    """Translate each image by up to ``pad`` pixels in each direction; the border is filled with -1 (black).
+
+    One draw per image picks one of the (2 pad + 1)^2 shifts, from ``generator`` or the global RNG.
+    """
+    if pad == 0:
+        return x
     b, _, h, w = x.shape
+    side = 2 * pad + 1
     padded = F.pad(x, (pad, pad, pad, pad), value=-1.0)
-    dy = torch.randint(0, 2 * pad + 1, (b,), device=x.device)
-    dx = torch.randint(0, 2 * pad + 1, (b,), device=x.device)
+    choice = torch.randint(0, side * side, (b,), generator=generator,
+                           device=generator.device if generator is not None else x.device).to(x.device)
+    dy, dx = choice // side, choice % side
     rows = (dy[:, None] + torch.arange(h, device=x.device)[None])          # (B, H)
     cols = (dx[:, None] + torch.arange(w, device=x.device)[None])          # (B, W)
     index = torch.arange(b, device=x.device)[:, None, None]
-    return padded.permute(0, 2, 3, 1)[index, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    shifted = padded.permute(0, 2, 3, 1)[index, rows[:, :, None], cols[:, None, :]]
+    # standard (not channels-last) strides, even for one channel, so convolutions take their usual path
+    return shifted.permute(0, 3, 1, 2).clone(memory_format=torch.contiguous_format)
 
 
 def random_flip(x: torch.Tensor) -> torch.Tensor:

@@ -58,6 +58,14 @@ def default_workdir(argv) -> str:
     return os.path.join('workdir', config_name(argv), hparams(argv))
 
 
+def enable_tf32(device) -> None:
+    """TF32 matmuls and convolutions on Ampere and newer GPUs (a no-op elsewhere)."""
+    import torch
+    if torch.device(device).type == 'cuda':
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
 def fail(message: str) -> None:
     """Print ``error: message`` (main process only) and exit with status 2."""
     if is_main_process():

@@ -126,5 +126,15 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return base
 
 
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+    """``get_config()`` of a config file given by path (what --config does), resolved."""
+    import importlib.util
+    import os
+    spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return resolve(module.get_config())
+
+
 def to_json(config: ml_collections.ConfigDict) -> str:
     return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)

@@ -112,12 +112,12 @@ class Digits(ImageDataset):
     """scikit-learn's bundled 8x8 handwritten digits (1797 images, 10 classes), one channel.
 
     Values 0..16 map to ``v / 8 - 1``. Split: per class, a fixed permutation (``numpy.random.default_rng(0)``) sends
-    round(20%) of the images to 'test' and the rest to 'train' (1438 train / 359 test). A ``resolution`` that is a
+    round(20%) of the images to 'test' and the rest to 'train' (1438 train / 359 test); 'all' is every image. A ``resolution`` that is a
     multiple of 8 repeats pixels (nearest-neighbour upsampling), so values stay on the 17 original levels.
     """
 
     name = 'digits'
-    splits = ('train', 'test')
+    splits = ('train', 'test', 'all')
     test_fraction = 0.2
 
     def __init__(self, split: str = 'train', resolution: int = 8, fid_stats=None):
@@ -147,7 +147,7 @@ class Digits(ImageDataset):
             test.extend(idx[rng.permutation(len(idx))[:round(cls.test_fraction * len(idx))]])
         test = np.sort(np.asarray(test, dtype=np.int64))
         train = np.setdiff1d(np.arange(len(targets)), test)
-        return {'train': train, 'test': test}
+        return {'train': train, 'test': test, 'all': np.arange(len(targets))}
 
     @classmethod
     def from_config(cls, cfg, split):

@@ -126,7 +126,7 @@ def synthetic_batch(nnet, batch: int, device):
     import torch
     x0 = torch.rand(batch, nnet.in_chans, nnet.img_size, nnet.img_size, device=device) * 2 - 1
     cond = {}
-    if nnet.num_classes > 0:
+    if getattr(nnet, 'takes_labels', False):  # GenViT's num_classes is a classifier head, not a condition
         cond['y'] = torch.randint(0, nnet.num_classes, (batch,), device=device)
     return x0, cond
 
@@ -245,11 +245,9 @@ def time_sampling(denoiser, nnet, settings: dict, batch: int, steps: int, warmup
 
 def run_variant(config, name: str, batch: int, sample_batch: int, steps: int, warmup: int) -> dict:
     """Measure one variant in this process (a fresh one: see measure_in_subprocess)."""
-    import torch
+    from libs.cli import enable_tf32
     device = pick_device()
-    if device.type == 'cuda':
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    enable_tf32(device)
     startup_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     settings = variant_settings(name, device.type)
     denoiser, optimizer, nnet = build(config, settings, device)

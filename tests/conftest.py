@@ -23,6 +23,20 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def reset_accelerate():
+    """accelerate keeps process-wide singletons; each in-process Trainer must start from fresh ones."""
+    from accelerate.state import AcceleratorState, GradientState
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    reset_accelerate()
+    yield
+    reset_accelerate()
+
+
 @pytest.fixture(scope='session')
 def random_weights(tmp_path_factory):
     """A seeded, randomly initialised FID Inception saved as a .pth file (He-scaled so features are O(1)).

@@ -1,13 +1,12 @@
 """Every config file resolves, and the paper's configs build networks with the released parameter counts."""
 import glob
-import importlib.util
 import json
 import os
 
 import pytest
 import torch
 
-from libs.config import resolve
+from libs.config import load_config_file
 from libs.nnets import build_nnet, count_parameters
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -15,16 +14,9 @@ REFERENCE = os.path.join(ROOT, '..', 'shared', 'reference', 'uvit_official_state
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', '*.py')))
 
 
-def load(path):
-    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return resolve(module.get_config())
-
-
 @pytest.mark.parametrize('path', CONFIGS, ids=[os.path.basename(p) for p in CONFIGS])
 def test_config_resolves_and_builds(path):
-    config = load(path)
+    config = load_config_file(path)
     with torch.device('meta'):
         nnet = build_nnet(config.nnet)
     assert count_parameters(nnet) > 0
@@ -38,7 +30,7 @@ def test_paper_configs_have_the_released_networks(name):
         pytest.skip(f'reference file {REFERENCE} is not present')
     with open(REFERENCE) as f:
         released = json.load(f)[name]
-    config = load(os.path.join(ROOT, 'configs', f'{name}.py'))
+    config = load_config_file(os.path.join(ROOT, 'configs', f'{name}.py'))
     with torch.device('meta'):
         nnet = build_nnet(config.nnet)
     assert count_parameters(nnet) == released['n_params']

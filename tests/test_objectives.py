@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from libs.config import d
+from libs.config import d, load_config_file
 from libs.data import build_dataset
 from libs.errors import UserError
 from libs.genvit import GenViT
@@ -19,20 +19,11 @@ from libs.uvit import UViT
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    from accelerate.state import AcceleratorState, GradientState
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
+pytestmark = pytest.mark.usefixtures('fresh_accelerate_state')
 
 
 def hybvit_config(**train):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('digits_hybvit', os.path.join(ROOT, 'configs', 'digits_hybvit.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = load_config_file(os.path.join(ROOT, 'configs', 'digits_hybvit.py'))
     config.log_with = 'none'
     config.nnet.update(embed_dim=64, depth=4, num_heads=4)
     config.train.update(dict(batch_size=64, save_interval=10 ** 6, eval_interval=10 ** 6, final_eval=False), **train)

@@ -10,7 +10,8 @@ import time
 import pytest
 import torch
 
-from libs.config import resolve
+from conftest import reset_accelerate
+from libs.config import load_config_file, resolve
 from libs.errors import UserError
 from libs.training import checkpoint as checkpoint_module
 from libs import objectives as objectives_module
@@ -28,11 +29,7 @@ TINY = dict(embed_dim=32, depth=2, num_heads=2)
 
 
 def tiny_config(**train):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('digits_config', DIGITS_CONFIG)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = resolve(module.get_config())
+    config = load_config_file(DIGITS_CONFIG)
     config.nnet.update(TINY)
     config.log_with = 'none'
     config.train.update(dict(n_steps=8, batch_size=32, log_interval=1, eval_interval=10 ** 9, save_interval=4,
@@ -43,18 +40,7 @@ def tiny_config(**train):
     return config
 
 
-def reset_accelerate():
-    """Each Trainer builds an Accelerator; accelerate keeps process-wide singletons between them."""
-    from accelerate.state import AcceleratorState, GradientState
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    reset_accelerate()
-    yield
-    reset_accelerate()
+pytestmark = pytest.mark.usefixtures('fresh_accelerate_state')
 
 
 def losses(workdir):

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from libs.augment import random_shift
 from libs.errors import UserError
 from libs.fileio import atomic_open
 from libs.metrics.fid import activation_statistics, frechet_distance
@@ -51,11 +52,10 @@ RECIPE_HASH = hashlib.sha256(json.dumps(RECIPE, sort_keys=True).encode()).hexdig
 
 def real_digits():
     """All 1797 digits in model space ``(N, 1, 8, 8)`` float32 in ``[-1, 1]`` and their labels ``(N,)`` int64."""
-    from sklearn.datasets import load_digits
+    from libs.data import Digits
 
-    data = load_digits()
-    images = torch.from_numpy(data.images.astype(np.float32)).unsqueeze(1) / 16 * 2 - 1
-    return images, torch.from_numpy(data.target.astype(np.int64))
+    digits = Digits('all')
+    return digits.images, torch.from_numpy(digits.labels)
 
 
 def split_indices():
@@ -90,18 +90,6 @@ class DigitsClassifier(nn.Module):
         return self.head(self.body(x))
 
 
-def _random_shifts(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
-    """Shift each image by up to ``max_shift`` pixels in each direction (background -1 fills the border)."""
-    if max_shift == 0:
-        return x
-    size = x.shape[-1]
-    padded = nn.functional.pad(x, [max_shift] * 4, value=-1.0)
-    span = range(2 * max_shift + 1)
-    shifted = torch.stack([padded[..., dy:dy + size, dx:dx + size] for dy in span for dx in span])
-    choice = torch.randint(0, len(shifted), (len(x),), generator=generator)
-    return shifted[choice, torch.arange(len(x))]
-
-
 @contextlib.contextmanager
 def _one_thread():
     """Run torch on one CPU thread: faster for these tiny tensors (especially on a busy machine) and the same
@@ -133,7 +121,7 @@ def _train() -> DigitsClassifier:
                                                     total_steps=RECIPE['epochs'] * steps_per_epoch)
     model.train()
     for _ in range(RECIPE['epochs']):
-        x_epoch = _random_shifts(x, RECIPE['shift_augment'], generator)
+        x_epoch = random_shift(x, RECIPE['shift_augment'], generator)
         order = torch.randperm(len(x), generator=generator)
         for batch in order.split(RECIPE['batch_size']):
             loss = nn.functional.cross_entropy(model(x_epoch[batch]), y[batch])

@@ -20,6 +20,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from libs.augment import random_flip
+from libs.cli import enable_tf32
 from libs.config import to_json
 from libs.data import build_dataset
 from libs.denoiser import CONFIG_PREDICTIONS, Denoiser
@@ -116,9 +118,8 @@ class Trainer:
         self.workdir = workdir
         self.accelerator = acc = make_accelerator(config, workdir)
         self.device = acc.device
-        if self.device.type == 'cuda' and config.train.tf32:
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+        if config.train.tf32:
+            enable_tf32(self.device)
 
         tc = config.train
         world, accum = acc.num_processes, tc.gradient_accumulation_steps
@@ -296,8 +297,7 @@ class Trainer:
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
         if self.config.dataset.get('random_flip', False):
-            flip = torch.rand(x.shape[0], device=self.device) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+            x = random_flip(x)
         cond = {}
         if self.config.train.mode == 'cond':
             p_uncond = self.config.train.p_uncond
