@@ -19,31 +19,10 @@ flags.mark_flags_as_required(['config', 'nnet_path'])
 
 
 def main(_):
-    from accelerate import Accelerator
-
     from libs.config import resolve
-    from libs.data import build_dataset
-    from libs.denoiser import CONFIG_PREDICTIONS, Denoiser
-    from libs.evaluation import evaluate, make_scorer
-    from libs.nnets import build_nnet, load_nnet_weights
-    from libs.schedules import build_schedule
-
+    from libs.evaluation import run_sample_eval
     cli.setup_logging()
-    config = resolve(FLAGS.config)
-    accelerator = Accelerator(mixed_precision=config.mixed_precision or None)
-    if config.train.tf32:
-        cli.enable_tf32(accelerator.device)
-    dataset = build_dataset(config.dataset, split='train')
-    scorer = make_scorer(config, dataset, accelerator.device)  # fails early if FID files are missing
-    nnet = build_nnet(config.nnet)
-    weights = load_nnet_weights(nnet, FLAGS.nnet_path, ema=FLAGS.ema)
-    nnet = accelerator.prepare(nnet.eval())
-    schedule = build_schedule(config.schedule)
-    denoiser = Denoiser(nnet, schedule, CONFIG_PREDICTIONS[config.pred])
-    result = evaluate(accelerator, denoiser, schedule, config, config.sample, config.sample.n_samples, dataset,
-                      scorer, weights, ema=FLAGS.ema, png_dir=config.sample.path)
-    if accelerator.is_main_process:
-        print(' '.join(f'{k}={v:.4f}' for k, v in result.items()))
+    run_sample_eval(resolve(FLAGS.config), FLAGS.nnet_path, FLAGS.ema)
 
 
 if __name__ == '__main__':

@@ -47,6 +47,7 @@ def defaults() -> ml_collections.ConfigDict:
             tf32=True,                   # TF32 matmuls / convolutions on Ampere and newer GPUs
             final_eval=True,             # evaluate with config.sample at the end of training
             grid_size=100,               # images in each sample grid
+            repeated_aug=1,              # repeated augmentation: each image appears this many times per batch
         ),
         optimizer=d(name='adamw', lr=0.0002, weight_decay=0.03, betas=(0.99, 0.999), eps=1e-8, momentum=0.9,
                     nesterov=False),        # betas/eps for adam(w), momentum/nesterov for sgd
@@ -57,6 +58,14 @@ def defaults() -> ml_collections.ConfigDict:
         ),
         lr_scheduler=d(name='customized', warmup_steps=5000),
         nnet=d(name='uvit'),
+        autoencoder=d(
+            pretrained_path='',          # '' : pixel space; else the Stable Diffusion autoencoder (latent space)
+            scale_factor=0.18215,        # latents are the autoencoder's samples times this
+            decode_batch_size=50,        # images decoded per autoencoder call when sampling
+        ),
+        text_encoder=d(
+            pretrained_path='',          # CLIP text encoder folder, for turning your own prompts into contexts
+        ),
         schedule=d(name='vpsde'),
         dataset=d(name='cifar10'),
         sample=d(

@@ -27,6 +27,11 @@ class Denoiser:
         self.schedule = schedule
         self.prediction = prediction
 
+    @classmethod
+    def from_config(cls, nnet, schedule, config) -> 'Denoiser':
+        """With the prediction type named by ``config.pred`` ('noise_pred' / 'x0_pred')."""
+        return cls(nnet, schedule, CONFIG_PREDICTIONS[config.pred])
+
     def _times(self, x, t):
         if not torch.is_tensor(t) or t.ndim == 0:
             dtype = torch.float64 if x.dtype == torch.float64 else torch.float32

@@ -210,3 +210,30 @@ def evaluate(accelerator, denoiser: Denoiser, schedule, config, sample_cfg, n_sa
         path = write_result(os.path.dirname(os.path.abspath(weights_path)), record)
         logger.info('%s (%s)', ', '.join(f'{k}={v:.4f}' for k, v in result.items() if isinstance(v, float)), path)
     return result
+
+
+def run_sample_eval(config, nnet_path: str, ema: bool = True) -> dict:
+    """What ``eval.py`` does by default: load the weights, sample ``config.sample.n_samples``, score them, write the
+    JSON beside the weights (and PNGs to ``config.sample.path`` if set). Returns the score on every process."""
+    from accelerate import Accelerator
+
+    from libs.cli import enable_tf32
+    from libs.data import build_dataset
+    from libs.nnets import build_nnet, load_nnet_weights
+    from libs.schedules import build_schedule
+
+    accelerator = Accelerator(mixed_precision=config.mixed_precision or None)
+    if config.train.tf32:
+        enable_tf32(accelerator.device)
+    dataset = build_dataset(config.dataset, split='train')
+    scorer = make_scorer(config, dataset, accelerator.device)  # fails early if FID files are missing
+    nnet = build_nnet(config.nnet)
+    weights = load_nnet_weights(nnet, nnet_path, ema=ema)
+    nnet = accelerator.prepare(nnet.eval())
+    schedule = build_schedule(config.schedule)
+    denoiser = Denoiser.from_config(nnet, schedule, config)
+    result = evaluate(accelerator, denoiser, schedule, config, config.sample, config.sample.n_samples, dataset,
+                      scorer, weights, ema=ema, png_dir=config.sample.path)
+    if accelerator.is_main_process:
+        print(' '.join(f'{k}={v:.4f}' for k, v in result.items()))
+    return result

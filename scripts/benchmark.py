@@ -154,7 +154,6 @@ def build(config, settings: dict, device):
     from libs.denoiser import Denoiser
     from libs.nnets import build_nnet
     from libs.schedules import build_schedule
-    from libs.denoiser import CONFIG_PREDICTIONS
     from libs.training.optim import build_optimizer
 
     torch.manual_seed(config.seed)
@@ -162,7 +161,7 @@ def build(config, settings: dict, device):
                            use_checkpoint=settings['checkpointing'])).to(device)
     optimizer = build_optimizer(config.optimizer, nnet.parameters())
     net = torch.compile(nnet) if settings['compile'] else nnet
-    denoiser = Denoiser(net, build_schedule(config.schedule), CONFIG_PREDICTIONS[config.pred])
+    denoiser = Denoiser.from_config(net, build_schedule(config.schedule), config)
     return denoiser, optimizer, nnet
 
 

@@ -253,6 +253,20 @@ def test_data_order_resumes_and_does_not_depend_on_the_process_count():
         ResumableBatchSampler(10, 8, seed=0, num_processes=2)
 
 
+def test_repeated_augmentation_tiles_distinct_images_across_processes():
+    halves = [ResumableBatchSampler(100, 6, seed=3, rank=r, num_processes=2, repeats=3) for r in range(2)]
+    iters = [iter(h) for h in halves]
+    seen = []
+    for _ in range(25):                                   # one epoch: 100 // 4 distinct images per batch
+        batch = next(iters[0]) + next(iters[1])
+        distinct = batch[:4]
+        assert batch == distinct * 3 and len(set(distinct)) == 4
+        seen += distinct
+    assert sorted(seen) == list(range(100))               # every image once per epoch, each seen 3 times
+    with pytest.raises(UserError, match='repeated_aug=5 must be a positive divisor'):
+        ResumableBatchSampler(100, 6, seed=0, num_processes=2, repeats=5)
+
+
 def test_ema_and_warmup_schedule_math():
     model, ema = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
     expected = {k: 0.9 * e + 0.1 * m for (k, e), m in zip(ema.state_dict().items(), model.state_dict().values())}

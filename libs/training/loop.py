@@ -174,7 +174,7 @@ class Trainer:
         self.denoiser_ema = Denoiser(self.nnet_ema, self.schedule, prediction)
 
         sampler = ResumableBatchSampler(len(self.dataset), self.micro_batch, config.seed, acc.process_index, world,
-                                        start=self.step * accum)
+                                        start=self.step * accum, repeats=tc.repeated_aug)
         workers = tc.num_workers
         # The loader gets its own generator: creating an iterator would otherwise draw from the global RNG, and
         # a resumed run (which creates it at a later step) would no longer repeat an uninterrupted one.
