@@ -33,7 +33,7 @@ def defaults() -> ml_collections.ConfigDict:
         train=d(
             n_steps=500000,
             batch_size=128,              # global batch per optimizer step, over all processes
-            mode='uncond',               # 'uncond' or 'cond' (class-conditional)
+            mode='uncond',               # 'uncond', 'cond' (class labels) or 'text' (CLIP text contexts)
             log_interval=10,
             eval_interval=5000,          # sample grid PNG every this many steps
             save_interval=50000,         # checkpoint (+ FID when reference statistics exist)
@@ -128,8 +128,8 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _merge(base, config, '', _known_keys(base))
     if base.pred not in ('noise_pred', 'x0_pred'):
         raise UserError(f"config.pred must be 'noise_pred' or 'x0_pred', got {base.pred!r}")
-    if base.train.mode not in ('uncond', 'cond'):
-        raise UserError(f"config.train.mode must be 'uncond' or 'cond', got {base.train.mode!r}")
+    if base.train.mode not in ('uncond', 'cond', 'text'):
+        raise UserError(f"config.train.mode must be 'uncond', 'cond' or 'text', got {base.train.mode!r}")
     if base.eval.metric not in ('fid', 'digits'):
         raise UserError(f"config.eval.metric must be 'fid' or 'digits', got {base.eval.metric!r}")
     return base

@@ -5,9 +5,12 @@ Every dataset yields ``(image, label)``: ``image`` a float32 ``(C, H, W)`` tenso
 flips belong to the training loop. Every dataset carries ``name``, ``num_classes`` (0 when unlabeled), ``resolution``,
 ``channels``, ``data_shape`` = (C, H, W), ``labels`` (int64 array of all labels, -1 when unlabeled) and ``fid_stats``
 (path of the reference statistics in the U-ViT release layout, or None; ``config.dataset.fid_stats`` overrides it).
+The feature datasets of libs/features.py, registered here as well, yield stored autoencoder moments instead of
+images (``stores_moments``).
 
 Nothing here downloads: each dataset reads files the user has put in place and says where they belong when missing.
 """
+import json
 import os
 import pickle
 import struct
@@ -19,6 +22,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from libs.errors import UserError
+from libs.features import ImageNetFeatures, MSCOCOFeatures
 from libs.images import from_uint8
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.webp', '.bmp')
@@ -619,6 +623,29 @@ class ImageNet32(ImageNet64):
         super().__init__(path, split, resolution, fid_stats)
 
 
+class ImageNetSubset(ImageNet64):
+    """A class subset of ImageNet in the ImageFolder layout, ``path/train/<wnid>/*.JPEG`` (and ``path/val/<wnid>/``
+    for 'test'), at any resolution: the 10-class subsets of the GenViT paper's img128-10 and img224-10. Labels are
+    the sorted wnid folders present. No npz layout and no default FID statistics (they would not be ImageNet's).
+    """
+
+    name = 'imagenet_subset'
+    default_resolution = 128
+    fid_stats_pattern = None
+
+    def __init__(self, path: str = 'assets/datasets/imagenet10', split: str = 'train', resolution: int = 128,
+                 fid_stats=None):
+        if not os.path.isdir(os.path.join(path, 'train')):
+            raise UserError(f'ImageNet subset not found at {path}: put one folder of images per class there, '
+                            f'{path}/train/<wnid>/*.JPEG (and {path}/val/<wnid>/ for the test split)')
+        super().__init__(path, split, resolution, fid_stats)
+
+    @classmethod
+    def from_config(cls, cfg, split):
+        return cls(cfg.get('path', 'assets/datasets/imagenet10'), split,
+                   resolution=cfg.get('resolution', cls.default_resolution), fid_stats=cfg.get('fid_stats', None))
+
+
 class ImageFolder(ImageDataset):
     """Any folder of images (recursive; .png .jpg .jpeg .webp .bmp), RGB.
 
@@ -728,6 +755,61 @@ class Interpolated(ImageDataset):
         return (self.base[int(a)][0] + self.base[int(b)][0]) / 2
 
 
+class MSCOCO(ImageDataset):
+    """MS-COCO 2014 images and their captions, from the release layout in ``path``: ``train2014/*.jpg``,
+    ``val2014/*.jpg`` and ``annotations/captions_{train,val}2014.json``.
+
+    Items are the images that have captions, sorted by COCO image id, unlabeled; ``captions[i]`` lists the captions
+    of image i in the order of the annotations file, ``image_ids[i]`` its COCO id. Images go through
+    ``crop_and_resize`` (box halving, bicubic, centre crop). Text-to-image FIDs are computed against 'val'.
+    """
+
+    name = 'mscoco'
+    splits = ('train', 'val')
+    fid_stats_pattern = 'assets/fid_stats/fid_stats_mscoco{}_val.npz'
+
+    def __init__(self, path: str = 'assets/datasets/coco', split: str = 'train', resolution: int = 256,
+                 fid_stats=None):
+        _check_split(self.name, split, self.splits)
+        annotations = os.path.join(path, 'annotations', f'captions_{split}2014.json')
+        image_dir = os.path.join(path, f'{split}2014')
+        if not os.path.isfile(annotations) or not os.path.isdir(image_dir):
+            raise UserError(f'MS-COCO {split} not found at {path}: put the COCO 2014 release there so that '
+                            f'{image_dir}/*.jpg and {annotations} exist')
+        try:
+            with open(annotations) as f:
+                content = json.load(f)
+            files = {int(image['id']): image['file_name'] for image in content['images']}
+            captions = {}
+            for annotation in content['annotations']:
+                captions.setdefault(int(annotation['image_id']), []).append(str(annotation['caption']))
+        except (ValueError, KeyError, TypeError) as e:
+            raise UserError(f'{annotations} is not a COCO captions file ("images" with id and file_name, '
+                            f'"annotations" with image_id and caption): {type(e).__name__} {e}') from None
+        ids = sorted(i for i in files if i in captions)
+        if not ids:
+            raise UserError(f'no image of {annotations} has a caption: use the COCO 2014 captions annotations')
+        present = set(os.listdir(image_dir))
+        missing = [files[i] for i in ids if files[i] not in present]
+        if missing:
+            raise UserError(f'{len(missing)} images listed in {annotations} are missing from {image_dir} (first: '
+                            f'{missing[0]}): extract {split}2014.zip into {path}')
+        self.image_ids = np.asarray(ids, dtype=np.int64)
+        self.files = [os.path.join(image_dir, files[i]) for i in ids]
+        self.captions = [captions[i] for i in ids]
+        self.default_fid_stats = self.fid_stats_pattern.format(int(resolution))
+        super().__init__(split, resolution, 3, 0, np.full(len(ids), -1), fid_stats)
+
+    @classmethod
+    def from_config(cls, cfg, split):
+        return cls(cfg.get('path', 'assets/datasets/coco'), split, resolution=cfg.get('resolution', 256),
+                   fid_stats=cfg.get('fid_stats', None))
+
+    def _image(self, index):
+        with Image.open(self.files[index]) as img:
+            return _hwc_to_tensor(crop_and_resize(img, self.resolution))
+
+
 DATASETS = {
     'digits': Digits,
     'cifar10': Cifar10,
@@ -739,7 +821,11 @@ DATASETS = {
     'stl10': STL10,
     'tinyimagenet': TinyImageNet,
     'imagenet32': ImageNet32,
+    'imagenet_subset': ImageNetSubset,
     'interpolated': Interpolated,
+    'mscoco': MSCOCO,
+    'imagenet_features': ImageNetFeatures,
+    'mscoco_features': MSCOCOFeatures,
 }
 
 

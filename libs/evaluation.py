@@ -33,35 +33,20 @@ def seeded(seed: int, device):
         yield
 
 
-def null_label(num_classes_model: int, num_classes_data: int):
-    """The "no class" label of a model trained with label dropout (ImageNet latent: 1000 of 1001), or None."""
-    return num_classes_data if num_classes_model == num_classes_data + 1 else None
-
-
-def make_eps_fn(denoiser: Denoiser, labels, scale: float, uncond_label):
-    """The noise-prediction function a sampler integrates: conditioned, and guided when scale > 0."""
-    if labels is None:
-        return bind_condition(denoiser.noise, {})
+def make_eps_fn(denoiser: Denoiser, cond: dict, scale: float, conditioning):
+    """The noise-prediction function a sampler integrates: conditioned on ``cond``, and guided when scale > 0
+    (one batched forward pass for the conditional and the unconditional prediction)."""
     if scale > 0:
-        if uncond_label is None:
-            raise UserError('classifier-free guidance (config.sample.scale > 0) needs a model trained with a '
-                            '"no class" label (nnet.num_classes = dataset classes + 1)')
-        return classifier_free_guidance(denoiser.noise, {'y': labels}, {'y': torch.full_like(labels, uncond_label)},
-                                        scale)
-    return bind_condition(denoiser.noise, {'y': labels})
+        return classifier_free_guidance(denoiser.noise, cond, conditioning.null(cond), scale)
+    return bind_condition(denoiser.noise, cond)
 
 
 @torch.no_grad()
-def sample_batch(denoiser: Denoiser, sampler, data_shape, labels, scale: float = 0.0, uncond_label=None,
+def sample_batch(denoiser: Denoiser, sampler, data_shape, cond: dict, n: int, scale: float = 0.0, conditioning=None,
                  device='cpu') -> torch.Tensor:
-    """One batch of samples (B, C, H, W) in model space; B = len(labels), or labels is an int batch size."""
-    if isinstance(labels, int):
-        n, labels = labels, None
-    else:
-        n = len(labels)
+    """``n`` samples (n, *data_shape) in the model's space (pixels or latents), conditioned on ``cond``."""
     x_T = torch.randn(n, *data_shape, device=device)
-    eps_fn = make_eps_fn(denoiser, labels, scale, uncond_label)
-    return sampler(eps_fn, x_T).clamp(-1, 1)
+    return sampler(make_eps_fn(denoiser, cond, scale, conditioning), x_T)
 
 
 class Scorer:
@@ -103,26 +88,27 @@ class Scorer:
 
 
 def generate(accelerator, denoiser: Denoiser, sample_cfg, schedule, data_shape, n_samples: int, mini_batch_size: int,
-             num_classes_data: int, num_classes_model: int, scorer: Scorer = None, png_dir: str = '',
-             seed: int = 0, desc: str = 'sample') -> dict:
-    """Sample ``n_samples`` across processes; score them and/or write PNGs. Returns the score on every process."""
+             conditioning, space, scorer: Scorer = None, png_dir: str = '', seed: int = 0,
+             desc: str = 'sample') -> dict:
+    """Sample ``n_samples`` across processes, decode them to images (``space``), score them and/or write PNGs.
+
+    ``conditioning`` (libs/conditioning.py) draws each round's conditions. Returns the score on every process.
+    """
     sampler = build_sampler(sample_cfg, schedule)
-    uncond = null_label(num_classes_model, num_classes_data)
     world, rank = accelerator.num_processes, accelerator.process_index
     rounds = math.ceil(n_samples / (mini_batch_size * world))
     with seeded(seed * 1000003 + rank, accelerator.device):
         for r in tqdm(range(rounds), desc=desc, disable=not accelerator.is_main_process):
-            labels = None
-            if num_classes_model > 0:
-                labels = torch.randint(0, num_classes_data, (mini_batch_size,), device=accelerator.device)
-            samples = sample_batch(denoiser, sampler, data_shape, labels if labels is not None else mini_batch_size,
-                                   sample_cfg.get('scale', 0.0), uncond, accelerator.device)
+            cond, labels = conditioning.draw(mini_batch_size, accelerator.device)
+            samples = sample_batch(denoiser, sampler, data_shape, cond, mini_batch_size, sample_cfg.get('scale', 0.0),
+                                   conditioning, accelerator.device)
+            images = space.decode(samples)
             start = (r * world + rank) * mini_batch_size
             keep = max(0, min(mini_batch_size, n_samples - start))
             if png_dir and keep:
-                save_pngs(samples[:keep], png_dir, start)
+                save_pngs(images[:keep], png_dir, start)
             if scorer is not None:
-                scorer.add(samples, labels)
+                scorer.add(images, labels)
     if scorer is None:
         return {}
     local, labels = scorer.local()
@@ -194,13 +180,11 @@ def make_scorer(config, dataset, device) -> Scorer:
 
 
 def evaluate(accelerator, denoiser: Denoiser, schedule, config, sample_cfg, n_samples: int, dataset, scorer: Scorer,
-             weights_path: str, ema: bool = True, png_dir: str = '', step=None) -> dict:
+             weights_path: str, conditioning, space, ema: bool = True, png_dir: str = '', step=None) -> dict:
     """Sample, score, and write the score with its settings as JSON beside ``weights_path``."""
     mini_batch = min(config.sample.mini_batch_size, n_samples)
-    num_classes_model = config.nnet.get('num_classes', -1) if config.train.mode == 'cond' else 0
     result = generate(accelerator, denoiser, sample_cfg, schedule, dataset.data_shape, n_samples, mini_batch,
-                      dataset.num_classes, num_classes_model, scorer, png_dir=png_dir, seed=config.seed,
-                      desc=config.eval.metric)
+                      conditioning, space, scorer, png_dir=png_dir, seed=config.seed, desc=config.eval.metric)
     if accelerator.is_main_process:
         record = settings_record(sample_cfg, n_samples, ema, config.eval.metric, ref_stats_path(config, dataset),
                                  weights_path)
@@ -212,28 +196,41 @@ def evaluate(accelerator, denoiser: Denoiser, schedule, config, sample_cfg, n_sa
     return result
 
 
+def load_denoiser(config, nnet_path: str, ema: bool = True, accelerator=None, device='cpu'):
+    """(denoiser, schedule, weights file) for a weights file or checkpoint directory, in eval mode; the network is
+    prepared by ``accelerator`` (mixed precision) when one is given, else moved to ``device``."""
+    from libs.nnets import build_nnet, load_nnet_weights
+    from libs.schedules import build_schedule
+
+    nnet = build_nnet(config.nnet)
+    weights = load_nnet_weights(nnet, nnet_path, ema=ema)
+    nnet = accelerator.prepare(nnet.eval()) if accelerator is not None else nnet.eval().to(device)
+    schedule = build_schedule(config.schedule)
+    return Denoiser.from_config(nnet, schedule, config), schedule, weights
+
+
 def run_sample_eval(config, nnet_path: str, ema: bool = True) -> dict:
     """What ``eval.py`` does by default: load the weights, sample ``config.sample.n_samples``, score them, write the
     JSON beside the weights (and PNGs to ``config.sample.path`` if set). Returns the score on every process."""
     from accelerate import Accelerator
 
     from libs.cli import enable_tf32
+    from libs.conditioning import build_conditioning
     from libs.data import build_dataset
-    from libs.nnets import build_nnet, load_nnet_weights
-    from libs.schedules import build_schedule
+    from libs.spaces import build_space
 
     accelerator = Accelerator(mixed_precision=config.mixed_precision or None)
     if config.train.tf32:
         enable_tf32(accelerator.device)
     dataset = build_dataset(config.dataset, split='train')
+    conditioning = build_conditioning(config, dataset)
+    space = build_space(config, dataset, accelerator.device)
+    if space.latent:
+        space.autoencoder  # noqa: B018 -- load it now: a missing file should fail before sampling, not after
     scorer = make_scorer(config, dataset, accelerator.device)  # fails early if FID files are missing
-    nnet = build_nnet(config.nnet)
-    weights = load_nnet_weights(nnet, nnet_path, ema=ema)
-    nnet = accelerator.prepare(nnet.eval())
-    schedule = build_schedule(config.schedule)
-    denoiser = Denoiser.from_config(nnet, schedule, config)
+    denoiser, schedule, weights = load_denoiser(config, nnet_path, ema, accelerator)
     result = evaluate(accelerator, denoiser, schedule, config, config.sample, config.sample.n_samples, dataset,
-                      scorer, weights, ema=ema, png_dir=config.sample.path)
+                      scorer, weights, conditioning, space, ema=ema, png_dir=config.sample.path)
     if accelerator.is_main_process:
         print(' '.join(f'{k}={v:.4f}' for k, v in result.items()))
     return result

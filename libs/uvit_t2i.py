@@ -22,6 +22,7 @@ class UViT(UViTTrunk):
                          mlp_time_embed, use_checkpoint, conv, skip, attention_backend, extras=1 + num_clip_token,
                          condition_name='context_embed', condition_module=nn.Linear(clip_dim, embed_dim))
         self.num_clip_token = num_clip_token
+        self.takes_context = True
 
     def forward(self, x, timesteps, context):
         x = self.patch_embed(x)

@@ -1,6 +1,8 @@
 """Reference FID statistics (Inception mu/sigma as .npz) for a dataset of the suite or a folder of images.
 
     python scripts/compute_fid_stats.py --config=configs/X.py --out=assets/fid_stats/X.npz
+    python scripts/compute_fid_stats.py --config=configs/mscoco_uvit_small.py --config.dataset.name=mscoco \
+        --config.dataset.path=assets/datasets/coco --split=val --out=assets/fid_stats/fid_stats_mscoco256_val.npz
     python scripts/compute_fid_stats.py --folder=DIR [--resolution=64] --out=stats.npz
     accelerate launch scripts/compute_fid_stats.py ...   # images split across processes
 """
@@ -24,6 +26,7 @@ flags.DEFINE_integer('dims', 2048, 'Inception feature size: 64, 192, 768 or 2048
 flags.DEFINE_integer('batch_size', 50, 'Images per Inception batch and process.')
 flags.DEFINE_integer('resolution', None, 'With --folder: center-crop and resize every image to this size.')
 flags.DEFINE_integer('num_workers', 0, 'Data loader workers per process.')
+flags.DEFINE_string('split', 'train', "With --config: the dataset split ('val' for MS-COCO's text-to-image FID).")
 FLAGS = flags.FLAGS
 
 
@@ -36,7 +39,7 @@ def _images():
     if 'dataset' not in FLAGS.config:
         raise UserError('the config has no `dataset` field to take the images from')
     from libs.data import build_dataset
-    return build_dataset(FLAGS.config.dataset, split='train')
+    return build_dataset(FLAGS.config.dataset, split=FLAGS.split)
 
 
 def compute(_argv):

@@ -6,16 +6,13 @@ from diffusers import AutoencoderKL
 from libs.autoencoder import (SCALE_FACTOR, SD_CONFIG, FrozenAutoencoder, compvis_to_diffusers, diffusers_to_compvis,
                               load_autoencoder)
 from libs.errors import UserError
-
-TINY = dict(block_out_channels=(8, 16), down_block_types=('DownEncoderBlock2D',) * 2,
-            up_block_types=('UpDecoderBlock2D',) * 2, layers_per_block=1, norm_num_groups=4, latent_channels=4,
-            sample_size=16)
+from tiny_models import TINY_AUTOENCODER as TINY
+from tiny_models import tiny_autoencoder
 
 
 @pytest.fixture(scope='module')
 def vae():
-    torch.manual_seed(0)
-    return AutoencoderKL(**TINY).eval()
+    return tiny_autoencoder(seed=0)
 
 
 @pytest.fixture(scope='module')

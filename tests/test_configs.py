@@ -24,7 +24,8 @@ def test_config_resolves_and_builds(path):
 
 
 @pytest.mark.parametrize('name', ['cifar10_uvit_small', 'celeba64_uvit_small', 'imagenet64_uvit_mid',
-                                  'imagenet64_uvit_large'])
+                                  'imagenet64_uvit_large', 'imagenet256_uvit_large', 'imagenet256_uvit_huge',
+                                  'imagenet512_uvit_large', 'imagenet512_uvit_huge', 'mscoco_uvit_small'])
 def test_paper_configs_have_the_released_networks(name):
     if not os.path.isfile(REFERENCE):
         pytest.skip(f'reference file {REFERENCE} is not present')

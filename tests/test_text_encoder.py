@@ -4,17 +4,15 @@ import json
 import os
 import shutil
 import socket
-import string
 
 import pytest
 import torch
-from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel
+from transformers import CLIPConfig, CLIPModel
 
 from libs.errors import UserError
 from libs.text_encoder import encode_in_batches, load_text_encoder
+from tiny_models import END, START, save_tiny_text_encoder, tiny_text_config, write_tokenizer
 
-START, END = '<|startoftext|>', '<|endoftext|>'
-WORDS = ('cat', 'dog', 'sat')
 MAX_LENGTH = 8
 
 
@@ -41,38 +39,11 @@ def test_guard_catches_connections(no_network):
     no_network.clear()
 
 
-def _write_tokenizer(path) -> dict:
-    """A small CLIP-style BPE vocabulary: the two special tokens, the letters (inside a word and with the ``</w>``
-    word ending) and merges that make ``cat``, ``dog`` and ``sat`` single tokens."""
-    letters = string.ascii_lowercase
-    tokens = [START, END] + list(letters) + [c + '</w>' for c in letters]
-    merges = []
-    for word in WORDS:
-        merges += [f'{word[0]} {word[1]}', f'{word[:2]} {word[2]}</w>']
-        tokens += [word[:2], word + '</w>']
-    vocab = {token: i for i, token in enumerate(dict.fromkeys(tokens))}
-    with open(os.path.join(path, 'vocab.json'), 'w') as f:
-        json.dump(vocab, f)
-    with open(os.path.join(path, 'merges.txt'), 'w') as f:
-        f.write('#version: 0.2\n' + '\n'.join(dict.fromkeys(merges)) + '\n')
-    return vocab
-
-
-def _text_config(vocab_size: int) -> CLIPTextConfig:
-    return CLIPTextConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                          num_attention_heads=4, max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
-                          pad_token_id=1)
-
-
 @pytest.fixture(scope='module')
 def tiny_dir(tmp_path_factory):
     """A directory laid out like a downloaded CLIP text model: config.json, model.safetensors, vocab.json,
     merges.txt."""
-    path = tmp_path_factory.mktemp('tiny_clip_text')
-    vocab = _write_tokenizer(path)
-    torch.manual_seed(0)
-    CLIPTextModel(_text_config(len(vocab))).save_pretrained(path)
-    return str(path)
+    return save_tiny_text_encoder(tmp_path_factory.mktemp('tiny_clip_text'), max_position_embeddings=16)
 
 
 @pytest.fixture(scope='module')
@@ -143,11 +114,11 @@ def test_batch_equals_one_at_a_time(encoder):
 
 def test_full_clip_checkpoint_loads_its_text_tower(tmp_path):
     """A downloaded openai/clip-vit-large-patch14 holds the whole CLIP model; only its text tower is used."""
-    vocab = _write_tokenizer(tmp_path)
+    vocab = write_tokenizer(tmp_path)
     vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=8,
                   patch_size=4)
     torch.manual_seed(1)
-    clip = CLIPModel(CLIPConfig(text_config=_text_config(len(vocab)).to_dict(), vision_config=vision,
+    clip = CLIPModel(CLIPConfig(text_config=tiny_text_config(len(vocab)).to_dict(), vision_config=vision,
                                 projection_dim=8)).eval()
     clip.save_pretrained(tmp_path)
     encoder = load_text_encoder(str(tmp_path), max_length=MAX_LENGTH)

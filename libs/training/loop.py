@@ -24,15 +24,17 @@ from libs.augment import random_flip
 from libs.cli import enable_tf32
 from libs.config import to_json
 from libs.data import build_dataset
-from libs.denoiser import CONFIG_PREDICTIONS, Denoiser
+from libs.denoiser import Denoiser
 from libs.errors import UserError
 from libs.fileio import atomic_open
-from libs.evaluation import evaluate, make_scorer, null_label, sample_batch, seeded
+from libs.conditioning import build_conditioning
+from libs.evaluation import evaluate, make_scorer, sample_batch, seeded
 from libs.images import save_grid
 from libs.nnets import build_nnet, check_state_dict, count_parameters, strip_wrapper_prefixes
 from libs.objectives import build_objective
 from libs.samplers import build_sampler
 from libs.schedules import build_schedule
+from libs.spaces import build_space
 from libs.training.checkpoint import (CheckpointManager, load_object, now, read_train_state, rng_state,
                                       set_rng_state)
 from libs.training.data_order import ResumableBatchSampler
@@ -110,6 +112,16 @@ def param_checksum(model: torch.nn.Module) -> torch.Tensor:
     return total
 
 
+# What a network is conditioned on, from its attributes; the Trainer checks it against config.train.mode.
+NETWORK_CONDITIONS = {'uncond': 'unconditional', 'cond': 'class-conditional', 'text': 'text-conditional'}
+
+
+def network_condition(nnet) -> str:
+    if getattr(nnet, 'takes_context', False):
+        return 'text'
+    return 'cond' if getattr(nnet, 'takes_labels', False) else 'uncond'
+
+
 class Trainer:
     """Holds the run's objects; ``fit()`` trains to ``config.train.n_steps`` and returns the final scores."""
 
@@ -129,25 +141,21 @@ class Trainer:
         self.micro_batch = tc.batch_size // (world * accum)
 
         self.dataset = build_dataset(config.dataset, split='train')
-        # classes the network is conditioned on (GenViT's num_classes is its classifier head, not a condition)
-        self.num_classes_model = config.nnet.get('num_classes', -1) if tc.mode == 'cond' else 0
-        if tc.mode == 'cond':
-            if self.dataset.num_classes <= 0:
-                raise UserError(f"config.train.mode='cond' but dataset {config.dataset.name!r} has no labels")
-            if self.num_classes_model < self.dataset.num_classes:
-                raise UserError(f'config.nnet.num_classes={self.num_classes_model} is smaller than the '
-                                f'{self.dataset.num_classes} classes of the dataset')
-        self.uncond_label = null_label(self.num_classes_model, self.dataset.num_classes)
-        if tc.p_uncond > 0 and self.uncond_label is None:
+        self.space = build_space(config, self.dataset, self.device)
+        self.conditioning = build_conditioning(config, self.dataset)
+        if tc.p_uncond > 0 and tc.mode == 'cond' and self.conditioning.null_label is None:
             raise UserError('config.train.p_uncond > 0 needs nnet.num_classes = dataset classes + 1 '
                             '(the extra label means "no class")')
+        if tc.p_uncond > 0 and tc.mode == 'uncond':
+            raise UserError("config.train.p_uncond > 0 drops a condition, but config.train.mode is 'uncond'")
 
         torch.manual_seed(config.seed)  # identical initial weights on every process
         nnet = build_nnet(config.nnet)
-        if getattr(nnet, 'takes_labels', False) != (tc.mode == 'cond'):
-            raise UserError(f"config.train.mode={tc.mode!r} does not fit the network: it "
-                            f"{'takes' if getattr(nnet, 'takes_labels', False) else 'takes no'} class labels "
-                            f"(config.nnet.num_classes={config.nnet.get('num_classes', -1)})")
+        network_mode = network_condition(nnet)
+        if network_mode != tc.mode:
+            raise UserError(f"config.train.mode={tc.mode!r} does not fit the network, which is "
+                            f"{NETWORK_CONDITIONS[network_mode]} (config.nnet.name={config.nnet.name!r}, "
+                            f"num_classes={config.nnet.get('num_classes', -1)})")
         self.nnet_ema = copy.deepcopy(nnet).requires_grad_(False).eval()
         optimizer = build_optimizer(config.optimizer, nnet.parameters())
         self.lr_scheduler = build_lr_scheduler(config.lr_scheduler, optimizer, tc.n_steps)
@@ -159,8 +167,8 @@ class Trainer:
             resumed_state = self._load_weights(resume_from, nnet)
 
         self.schedule = build_schedule(config.schedule)
-        prediction = CONFIG_PREDICTIONS[config.pred]
-        self.objective = build_objective(config.objective, self.schedule, prediction)
+        self.denoiser_ema = Denoiser.from_config(self.nnet_ema, self.schedule, config)
+        self.objective = build_objective(config.objective, self.schedule, self.denoiser_ema.prediction)
         # self.nnet is the module accelerate wraps (the backbone, or the objective's module around it)
         self.nnet, self.optimizer = acc.prepare(self.objective.training_module(nnet), optimizer)
         self.nnet_ema.to(self.device)
@@ -170,8 +178,6 @@ class Trainer:
             torch.manual_seed(config.seed + 7919 * acc.process_index)
         if tc.compile:
             self.nnet = torch.compile(self.nnet)
-
-        self.denoiser_ema = Denoiser(self.nnet_ema, self.schedule, prediction)
 
         sampler = ResumableBatchSampler(len(self.dataset), self.micro_batch, config.seed, acc.process_index, world,
                                         start=self.step * accum, repeats=tc.repeated_aug)
@@ -247,18 +253,26 @@ class Trainer:
         return path
 
     # ------------------------------------------------------------------------------------------------- eval
+    def warn_once(self, what: str, exc: UserError) -> None:
+        if what not in self.warned:
+            self.warned.add(what)
+            logger.warning('no %s during training: %s', what, exc)
+
     def evaluate(self, sample_cfg, n_samples: int, ckpt: str, png_dir: str = '') -> dict:
-        """Score the EMA weights of checkpoint ``ckpt``; skipped with one log line when FID files are missing."""
+        """Score the EMA weights of checkpoint ``ckpt``; skipped with one log line when FID files, the autoencoder
+        (latent models) or validation prompts (text-to-image) are missing."""
+        what = f'{self.config.eval.metric} scores'
         try:
-            scorer = make_scorer(self.config, self.dataset, self.device)
+            # seeded: loading the scorer (Inception) and the autoencoder initialises weights from the global RNG,
+            # which must not move the training run's random streams (a resumed run would no longer repeat it)
+            with seeded(self.config.seed, self.device):
+                scorer = make_scorer(self.config, self.dataset, self.device)
+            result = evaluate(self.accelerator, self.denoiser_ema, self.schedule, self.config, sample_cfg, n_samples,
+                              self.dataset, scorer, os.path.join(ckpt, 'nnet_ema.pth'), self.conditioning,
+                              self.space, ema=True, png_dir=png_dir, step=self.step)
         except UserError as exc:
-            if 'scorer' not in self.warned:
-                self.warned.add('scorer')
-                logger.warning('no %s scores during training: %s', self.config.eval.metric, exc)
+            self.warn_once(what, exc)
             return {}
-        result = evaluate(self.accelerator, self.denoiser_ema, self.schedule, self.config, sample_cfg, n_samples,
-                          self.dataset, scorer, os.path.join(ckpt, 'nnet_ema.pth'), ema=True, png_dir=png_dir,
-                          step=self.step)
         self.accelerator.log({f'eval/{k}': v for k, v in result.items()}, step=self.step)
         return result
 
@@ -272,17 +286,19 @@ class Trainer:
         if not self.accelerator.is_main_process:
             return
         n = self.config.train.grid_size
-        labels = n
-        if self.num_classes_model > 0:
-            rows = max(1, int(round(n ** 0.5)))
-            labels = (torch.arange(n, device=self.device) // (n // rows)) % self.dataset.num_classes
         sampler = build_sampler(self.training_eval_cfg(), self.schedule)
-        with seeded(self.config.seed, self.device):
-            samples = sample_batch(self.denoiser_ema, sampler, self.dataset.data_shape, labels,
-                                   self.config.sample.scale, self.uncond_label, self.device)
+        try:
+            with seeded(self.config.seed, self.device):
+                samples = sample_batch(self.denoiser_ema, sampler, self.dataset.data_shape,
+                                       self.conditioning.grid(n, self.device), n, self.config.sample.scale,
+                                       self.conditioning, self.device)
+                images = self.space.decode(samples)
+        except UserError as exc:
+            self.warn_once('sample grids', exc)
+            return
         path = os.path.join(self.workdir, 'samples', f'{self.step}.png')
         nrow = max(1, int(round(n ** 0.5)))
-        save_grid(samples, path, nrow=nrow, scale=max(1, 64 // self.dataset.resolution))
+        save_grid(images, path, nrow=nrow, scale=max(1, 64 // self.dataset.resolution))
 
     # ------------------------------------------------------------------------------------------------ train
     def batches(self):
@@ -291,22 +307,16 @@ class Trainer:
                 yield batch
 
     def prepare_batch(self, batch):
-        """(images, labels) from the loader -> (x on the device, flipped at random if configured, the network's
-        condition dict, the labels on the device)."""
+        """(data, targets) from the loader -> (the model's input on the device: images flipped at random if
+        configured, or latents drawn from stored moments; the network's condition dict, with the condition dropped
+        at rate p_uncond; the targets on the device: labels, or text contexts)."""
         x, y = batch
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
         if self.config.dataset.get('random_flip', False):
             x = random_flip(x)
-        cond = {}
-        if self.config.train.mode == 'cond':
-            p_uncond = self.config.train.p_uncond
-            label = y
-            if p_uncond > 0:
-                label = torch.where(torch.rand(y.shape[0], device=self.device) < p_uncond,
-                                    torch.full_like(y, self.uncond_label), y)
-            cond = {'y': label}
-        return x, cond, y
+        x = self.space.training_input(x)
+        return x, self.conditioning.training_condition(y, self.config.train.p_uncond), y
 
     def train_step(self, data) -> dict:
         acc, tc = self.accelerator, self.config.train

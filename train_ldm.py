@@ -1,0 +1,14 @@
+"""Train a latent diffusion model on stored Stable Diffusion autoencoder features (ImageNet 256 / 512).
+
+    accelerate launch scripts/extract_imagenet_feature.py --resolution 256 --path <ImageNet>/train \
+        --out assets/datasets/imagenet256_features                      # once
+    accelerate launch --multi_gpu --num_processes 8 --mixed_precision fp16 train_ldm.py \
+        --config=configs/imagenet256_uvit_large.py [--workdir=DIR]
+
+The configs use the continuous-time VP SDE, as the release's train_ldm.py; ``--config.schedule.name=stable_diffusion``
+trains on the discrete 1000-step schedule instead. Re-running with the same work directory resumes.
+"""
+from libs.entrypoints import run_training
+
+if __name__ == '__main__':
+    run_training('latent')
