@@ -1,12 +1,16 @@
 """Training and sampling speed of a config's network on this machine, one switch at a time.
 
     python scripts/benchmark.py --config=configs/cifar10_uvit_small.py [--batch_size=8] [--steps=10] [--warmup=3] \
-        [--variants=all|baseline,attention,precision,checkpointing,compile] [--sample_batch=N] [--out=results.json]
+        [--variants=all|baseline,attention,precision,checkpointing,compile,decode] [--sample_batch=N] \
+        [--out=results.json]
 
 Training: one optimizer step (l_simple through the Denoiser, backward, the config's AdamW) on random data of the
 network's input shape. Sampling: no-grad forward passes of the network. The baseline is sdpa attention, fp32 on the
 CPU / bf16 autocast on a GPU, no gradient checkpointing, no torch.compile; every other variant changes one switch.
-Each variant runs in a fresh process of this script, so peak memory and compile caches are its own.
+Each variant runs in a fresh process of this script, so peak memory and compile caches are its own. Latent configs
+train on random latents (what the stored moments give) and, for text-to-image, random CLIP contexts; their extra
+variant ``decode`` times the Stable Diffusion autoencoder's decoder (its architecture, random weights) on
+``--sample_batch`` latents, in the variant's precision.
 
 Prints a markdown table; --out writes every number as JSON. FLOPs are counted once on one forward pass (matmuls and
 convolutions, torch.utils.flop_counter); a training step counts as 3 forward passes (recomputation under gradient
@@ -49,9 +53,10 @@ GROUPS = {
     'precision': [f'precision={p}' for p in PRECISIONS],
     'checkpointing': ['checkpointing'],
     'compile': ['compile'],
+    'decode': ['decode'],
 }
 COLUMNS = ('variant', 'train step ms', 'train img/s', 'peak memory MiB', 'TFLOP/s', 'sample img/s per NFE',
-           'sample img/s @50 NFE (derived)', 'note')
+           'sample img/s @50 NFE (derived)', 'decode img/s', 'note')
 
 
 # ------------------------------------------------------------------------------------------------------- variants
@@ -70,14 +75,15 @@ def variant_settings(name: str, device_type: str) -> dict:
     return settings
 
 
-def expand_variants(spec: str, device_type: str) -> list:
-    """Variant names for --variants; a precision group leaves out the baseline's own precision."""
+def expand_variants(spec: str, device_type: str, latent: bool = False) -> list:
+    """Variant names for --variants; a precision group leaves out the baseline's own precision, and 'all' has
+    'decode' only for latent models."""
     baseline_precision = f"precision={baseline_settings(device_type)['precision']}"
     known = [name for names in GROUPS.values() for name in names]
     names = []
     for item in [s.strip() for s in spec.split(',') if s.strip()] or ['']:
         if item == 'all':
-            expanded = known
+            expanded = [n for n in known if latent or n != 'decode']
         elif item in GROUPS:
             expanded = GROUPS[item]
         elif item in known:
@@ -122,12 +128,15 @@ def describe_device(device) -> dict:
 
 
 def synthetic_batch(nnet, batch: int, device):
-    """Images in [-1, 1] of the network's input shape and, for a class-conditional network, random labels."""
+    """Data in [-1, 1] of the network's input shape (images or latents) and its condition: random labels for a
+    class-conditional network, random CLIP contexts for a text-to-image one."""
     import torch
     x0 = torch.rand(batch, nnet.in_chans, nnet.img_size, nnet.img_size, device=device) * 2 - 1
     cond = {}
     if getattr(nnet, 'takes_labels', False):  # GenViT's num_classes is a classifier head, not a condition
         cond['y'] = torch.randint(0, nnet.num_classes, (batch,), device=device)
+    if getattr(nnet, 'takes_context', False):
+        cond['context'] = torch.randn(batch, nnet.num_clip_token, nnet.context_embed.in_features, device=device)
     return x0, cond
 
 
@@ -242,12 +251,40 @@ def time_sampling(denoiser, nnet, settings: dict, batch: int, steps: int, warmup
                 sample_img_per_s_per_nfe=per_nfe, sample_img_per_s_50nfe_derived=per_nfe / 50)
 
 
+def time_decoding(config, settings: dict, batch: int, steps: int, warmup: int, device) -> dict:
+    """Images/s of the Stable Diffusion autoencoder's decoder (random weights) on ``batch`` latents."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    from libs.autoencoder import SD_CONFIG
+    torch.manual_seed(config.seed)
+    vae = AutoencoderKL(**SD_CONFIG).to(device).eval().requires_grad_(False)
+    z = torch.randn(batch, config.nnet.in_chans, config.nnet.img_size, config.nnet.img_size, device=device)
+
+    @torch.no_grad()
+    def decode():
+        with autocast(device, settings['precision']):
+            vae.decode(z)
+
+    reset_peak_memory(device)
+    warm, timed = time_calls(decode, steps, warmup, device)
+    decode_ms = statistics.median(timed)
+    return dict(decode_ms=decode_ms, decode_ms_all=timed, decode_warmup_ms=warm,
+                decode_img_per_s=batch / decode_ms * 1e3, peak_memory_mib=peak_memory_mib(device))
+
+
 def run_variant(config, name: str, batch: int, sample_batch: int, steps: int, warmup: int) -> dict:
     """Measure one variant in this process (a fresh one: see measure_in_subprocess)."""
     from libs.cli import enable_tf32
     device = pick_device()
     enable_tf32(device)
     startup_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if name == 'decode':
+        settings = baseline_settings(device.type)
+        result = dict(status='ok', note=f'{sample_batch} latents', settings=settings, startup_rss_mib=startup_rss,
+                      peak_memory_kind='cuda_max_allocated' if device.type == 'cuda' else 'process_peak_rss')
+        result.update(time_decoding(config, settings, sample_batch, steps, warmup, device))
+        return result
     settings = variant_settings(name, device.type)
     denoiser, optimizer, nnet = build(config, settings, device)
     result = dict(status='ok', note='', settings=settings, startup_rss_mib=startup_rss,
@@ -273,7 +310,7 @@ def measure_in_subprocess(name: str) -> dict:
 
 def add_throughput(result: dict, forward_flops: int, batch: int, sample_batch: int) -> None:
     """TFLOP/s from the counted FLOPs: a training step is 3 forward passes."""
-    if result.get('status') == 'ok':
+    if result.get('status') == 'ok' and 'train_step_ms' in result:
         result['train_tflops'] = 3 * forward_flops * batch / (result['train_step_ms'] * 1e-3) / 1e12
         result['sample_tflops'] = forward_flops * sample_batch / (result['sample_forward_ms'] * 1e-3) / 1e12
 
@@ -304,7 +341,8 @@ def markdown(report: dict) -> str:
     ]
     for name, r in report['variants'].items():
         cells = [r.get(k) for k in ('train_step_ms', 'train_img_per_s', 'peak_memory_mib', 'train_tflops',
-                                    'sample_img_per_s_per_nfe', 'sample_img_per_s_50nfe_derived')]
+                                    'sample_img_per_s_per_nfe', 'sample_img_per_s_50nfe_derived',
+                                    'decode_img_per_s')]
         note = r['note'] if r['status'] == 'ok' else f"{r['status']}: {r['note']}".rstrip(': ')
         lines.append('| ' + ' | '.join([name] + [_fmt(c) for c in cells] + [note]) + ' |')
     return '\n'.join(lines)
@@ -333,7 +371,7 @@ def main(_argv):
         return
 
     device = pick_device()
-    names = expand_variants(FLAGS.variants, device.type)
+    names = expand_variants(FLAGS.variants, device.type, latent=bool(config.autoencoder.pretrained_path))
     with torch.device('meta'):
         parameters = count_parameters(build_nnet(config.nnet))
     forward_flops = count_flops(config)

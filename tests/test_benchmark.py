@@ -96,5 +96,22 @@ def test_unknown_variant_is_one_line():
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
     assert errors == ["error: unknown variant 'flash'; known: all, baseline, attention, precision, checkpointing, "
-                      'compile, attention=math, attention=xformers, precision=fp32, precision=bf16, '
+                      'compile, decode, attention=math, attention=xformers, precision=fp32, precision=bf16, '
                       'precision=fp16']
+
+
+def test_text_to_image_latent_config_trains_on_contexts_and_times_the_decoder(tmp_path):
+    out = tmp_path / 'results.json'
+    tiny = ['--config.nnet.img_size=4', '--config.nnet.embed_dim=32', '--config.nnet.depth=2',
+            '--config.nnet.num_heads=2', '--config.nnet.clip_dim=16']
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    proc = subprocess.run([sys.executable, SCRIPT, f'--config={os.path.join(ROOT, "configs", "mscoco_uvit_small.py")}',
+                           *tiny, '--batch_size=2', '--sample_batch=1', '--steps=1', '--warmup=0', '--variants=baseline,decode',
+                           f'--out={out}'], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert 'decode' in report['variants'] and report['variants']['decode']['decode_img_per_s'] > 0
+    baseline = report['variants']['baseline']
+    assert baseline['status'] == 'ok' and baseline['train_img_per_s'] > 0
+    # the context embedding alone (77 tokens, 16 -> 32) is 2 * 77 * 16 * 32 FLOPs: the text tokens are counted
+    assert report['flops']['forward_per_image'] > 2 * 77 * 16 * 32
