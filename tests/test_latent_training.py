@@ -82,14 +82,15 @@ def assets(tmp_path_factory, random_weights):
     return a
 
 
-def imagenet_config(a, **train):
-    config = load_config_file(os.path.join(ROOT, 'configs', 'imagenet256_uvit_large.py'))
-    config.nnet.update(TINY_NET, num_classes=3)            # 2 classes + the "no class" label
+def tiny_config(a, config_file, n_steps, **train):
+    """A paper config with the tiny network and the files of ``assets``; checkpoints (with a 4-sample FID) every
+    2 steps."""
+    config = load_config_file(os.path.join(ROOT, 'configs', config_file))
+    config.nnet.update(TINY_NET)
     config.autoencoder.pretrained_path = a['ae']
-    config.dataset.path = a['imagenet']
     config.log_with = 'none'
-    config.train.update({**dict(n_steps=4, batch_size=4, log_interval=1, eval_interval=4, save_interval=2,
-                                num_workers=0, grid_size=4), **train})
+    config.train.update({**dict(n_steps=n_steps, batch_size=4, log_interval=1, eval_interval=n_steps,
+                                save_interval=2, num_workers=0, grid_size=4), **train})
     config.lr_scheduler.warmup_steps = 1
     config.eval.update(ref_stats=a['stats'], inception_path=a['inception'], train_n_samples=4,
                        train_sample_steps=3)
@@ -97,19 +98,18 @@ def imagenet_config(a, **train):
     return config
 
 
+def imagenet_config(a, **train):
+    config = tiny_config(a, 'imagenet256_uvit_large.py', 4, **train)
+    config.nnet.num_classes = 3                          # 2 classes + the "no class" label
+    config.dataset.path = a['imagenet']
+    return config
+
+
 def mscoco_config(a, **train):
-    config = load_config_file(os.path.join(ROOT, 'configs', 'mscoco_uvit_small.py'))
-    config.nnet.update(TINY_NET, clip_dim=TEXT_HIDDEN_SIZE)
-    config.autoencoder.pretrained_path = a['ae']
+    config = tiny_config(a, 'mscoco_uvit_small.py', 2, **train)
+    config.nnet.clip_dim = TEXT_HIDDEN_SIZE
     config.text_encoder.pretrained_path = a['clip']
     config.dataset.path = a['coco']
-    config.log_with = 'none'
-    config.train.update({**dict(n_steps=2, batch_size=4, log_interval=1, eval_interval=2, save_interval=2,
-                                num_workers=0, grid_size=4), **train})
-    config.lr_scheduler.warmup_steps = 1
-    config.eval.update(ref_stats=a['stats'], inception_path=a['inception'], train_n_samples=4,
-                       train_sample_steps=3)
-    config.sample.update(n_samples=4, mini_batch_size=4, sample_steps=3)
     return config
 
 
