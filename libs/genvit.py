@@ -70,6 +70,7 @@ class GenViT(nn.Module):
         self.in_chans = in_chans
         self.num_features = self.embed_dim = embed_dim
         self.num_classes = num_classes
+        self.classifies = True  # has classify(); what the hybrid objective checks
         self.num_patches = (img_size // patch_size) ** 2
         num_tokens = self.num_patches + 1
         self.time_embed_dim = time_embed_dim or 4 * num_tokens

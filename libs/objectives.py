@@ -7,7 +7,10 @@ An objective is built from ``config.objective`` and gives
 - ``__call__(module, x, cond, labels) -> (loss, metrics)``: the scalar loss (fp32) and detached metrics.
 
 ``diffusion``: L_simple alone (U-ViT, GenViT). ``hybrid``: HybViT (Yang et al. 2022), cross-entropy of the
-classifier on an augmented copy of the batch plus ``alpha`` times L_simple on the clean batch.
+classifier on an augmented copy of the batch plus ``alpha`` times L_simple on the clean batch; any backbone with
+a classification head (``classifies``: GenViT, or U-ViT with ``clf_classes > 0``), so backbone and objective are
+independent choices. Its L_simple term draws t and the noise exactly as ``diffusion`` does, so with the same RNG
+state the two objectives see the same noisy batch.
 """
 import torch.nn as nn
 import torch.nn.functional as F
@@ -55,9 +58,10 @@ class Hybrid(Diffusion):
         self.augment = build_augment(cfg.get('augment', 'none'))
 
     def training_module(self, nnet):
-        if not hasattr(nnet, 'classify'):
+        if not getattr(nnet, 'classifies', False):
             raise UserError(f"config.objective.name='hybrid' needs a network with a classification head; "
-                            f"{type(nnet).__name__} has none (use nnet.name='genvit')")
+                            f"{type(nnet).__name__} has none (use nnet.name='genvit', or nnet.name='uvit' with "
+                            f"nnet.clf_classes > 0)")
         return HybridModule(nnet)
 
     def backbone(self, module):
@@ -66,8 +70,12 @@ class Hybrid(Diffusion):
     def __call__(self, module, x, cond, labels):
         if (labels < 0).any():
             raise UserError("config.objective.name='hybrid' needs labelled data; the dataset has unlabelled images")
-        t, eps, x_t = noised(self.schedule, x)
+        t, eps, x_t = noised(self.schedule, x)   # drawn first, as l_simple draws them: same t and noise
         out, logits = module(x_t, self.schedule.model_time(t), self.augment(x), **cond)
+        if labels.max() >= logits.shape[1]:
+            raise UserError(f'the dataset has a label {int(labels.max())} but the classification head has '
+                            f'{logits.shape[1]} classes: set config.nnet.num_classes (genvit) or '
+                            f'config.nnet.clf_classes (uvit) to the number of classes')
         target = eps if self.prediction == 'noise' else x
         mse = squared_error(out, target).mean()
         ce = F.cross_entropy(logits.float(), labels)

@@ -72,7 +72,12 @@ class UViTTrunk(nn.Module):
         if tokens.shape[1] != self.pos_embed.shape[1]:
             raise ValueError(f'got {tokens.shape[1]} tokens, the model has positions for {self.pos_embed.shape[1]} '
                              f'(is the condition given exactly when the model has one?)')
-        x = tokens + self.pos_embed
+        x = self.stack(tokens + self.pos_embed)
+        x = self.decoder_pred(self.norm(x))[:, self.extras:, :]
+        return self.final_layer(unpatchify(x, self.in_chans))
+
+    def stack(self, x):
+        """The U-shaped stack: (B, N, D) positioned tokens -> (B, N, D), any number of tokens N."""
         skips = []
         for blk in self.in_blocks:
             x = blk(x)
@@ -80,23 +85,48 @@ class UViTTrunk(nn.Module):
         x = self.mid_block(x)
         for blk in self.out_blocks:
             x = blk(x, skips.pop())
-        x = self.decoder_pred(self.norm(x))[:, self.extras:, :]
-        return self.final_layer(unpatchify(x, self.in_chans))
+        return x
+
+
+class ClassifierHead(nn.Module):
+    """A learnable class token and the head that reads it: LayerNorm -> Linear, (B, D) -> (B, num_classes)."""
+
+    def __init__(self, embed_dim: int, num_classes: int):
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.norm = nn.LayerNorm(embed_dim)
+        self.head = nn.Linear(embed_dim, num_classes)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        self.apply(init_vit_weights)
+
+    def forward(self, cls_features):
+        return self.head(self.norm(cls_features))
 
 
 class UViT(UViTTrunk):
-    """Noise-prediction U-ViT.
+    """Noise-prediction U-ViT, optionally also an image classifier (a hybrid U-ViT, trained like HybViT).
 
     forward(x, timesteps, y=None):
         x: (B, in_chans, img_size, img_size); timesteps: (B,) float; y: (B,) int64 class labels or None.
         Returns a tensor shaped like x.
     With ``num_classes > 0`` the label is one extra token placed before the time token.
     ``attention_backend`` ('sdpa', 'xformers', 'math') is this suite's addition and does not touch the weights.
+
+    classify(x), only with ``clf_classes > 0``:
+        x: (B, in_chans, img_size, img_size) clean images -> (B, clf_classes) logits. The sequence is
+        [class token, patches] through the same U-shaped stack, then LayerNorm -> Linear on the class token. As in
+        GenViT (the HybViT paper) the classifier has no time input: the time token is left out rather than set to
+        "t = 0", which lies outside the trained times (0, 1] and whose model time depends on the schedule, which
+        the backbone does not know. The label token is left out too; the patches keep their positions.
+    ``clf_classes`` (this suite's addition) only adds parameters, after all the release's ones (``classifier.*``,
+    created last, so the release's weights also start from the same values); with the default 0 the keys, shapes,
+    order and initial values are the release's.
+    ``classifies`` tells whether the network has the head (what the hybrid objective checks).
     """
 
     def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.,
                  qkv_bias=False, qk_scale=None, norm_layer=nn.LayerNorm, mlp_time_embed=False, num_classes=-1,
-                 use_checkpoint=False, conv=True, skip=True, attention_backend='sdpa'):
+                 use_checkpoint=False, conv=True, skip=True, attention_backend='sdpa', clf_classes=0):
         if norm_layer is not nn.LayerNorm:
             raise ValueError('UViT supports only nn.LayerNorm as norm_layer')
         labelled = num_classes > 0
@@ -106,6 +136,14 @@ class UViT(UViTTrunk):
                          condition_module=nn.Embedding(num_classes, embed_dim) if labelled else None)
         self.num_classes = num_classes
         self.takes_labels = labelled
+        self.clf_classes = clf_classes
+        self.classifies = clf_classes > 0
+        if self.classifies:
+            self.classifier = ClassifierHead(embed_dim, clf_classes)
+
+    @torch.jit.ignore
+    def no_weight_decay(self):
+        return super().no_weight_decay() | ({'classifier.cls_token'} if self.classifies else set())
 
     def forward(self, x, timesteps, y=None):
         x = self.patch_embed(x)
@@ -113,3 +151,10 @@ class UViT(UViTTrunk):
         if y is not None:
             tokens.insert(0, self.label_emb(y).unsqueeze(1))
         return self.trunk(torch.cat(tokens, dim=1))
+
+    def classify(self, x):
+        if not self.classifies:
+            raise ValueError('this UViT has no classification head (build it with clf_classes > 0)')
+        x = self.patch_embed(x) + self.pos_embed[:, self.extras:]
+        x = self.stack(torch.cat([self.classifier.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1))
+        return self.classifier(x[:, 0])

@@ -11,7 +11,8 @@ from libs.nnets import build_nnet, count_parameters
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE = os.path.join(ROOT, '..', 'shared', 'reference', 'uvit_official_state_dicts.json')
-CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', '*.py')))
+CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, 'configs', '*.py'))
+                 if not os.path.basename(p).startswith('_'))  # _name.py: shared recipes, not configs
 
 
 @pytest.mark.parametrize('path', CONFIGS, ids=[os.path.basename(p) for p in CONFIGS])

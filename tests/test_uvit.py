@@ -208,3 +208,77 @@ def test_text_to_image_uvit_has_the_released_keys_and_forward():
         ref = reference_forward(small.state_dict(), x, t, None, patch_size=2, num_heads=4, depth=4,
                                 mlp_time_embed=False, conv=True, context=context)
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------- hybrid U-ViT (clf_classes > 0)
+HEAD_KEYS = ['classifier.cls_token', 'classifier.norm.weight', 'classifier.norm.bias', 'classifier.head.weight',
+             'classifier.head.bias']
+
+
+def test_the_classifier_option_only_appends_keys_to_the_released_ones():
+    for name, entry in released().items():
+        with torch.device('meta'):
+            plain = UViT(**constructor_args(entry), clf_classes=0)
+            hybrid = UViT(**constructor_args(entry), clf_classes=7)
+        assert {k: list(v.shape) for k, v in plain.state_dict().items()} == entry['keys'], name
+        keys = list(hybrid.state_dict())
+        assert keys[:len(entry['keys'])] == list(entry['keys']) and keys[len(entry['keys']):] == HEAD_KEYS, name
+        dim = constructor_args(entry)['embed_dim']
+        assert tuple(hybrid.classifier.head.weight.shape) == (7, dim)
+        assert tuple(hybrid.classifier.cls_token.shape) == (1, 1, dim)
+        assert not plain.classifies and hybrid.classifies
+
+
+HYBRID = dict(img_size=8, patch_size=2, in_chans=1, embed_dim=32, depth=4, num_heads=4, mlp_time_embed=True)
+
+
+def test_the_hybrid_starts_from_the_same_weights_and_keeps_the_paper_forward():
+    torch.manual_seed(0)
+    plain = UViT(**HYBRID)
+    torch.manual_seed(0)
+    hybrid = UViT(**HYBRID, clf_classes=10)
+    shared = plain.state_dict()
+    assert all(torch.equal(hybrid.state_dict()[k], v) for k, v in shared.items())   # head created last
+    with torch.no_grad():
+        for p in hybrid.parameters():
+            p.normal_(0, 0.2)
+    x, t = torch.randn(3, 1, 8, 8), torch.tensor([0.0, 499.5, 999.0])
+    with torch.no_grad():
+        ours = hybrid.eval()(x, t)
+        ref = reference_forward(hybrid.state_dict(), x, t, None, patch_size=2, num_heads=4, depth=4,
+                                mlp_time_embed=True, conv=True)
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)   # the head is not part of the diffusion forward
+    plain.load_state_dict({k: v for k, v in hybrid.state_dict().items() if k in shared})
+    with torch.no_grad():
+        torch.testing.assert_close(plain.eval()(x, t), ours)
+
+
+def test_classify_reads_the_class_token_without_the_time_or_label_input():
+    torch.manual_seed(0)
+    model = UViT(**dict(HYBRID, num_classes=10), clf_classes=5)
+    x = torch.randn(4, 1, 8, 8)
+    logits = model.classify(x)
+    assert logits.shape == (4, 5)
+    logits.square().sum().backward()
+    assert all(p.grad is None for p in model.time_embed.parameters())
+    assert model.label_emb.weight.grad is None
+    assert model.decoder_pred.weight.grad is None and model.final_layer.weight.grad is None
+    extras = model.extras
+    assert model.pos_embed.grad[:, :extras].abs().sum() == 0          # the label and time positions are unused
+    assert model.pos_embed.grad[:, extras:].abs().sum() > 0           # the patches keep theirs
+    token = model.classifier.cls_token
+    assert token.grad.abs().sum() > 0
+    with torch.no_grad():
+        before = model.classify(x)
+        token.add_(torch.randn(token.shape))
+        assert not torch.allclose(before, model.classify(x))
+        torch.testing.assert_close(model.classify(x[:1]), model.classify(x)[:1])   # per image: no batch coupling
+
+
+def test_a_uvit_without_the_head_refuses_to_classify():
+    model = build_nnet(dict(name='uvit', img_size=8, patch_size=2, in_chans=1, embed_dim=32, depth=2, num_heads=4))
+    with pytest.raises(ValueError, match='no classification head'):
+        model.classify(torch.randn(1, 1, 8, 8))
+    hybrid = build_nnet(dict(name='uvit', img_size=8, patch_size=2, in_chans=1, embed_dim=32, depth=2, num_heads=4,
+                             clf_classes=3))
+    assert hybrid.classify(torch.randn(2, 1, 8, 8)).shape == (2, 3)

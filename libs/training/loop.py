@@ -263,13 +263,13 @@ class Trainer:
         (latent models) or validation prompts (text-to-image) are missing."""
         what = f'{self.config.eval.metric} scores'
         try:
-            # seeded: loading the scorer (Inception) and the autoencoder initialises weights from the global RNG,
-            # which must not move the training run's random streams (a resumed run would no longer repeat it)
+            # seeded: building the scorers (Inception, the digit classifier) and the autoencoder draws from the
+            # global RNG, which must not move the training run's random streams (a resumed run would not repeat it)
             with seeded(self.config.seed, self.device):
                 scorer = make_scorer(self.config, self.dataset, self.device)
-            result = evaluate(self.accelerator, self.denoiser_ema, self.schedule, self.config, sample_cfg, n_samples,
-                              self.dataset, scorer, os.path.join(ckpt, 'nnet_ema.pth'), self.conditioning,
-                              self.space, ema=True, png_dir=png_dir, step=self.step)
+                result = evaluate(self.accelerator, self.denoiser_ema, self.schedule, self.config, sample_cfg,
+                                  n_samples, self.dataset, scorer, os.path.join(ckpt, 'nnet_ema.pth'),
+                                  self.conditioning, self.space, ema=True, png_dir=png_dir, step=self.step)
         except UserError as exc:
             self.warn_once(what, exc)
             return {}

@@ -1,0 +1,6 @@
+"""GenViT (diffusion only) on CIFAR-100 32x32, 11.2M parameters (Yang et al. 2022).
+
+The recipe is in configs/_hybrid_recipe.py."""
+from configs._hybrid_recipe import config_getter
+
+get_config = config_getter('cifar100', 'genvit')

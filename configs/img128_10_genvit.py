@@ -1,0 +1,6 @@
+"""GenViT (diffusion only) on a 10-class ImageNet subset at 128x128, 25.6M parameters (Yang et al. 2022).
+
+The recipe is in configs/_hybrid_recipe.py."""
+from configs._hybrid_recipe import config_getter
+
+get_config = config_getter('img128_10', 'genvit')
