@@ -88,6 +88,21 @@ def defaults() -> ml_collections.ConfigDict:
             train_algorithm='dpm_solver',
             train_sample_steps=50,
         ),
+        clf_eval=d(                      # eval.py --eval=test_clf/gen/nll/cali/ood/attack (libs/hybrid_eval.py)
+            n_test=0,                    # images of the test split and of each OOD set; 0: all
+            batch_size=250,              # images per process per network call (times nll_steps_per_call)
+            ece_bins=15,
+            ood=('svhn', 'cifar100', 'celeba64', 'interpolated'),  # OOD sets, 'name' or 'name=path'
+            ood_scores=('px', 'py'),     # px: minus bits/dim (likelihood bound); py: max softmax probability
+            nll_variance='beta',         # reverse variance in the bound: 'beta' or 'beta_tilde'
+            nll_steps_per_call=1,        # diffusion steps stacked into one network call for the bound
+            attack_norms=('linf', 'l2'),
+            linf_eps=(0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255),  # PGD radii in [0, 1] pixel units
+            l2_eps=(0.0, 0.125, 0.25, 0.5, 1.0),
+            attack_steps=10,             # PGD steps (step size 2.5 eps / steps, random start)
+            ancestral='ddpm_ancestral',  # gen: also sample with this sampler over all N steps ('' : only config.sample)
+            is_splits=10,                # Inception Score splits
+        ),
     )
 
 

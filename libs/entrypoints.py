@@ -64,7 +64,8 @@ def run_training(script_kind: str) -> None:
 
 
 def run_evaluation(script_kinds: tuple) -> None:
-    """Define the flags, parse them, sample and score (``libs.evaluation.run_sample_eval``)."""
+    """Define the flags, parse them and evaluate: ``--eval=sample`` (default) samples and scores
+    (``libs.evaluation.run_sample_eval``); the other modes evaluate hybrid models (``libs.hybrid_eval``)."""
     from absl import app, flags
     from ml_collections import config_flags
 
@@ -74,14 +75,15 @@ def run_evaluation(script_kinds: tuple) -> None:
     config_flags.DEFINE_config_file('config', None, 'Configuration file (configs/*.py).', lock_config=False)
     flags.DEFINE_string('nnet_path', None, 'Weights file (.pth / .safetensors) or a training checkpoint directory.')
     flags.DEFINE_bool('ema', True, 'The weights are EMA weights (in a checkpoint directory: use nnet_ema.pth).')
+    flags.DEFINE_string('eval', 'sample', 'What to evaluate: sample, test_clf, gen, nll, cali, ood or attack.')
     flags.mark_flags_as_required(['config', 'nnet_path'])
 
     def main(_):
         from libs.config import resolve
-        from libs.evaluation import run_sample_eval
+        from libs.hybrid_eval import run_eval_mode
         cli.setup_logging()
         config = resolve(FLAGS.config)
         check_kind(config, script_kinds, EVAL_SCRIPTS)
-        run_sample_eval(config, FLAGS.nnet_path, FLAGS.ema)
+        run_eval_mode(config, FLAGS.eval, FLAGS.nnet_path, FLAGS.ema)
 
     app.run(lambda argv: cli.run(main, argv), flags_parser=cli.parse_flags)

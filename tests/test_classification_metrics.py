@@ -184,6 +184,30 @@ def test_robust_accuracy_falls_with_eps_and_plot(tmp_path):
             assert f.read(8) == PNG_MAGIC
 
 
+def test_robust_correct_is_per_sample_and_seeded():
+    weight, x, y, _ = _linear_problem(num_classes=4, seed=6)
+    classify, _ = _linear(weight)
+    per_sample = cm.robust_correct(classify, x, y, [0.0, 0.1], norm='l2', steps=5,
+                                   generator=torch.Generator().manual_seed(0), batch_size=60)
+    assert per_sample[0.0].dtype == torch.bool and per_sample[0.0].shape == (256,)
+    assert bool(per_sample[0.0].all())      # y is the clean prediction
+    again = cm.robust_accuracy(classify, x, y, [0.0, 0.1], norm='l2', steps=5,
+                               generator=torch.Generator().manual_seed(0), batch_size=60)
+    assert again == {0.0: 1.0, 0.1: float(per_sample[0.1].double().mean())}
+    assert 0.0 < again[0.1] < 1.0
+
+
+def test_score_histograms_png(tmp_path):
+    rng = np.random.default_rng(3)
+    path = tmp_path / 'hist' / 'logp_hist.png'
+    cm.plot_score_histograms({'in': rng.normal(size=300), 'out': torch.from_numpy(rng.normal(1, 1, size=50)),
+                              'constant': np.full(5, 0.5)}, str(path), 'score', title='t')
+    with open(path, 'rb') as f:
+        assert f.read(8) == PNG_MAGIC
+    cm.plot_score_histograms({'one value': [2.0, 2.0]}, str(tmp_path / 'flat.png'), 'score')
+    assert (tmp_path / 'flat.png').stat().st_size > 1000
+
+
 def test_bad_input_raises_user_error():
     weight, x, y, _ = _linear_problem()
     _, loss_fn = _linear(weight)
@@ -202,6 +226,9 @@ def test_bad_input_raises_user_error():
         lambda: cm.auroc([], [1.0]),
         lambda: cm.auroc([np.nan], [1.0]),
         lambda: cm.plot_robustness({}, '/nonexistent/x.png'),
+        lambda: cm.robust_correct(lambda a: a.flatten(1), x, y[:5], [0.1]),
+        lambda: cm.plot_score_histograms({}, '/nonexistent/x.png', 'score'),
+        lambda: cm.plot_score_histograms({'a': [np.nan]}, '/nonexistent/x.png', 'score'),
     ]
     for case in cases:
         with pytest.raises(UserError) as info:

@@ -9,7 +9,9 @@ detection and adversarial robustness.
 - ``auroc``: area under the ROC curve for telling in-distribution samples (expected to score higher) from
   out-of-distribution ones: P(s_in > s_out) + P(s_in = s_out) / 2 over all pairs, exact (Mann-Whitney U).
 - ``pgd_attack`` (Madry et al. 2018): projected gradient ascent on a loss inside an L-inf or L2 ball, intersected
-  with the valid pixel range. ``robust_accuracy`` runs it at several radii; ``plot_robustness`` draws the curves.
+  with the valid pixel range. ``robust_correct`` / ``robust_accuracy`` run it at several radii (per sample / as a
+  fraction); ``plot_robustness`` draws the curves.
+- ``plot_score_histograms``: the distributions of a detection score on several sets (OOD ``logp_hist``).
 
 Inputs are torch tensors or numpy arrays: logits / probabilities ``(N, K)``, labels int ``(N,)``, scores ``(N,)``.
 Images for the attacks are ``(B, ...)`` float tensors, in ``[-1, 1]`` by default.
@@ -239,19 +241,20 @@ def pgd_attack(loss_fn, x, y, eps: float, norm: str = 'linf', steps: int = 10, s
     return x_adv.detach()
 
 
-def robust_accuracy(classify, x, y, eps_list, norm: str = 'linf', steps: int = 10, step_size: float = None,
-                    clamp=(-1.0, 1.0), random_start: bool = True, generator: torch.Generator = None,
-                    loss_fn=None, batch_size: int = None) -> dict:
-    """Accuracy of ``classify(x) -> logits (B, K)`` under a PGD attack of each radius in ``eps_list``: {eps: acc}.
+def robust_correct(classify, x, y, eps_list, norm: str = 'linf', steps: int = 10, step_size: float = None,
+                   clamp=(-1.0, 1.0), random_start: bool = True, generator: torch.Generator = None,
+                   loss_fn=None, batch_size: int = None) -> dict:
+    """Per sample, whether ``classify(x) -> logits (B, K)`` is still right under a PGD attack of each radius in
+    ``eps_list``: {eps: bool tensor (B,)}.
 
     The attack maximises ``loss_fn(x, y)`` (default: per-sample cross-entropy of ``classify``); each radius is
     attacked independently, with ``step_size`` None meaning 2.5 eps / steps for that eps. eps = 0 gives the clean
-    accuracy. ``batch_size`` splits the inputs into chunks (all at once if None).
+    predictions. ``batch_size`` splits the inputs into chunks (all at once if None).
     """
     if norm not in NORMS:
         raise UserError(f'unknown norm {norm!r}; known: {", ".join(NORMS)}')
     if not torch.is_tensor(y) or y.ndim != 1 or not torch.is_tensor(x) or y.shape[0] != x.shape[0]:
-        raise UserError('robust_accuracy needs inputs (B, ...) and labels (B,) as tensors with the same B')
+        raise UserError('a robustness evaluation needs inputs (B, ...) and labels (B,) as tensors with the same B')
     if loss_fn is None:
         def loss_fn(inputs, labels):
             return torch.nn.functional.cross_entropy(classify(inputs), labels, reduction='none')
@@ -259,14 +262,47 @@ def robust_accuracy(classify, x, y, eps_list, norm: str = 'linf', steps: int = 1
     batch_size = batch_size or x.shape[0]
     results = {}
     for eps in eps_list:
-        correct = 0
+        correct = []
         for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
             x_adv = pgd_attack(loss_fn, xb, yb, eps, norm=norm, steps=steps, step_size=step_size, clamp=clamp,
                                random_start=random_start, generator=generator)
             with torch.no_grad():
-                correct += int((classify(x_adv).argmax(dim=1) == yb).sum())
-        results[eps] = correct / x.shape[0]
+                correct.append(classify(x_adv).argmax(dim=1) == yb)
+        results[eps] = torch.cat(correct)
     return results
+
+
+def robust_accuracy(classify, x, y, eps_list, **attack) -> dict:
+    """Accuracy under a PGD attack of each radius in ``eps_list``: {eps: accuracy}; arguments of ``robust_correct``."""
+    return {eps: float(correct.double().mean()) for eps, correct in
+            robust_correct(classify, x, y, eps_list, **attack).items()}
+
+
+def plot_score_histograms(scores: dict, path: str, xlabel: str, title: str = '', bins: int = 40) -> None:
+    """Write a PNG with one histogram per named set of scores ({name: (N,) scores}), on shared bins: the first set
+    filled, the others outlined. Each is normalised to unit area, so sets of different sizes compare by shape.
+    """
+    if not isinstance(scores, dict) or not scores:
+        raise UserError('plot_score_histograms needs a non-empty dict {name: scores}')
+    arrays = {name: _numpy(v).astype(np.float64).ravel() for name, v in scores.items()}
+    pooled = np.concatenate(list(arrays.values()))
+    pooled = pooled[np.isfinite(pooled)]
+    if pooled.size == 0:
+        raise UserError('plot_score_histograms got no finite scores')
+    low, high = float(pooled.min()), float(pooled.max())
+    edges = np.linspace(low, high if high > low else low + 1.0, bins + 1)
+    fig = _new_figure(5.5, 3.8)
+    ax = fig.add_subplot(1, 1, 1)
+    for i, (name, values) in enumerate(arrays.items()):
+        # The first set (the in-distribution one) filled, so a set identical to it still shows both.
+        ax.hist(values[np.isfinite(values)], bins=edges, density=True, histtype='stepfilled' if i == 0 else 'step',
+                alpha=0.35 if i == 0 else 1.0, linewidth=1.5, label=f'{name} (n={values.size})')
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel('density')
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    _save_png(fig, path)
 
 
 def plot_robustness(results: dict, path: str, title: str = '') -> None:

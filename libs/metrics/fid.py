@@ -107,6 +107,21 @@ def load_inception(path: str = None, dims: int = 2048, device='cpu') -> torch.nn
     return model.eval().to(device)
 
 
+def load_logit_weights(path: str = None) -> torch.Tensor:
+    """The weight ``(1008, 2048)`` of the final layer ``fc`` kept in the FID Inception weights file (float64).
+
+    pytorch-fid's network stops at the 2048-wide pool features; the file still holds the 2015 graph's 1008-way
+    classifier, so class logits of an image are its FID features times this weight (the Inception Score's input).
+    """
+    path = find_inception_weights(path)
+    weight = _read_state_dict(path).get('fc.weight')
+    if not torch.is_tensor(weight) or tuple(weight.shape) != (1008, 2048):
+        found = tuple(weight.shape) if torch.is_tensor(weight) else 'none'
+        raise UserError(f'{path} is not the FID Inception weights file: fc.weight has shape {found}, '
+                        'expected (1008, 2048)')
+    return weight.double()
+
+
 class InceptionFeatures:
     """Images -> Inception activations ``(B, dims)`` float64, as pytorch-fid computes them from image files.
 

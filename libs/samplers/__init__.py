@@ -2,10 +2,12 @@
 
 `build_sampler(config.sample, schedule)` returns `sampler(eps_fn, x_T) -> x_0`. Config keys read from `sample`:
 `algorithm` (a name in SAMPLERS), `sample_steps` (required), and for the DPM-Solver names the optional overrides
-`order`, `method`, `skip_type`; `t_end` for all; `progress` (bool). An override that is missing, None, 0 or ''
-means the preset's default. Other keys are left to the caller.
+`order`, `method`, `skip_type`; `t_end` for the continuous-time ones; `progress` (bool). An override that is
+missing, None, 0 or '' means the preset's default. Other keys are left to the caller. The `ddpm_ancestral` names
+need a discrete schedule and take `sample_steps` <= its N (N: the full chain of Ho et al.).
 """
 from libs.errors import UserError
+from libs.samplers.ancestral import check_options as check_ancestral_options, ddpm_ancestral
 from libs.samplers.dpm_solver import check_options, dpm_solver, singlestep_orders, time_grid
 from libs.samplers.euler_maruyama import euler_maruyama
 
@@ -70,6 +72,20 @@ def _euler_preset(ode):
     return build
 
 
+def _ancestral_preset(variance):
+    def build(sample_cfg, schedule):
+        steps = _sample_steps(sample_cfg)
+        check_ancestral_options(schedule, steps, variance)
+        progress = bool(sample_cfg.get('progress', False))
+
+        def sampler(eps_fn, x_T):
+            return ddpm_ancestral(eps_fn, schedule, x_T, steps, variance=variance, progress=progress)
+
+        return sampler
+
+    return build
+
+
 SAMPLERS = {
     # The U-ViT release's sampler: DPM-Solver-3 singlestep, noise prediction, uniform in log-SNR.
     'dpm_solver': _dpm_solver_preset(order=3, method='singlestep', algorithm_type='dpmsolver', skip_type='logSNR'),
@@ -78,6 +94,9 @@ SAMPLERS = {
                                        skip_type='logSNR'),
     'euler_maruyama_sde': _euler_preset(ode=False),
     'euler_maruyama_ode': _euler_preset(ode=True),
+    # Ho et al. 2020's ancestral sampling, sigma_n^2 = beta_n (their CIFAR-10 choice) or the posterior variance.
+    'ddpm_ancestral': _ancestral_preset('beta'),
+    'ddpm_ancestral_beta_tilde': _ancestral_preset('beta_tilde'),
 }
 
 
@@ -89,4 +108,5 @@ def build_sampler(sample_cfg, schedule):
     return SAMPLERS[algorithm](sample_cfg, schedule)
 
 
-__all__ = ['SAMPLERS', 'build_sampler', 'dpm_solver', 'euler_maruyama', 'singlestep_orders', 'time_grid']
+__all__ = ['SAMPLERS', 'build_sampler', 'ddpm_ancestral', 'dpm_solver', 'euler_maruyama', 'singlestep_orders',
+           'time_grid']
