@@ -17,22 +17,14 @@ this config: lr 2e-3, EMA 0.995                            128   1500    0.967  
 At this size and budget the GenViT of digits_hybvit.py generates better (26.5 with batch 64 for 2000 steps, about
 a third of this run's compute); both classify equally well.
 """
-from libs.config import d, resolve
+import os
+
+from libs.config import d, load_config_file
 
 
 def get_config():
-    return resolve(d(
-        seed=1234,
-        pred='x0_pred',
-        train=d(n_steps=1500, batch_size=128, mode='uncond', log_interval=50, eval_interval=750, save_interval=750,
-                ema_rate=0.995, num_workers=0, keep_ckpts=2, grid_size=100),
-        objective=d(name='hybrid', alpha=100.0, augment='none'),
-        optimizer=d(name='adamw', lr=0.002, weight_decay=0.03, betas=(0.9, 0.999)),
-        lr_scheduler=d(name='cosine', warmup_steps=50),
-        nnet=d(name='uvit', img_size=8, patch_size=2, in_chans=1, embed_dim=128, depth=6, num_heads=4,
-               mlp_ratio=4, qkv_bias=False, mlp_time_embed=False, num_classes=-1, clf_classes=10),
-        schedule=d(name='cosine'),
-        dataset=d(name='digits'),
-        sample=d(sample_steps=25, n_samples=1000, mini_batch_size=500, algorithm='dpm_solver++', path=''),
-        eval=d(metric='digits', train_n_samples=500, train_algorithm='dpm_solver++', train_sample_steps=25),
-    ))
+    config = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'digits_hybvit.py'))
+    config.nnet = d(name='uvit', img_size=8, patch_size=2, in_chans=1, embed_dim=128, depth=6, num_heads=4,
+                    mlp_ratio=4, qkv_bias=False, mlp_time_embed=False, num_classes=-1, clf_classes=10)
+    config.train.update(n_steps=1500, batch_size=128, eval_interval=750, save_interval=750)
+    return config
