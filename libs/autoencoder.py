@@ -240,10 +240,8 @@ class FrozenAutoencoder(torch.nn.Module):
     @torch.no_grad()
     def sample(self, moments: torch.Tensor, generator: torch.Generator = None) -> torch.Tensor:
         """(B, 2 C, h, w) moments -> (B, C, h, w) scaled latents, scale_factor * (mean + std * noise)."""
-        mean, logvar = moments.chunk(2, dim=1)
-        std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-        return self.scale_factor * (mean + std * noise)
+        from libs.spaces import latents_from_moments
+        return latents_from_moments(moments, self.scale_factor, generator)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, generator: torch.Generator = None) -> torch.Tensor:

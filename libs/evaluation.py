@@ -196,6 +196,17 @@ def evaluate(accelerator, denoiser: Denoiser, schedule, config, sample_cfg, n_sa
     return result
 
 
+def eval_accelerator(config):
+    """The accelerator of an evaluation: the config's mixed precision, TF32 on GPU when config.train.tf32."""
+    from accelerate import Accelerator
+
+    from libs.cli import enable_tf32
+    accelerator = Accelerator(mixed_precision=config.mixed_precision or None)
+    if config.train.tf32:
+        enable_tf32(accelerator.device)
+    return accelerator
+
+
 def load_denoiser(config, nnet_path: str, ema: bool = True, accelerator=None, device='cpu'):
     """(denoiser, schedule, weights file) for a weights file or checkpoint directory, in eval mode; the network is
     prepared by ``accelerator`` (mixed precision) when one is given, else moved to ``device``."""
@@ -212,16 +223,11 @@ def load_denoiser(config, nnet_path: str, ema: bool = True, accelerator=None, de
 def run_sample_eval(config, nnet_path: str, ema: bool = True) -> dict:
     """What ``eval.py`` does by default: load the weights, sample ``config.sample.n_samples``, score them, write the
     JSON beside the weights (and PNGs to ``config.sample.path`` if set). Returns the score on every process."""
-    from accelerate import Accelerator
-
-    from libs.cli import enable_tf32
     from libs.conditioning import build_conditioning
     from libs.data import build_dataset
     from libs.spaces import build_space
 
-    accelerator = Accelerator(mixed_precision=config.mixed_precision or None)
-    if config.train.tf32:
-        enable_tf32(accelerator.device)
+    accelerator = eval_accelerator(config)
     dataset = build_dataset(config.dataset, split='train')
     conditioning = build_conditioning(config, dataset)
     space = build_space(config, dataset, accelerator.device)

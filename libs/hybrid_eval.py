@@ -128,9 +128,7 @@ def _json_safe(value):
 
 def _load(config, nnet_path: str, ema: bool, classifier: bool, mode: str) -> EvalRun:
     """The accelerator and the network with its weights; a network without a head fails first when one is needed."""
-    from accelerate import Accelerator
-
-    from libs.cli import enable_tf32
+    from libs.evaluation import eval_accelerator
     from libs.nnets import build_nnet, load_nnet_weights
 
     nnet = build_nnet(config.nnet)
@@ -139,9 +137,7 @@ def _load(config, nnet_path: str, ema: bool, classifier: bool, mode: str) -> Eva
                         f'{type(nnet).__name__} (config.nnet.name={config.nnet.name!r}) without one: evaluate it '
                         f'with --eval=sample, gen or nll')
     weights = load_nnet_weights(nnet, nnet_path, ema=ema)
-    accelerator = Accelerator(mixed_precision=config.mixed_precision or None)
-    if config.train.tf32:
-        enable_tf32(accelerator.device)
+    accelerator = eval_accelerator(config)
     nnet = nnet.eval().requires_grad_(False).to(accelerator.device)
     return EvalRun(config, accelerator, nnet, weights, ema)
 

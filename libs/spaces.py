@@ -15,6 +15,15 @@ from libs.errors import UserError
 logger = logging.getLogger(__name__)
 
 
+def latents_from_moments(moments: torch.Tensor, scale_factor: float, generator: torch.Generator = None):
+    """(B, 2C, h, w) moments (mean | log-variance) -> (B, C, h, w) latents scale_factor * (mean + std * noise), the
+    noise from ``generator`` or the global RNG."""
+    mean, logvar = moments.chunk(2, dim=1)
+    std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+    noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    return scale_factor * (mean + std * noise)
+
+
 class PixelSpace:
     """Images are the model's data: (B, C, H, W) in [-1, 1]."""
 
@@ -44,9 +53,7 @@ class LatentSpace:
         self._autoencoder = None
 
     def training_input(self, moments: torch.Tensor) -> torch.Tensor:
-        mean, logvar = moments.float().chunk(2, dim=1)
-        std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
-        return self.scale_factor * (mean + std * torch.randn_like(mean))
+        return latents_from_moments(moments.float(), self.scale_factor)
 
     @property
     def autoencoder(self):
