@@ -6,7 +6,7 @@
     python eval.py --config=configs/digits_hybvit.py --nnet_path=CKPT_DIR --eval=test_clf
 
 --eval=sample (the default) samples ``config.sample.n_samples`` and scores them (FID, or the digit score); test_clf,
-gen, nll, cali, ood and attack evaluate GenViT / HybViT (libs/hybrid_eval.py, docs/hybvit.md). Every mode prints its
+gen, nll, cali, ood and attack evaluate GenViT / HybViT (libs/evaluation/, docs/hybvit.md). Every mode prints its
 numbers and writes them, with every setting that changes them, as eval_*.json next to the weights.
 """
 from libs.entrypoints import run_evaluation

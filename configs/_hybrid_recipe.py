@@ -29,7 +29,7 @@ Not reproduced: the release's label smoothing, CutMix / MixUp, random erasing, s
 import functools
 
 from libs.config import d, resolve
-from libs.genvit import GENVIT_CONFIGS
+from libs.nets.genvit import GENVIT_CONFIGS
 
 EPOCHS = 500
 WARMUP_EPOCHS = 10

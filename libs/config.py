@@ -27,7 +27,8 @@ def defaults() -> ml_collections.ConfigDict:
     """Every known config field with its default."""
     return d(
         seed=1234,
-        pred='noise_pred',               # what the network predicts: 'noise_pred' or 'x0_pred'
+        framework='gaussian',            # the diffusion framework (libs/diffusion: FRAMEWORKS)
+        pred='noise_pred',               # Gaussian framework: what the network predicts, 'noise_pred' or 'x0_pred'
         mixed_precision='',              # '', 'no', 'fp16', 'bf16'; '' keeps what `accelerate launch` says
         log_with='tensorboard',          # 'tensorboard', 'wandb' or 'none'
         train=d(
@@ -88,7 +89,7 @@ def defaults() -> ml_collections.ConfigDict:
             train_algorithm='dpm_solver',
             train_sample_steps=50,
         ),
-        clf_eval=d(                      # eval.py --eval=test_clf/gen/nll/cali/ood/attack (libs/hybrid_eval.py)
+        clf_eval=d(                      # eval.py --eval=test_clf/gen/nll/cali/ood/attack (libs/evaluation/)
             n_test=0,                    # images of the test split and of each OOD set; 0: all
             batch_size=250,              # images per process per network call (times nll_steps_per_call)
             ece_bins=15,
@@ -141,8 +142,6 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The user's config on top of the defaults; unknown keys raise UserError naming the closest known key."""
     base = defaults()
     _merge(base, config, '', _known_keys(base))
-    if base.pred not in ('noise_pred', 'x0_pred'):
-        raise UserError(f"config.pred must be 'noise_pred' or 'x0_pred', got {base.pred!r}")
     if base.train.mode not in ('uncond', 'cond', 'text'):
         raise UserError(f"config.train.mode must be 'uncond', 'cond' or 'text', got {base.train.mode!r}")
     if base.eval.metric not in ('fid', 'digits'):

@@ -65,7 +65,7 @@ def run_training(script_kind: str) -> None:
 
 def run_evaluation(script_kinds: tuple) -> None:
     """Define the flags, parse them and evaluate: ``--eval=sample`` (default) samples and scores
-    (``libs.evaluation.run_sample_eval``); the other modes evaluate hybrid models (``libs.hybrid_eval``)."""
+    and the other modes of libs/evaluation."""
     from absl import app, flags
     from ml_collections import config_flags
 
@@ -80,7 +80,7 @@ def run_evaluation(script_kinds: tuple) -> None:
 
     def main(_):
         from libs.config import resolve
-        from libs.hybrid_eval import run_eval_mode
+        from libs.evaluation import run_eval_mode
         cli.setup_logging()
         config = resolve(FLAGS.config)
         check_kind(config, script_kinds, EVAL_SCRIPTS)

@@ -1,7 +1,11 @@
-"""Writing files so that readers never see a half-written one."""
+"""Files: written so that readers never see a half-written one, and weights read with one-line errors."""
 import contextlib
 import os
 import tempfile
+
+import torch
+
+from libs.errors import UserError
 
 
 @contextlib.contextmanager
@@ -23,3 +27,16 @@ def atomic_open(path: str, mode: str = 'wb'):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def load_state_file(path: str) -> dict:
+    """torch.load a weights file to the CPU, with one-line errors for missing or unreadable files."""
+    if not os.path.isfile(path):
+        raise UserError(f'weights file not found: {path}')
+    try:
+        if path.endswith('.safetensors'):
+            from safetensors.torch import load_file
+            return load_file(path, device='cpu')
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as exc:
+        raise UserError(f'cannot read weights file {path}: {type(exc).__name__}: {str(exc).splitlines()[0]}') from None

@@ -4,7 +4,7 @@
         [--variants=all|baseline,attention,precision,checkpointing,compile,decode] [--sample_batch=N] \
         [--out=results.json]
 
-Training: one optimizer step (l_simple through the Denoiser, backward, the config's AdamW) on random data of the
+Training: one optimizer step (the framework's loss, backward, the config's AdamW) on random data of the
 network's input shape. Sampling: no-grad forward passes of the network. The baseline is sdpa attention, fp32 on the
 CPU / bf16 autocast on a GPU, no gradient checkpointing, no torch.compile; every other variant changes one switch.
 Each variant runs in a fresh process of this script, so peak memory and compile caches are its own. Latent configs
@@ -99,7 +99,7 @@ def expand_variants(spec: str, device_type: str, latent: bool = False) -> list:
 
 def why_not_runnable(settings: dict, device_type: str):
     """(status, note) for a variant that cannot run here, else None."""
-    from libs.attention import available_backends
+    from libs.nets.attention import available_backends
     if settings['attention'] not in available_backends():
         return 'unavailable', f"attention backend {settings['attention']!r} is not installed"
     if settings['precision'] == 'fp16' and device_type == 'cpu':
@@ -131,11 +131,11 @@ def synthetic_batch(nnet, batch: int, device):
     """Data in [-1, 1] of the network's input shape (images or latents) and its condition: random labels for a
     class-conditional network, random CLIP contexts for a text-to-image one."""
     import torch
-    x0 = torch.rand(batch, nnet.in_chans, nnet.img_size, nnet.img_size, device=device) * 2 - 1
+    x0 = torch.rand(batch, *nnet.input_shape, device=device) * 2 - 1
     cond = {}
-    if getattr(nnet, 'takes_labels', False):  # GenViT's num_classes is a classifier head, not a condition
+    if nnet.condition == 'labels':  # GenViT's num_classes is a classifier head, not a condition
         cond['y'] = torch.randint(0, nnet.num_classes, (batch,), device=device)
-    if getattr(nnet, 'takes_context', False):
+    if nnet.condition == 'text':
         cond['context'] = torch.randn(batch, nnet.num_clip_token, nnet.context_embed.in_features, device=device)
     return x0, cond
 
@@ -145,7 +145,7 @@ def count_flops(config) -> int:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from libs.nnets import build_nnet
+    from libs.nets import build_nnet
     # The 'math' backend writes attention as two matmuls, which the counter sees on every device.
     with torch.device('meta'):
         nnet = build_nnet(dict(config.nnet, attention_backend='math', use_checkpoint=False))
@@ -157,12 +157,11 @@ def count_flops(config) -> int:
 
 
 def build(config, settings: dict, device):
-    """(denoiser, optimizer, nnet) for a variant; the denoiser wraps the compiled network when asked."""
+    """(framework, net, optimizer, nnet) for a variant; net is the compiled network when asked, else nnet."""
     import torch
 
-    from libs.denoiser import Denoiser
-    from libs.nnets import build_nnet
-    from libs.schedules import build_schedule
+    from libs.diffusion import build_framework
+    from libs.nets import build_nnet
     from libs.training.optim import build_optimizer
 
     torch.manual_seed(config.seed)
@@ -170,8 +169,7 @@ def build(config, settings: dict, device):
                            use_checkpoint=settings['checkpointing'])).to(device)
     optimizer = build_optimizer(config.optimizer, nnet.parameters())
     net = torch.compile(nnet) if settings['compile'] else nnet
-    denoiser = Denoiser.from_config(net, build_schedule(config.schedule), config)
-    return denoiser, optimizer, nnet
+    return build_framework(config), net, optimizer, nnet
 
 
 def _sync(device) -> None:
@@ -212,17 +210,17 @@ def peak_memory_mib(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def time_training(denoiser, optimizer, nnet, settings: dict, batch: int, steps: int, warmup: int, device) -> dict:
+def time_training(framework, net, optimizer, nnet, settings: dict, batch: int, steps: int, warmup: int,
+                  device) -> dict:
     import torch
 
-    from libs.losses import l_simple
     x0, cond = synthetic_batch(nnet, batch, device)
     scaler = torch.amp.GradScaler(device.type, enabled=settings['precision'] == 'fp16')
 
     def step():
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, settings['precision']):
-            loss = l_simple(denoiser, x0, cond).mean()
+            loss = framework.loss(net, x0, cond).mean()
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
@@ -235,6 +233,7 @@ def time_training(denoiser, optimizer, nnet, settings: dict, batch: int, steps: 
 
 
 def time_sampling(denoiser, nnet, settings: dict, batch: int, steps: int, warmup: int, device) -> dict:
+    """One noise prediction (the network evaluation every sampler step makes) on ``batch`` inputs."""
     import torch
     x, cond = synthetic_batch(nnet, batch, device)
     t = torch.full((batch,), 0.5, device=device)
@@ -256,7 +255,7 @@ def time_decoding(config, settings: dict, batch: int, steps: int, warmup: int, d
     import torch
     from diffusers import AutoencoderKL
 
-    from libs.autoencoder import SD_CONFIG
+    from libs.latent.autoencoder import SD_CONFIG
     torch.manual_seed(config.seed)
     vae = AutoencoderKL(**SD_CONFIG).to(device).eval().requires_grad_(False)
     z = torch.randn(batch, config.nnet.in_chans, config.nnet.img_size, config.nnet.img_size, device=device)
@@ -286,12 +285,12 @@ def run_variant(config, name: str, batch: int, sample_batch: int, steps: int, wa
         result.update(time_decoding(config, settings, sample_batch, steps, warmup, device))
         return result
     settings = variant_settings(name, device.type)
-    denoiser, optimizer, nnet = build(config, settings, device)
+    framework, net, optimizer, nnet = build(config, settings, device)
     result = dict(status='ok', note='', settings=settings, startup_rss_mib=startup_rss,
                   peak_memory_kind='cuda_max_allocated' if device.type == 'cuda' else 'process_peak_rss')
-    result.update(time_training(denoiser, optimizer, nnet, settings, batch, steps, warmup, device))
+    result.update(time_training(framework, net, optimizer, nnet, settings, batch, steps, warmup, device))
     del optimizer
-    result.update(time_sampling(denoiser, nnet, settings, sample_batch, steps, warmup, device))
+    result.update(time_sampling(framework.denoiser(net), nnet, settings, sample_batch, steps, warmup, device))
     return result
 
 
@@ -359,7 +358,7 @@ def main(_argv):
     import torch
 
     from libs.config import resolve
-    from libs.nnets import build_nnet, count_parameters
+    from libs.nets import build_nnet, count_parameters
 
     config = resolve(FLAGS.config)
     batch, steps, warmup = FLAGS.batch_size, FLAGS.steps, FLAGS.warmup

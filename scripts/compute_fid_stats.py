@@ -34,7 +34,7 @@ def _images():
     if (FLAGS.config is None) == (FLAGS.folder is None):
         raise UserError('give exactly one of --config (a dataset of the suite) and --folder (a folder of images)')
     if FLAGS.folder is not None:
-        from libs.data import ImageFolder
+        from libs.data.datasets import ImageFolder
         return ImageFolder(FLAGS.folder, FLAGS.resolution)
     if 'dataset' not in FLAGS.config:
         raise UserError('the config has no `dataset` field to take the images from')

@@ -12,16 +12,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
-from libs import features  # noqa: E402
+from libs.latent import extract  # noqa: E402
 from libs.cli import parse_flags, run, setup_logging  # noqa: E402
 
 flags.DEFINE_string('path', None, 'The ImageNet train folder: <wnid>/*.JPEG class folders.', required=True)
 flags.DEFINE_string('out', None, 'Feature root (default assets/datasets/imagenet<resolution>_features).')
 flags.DEFINE_integer('resolution', 256, 'Centre-crop size of the images (256 or 512 for the paper).')
 flags.DEFINE_bool('flip', True, 'Also store the moments of the mirrored crops (--noflip: not).')
-flags.DEFINE_string('autoencoder', features.DEFAULT_AUTOENCODER,
+flags.DEFINE_string('autoencoder', extract.DEFAULT_AUTOENCODER,
                     "The release's autoencoder_kl.pth or a diffusers AutoencoderKL folder.")
-flags.DEFINE_enum('dtype', 'fp32', list(features.DTYPES), 'Autoencoder precision (moments are stored as fp32).')
+flags.DEFINE_enum('dtype', 'fp32', list(extract.DTYPES), 'Autoencoder precision (moments are stored as fp32).')
 flags.DEFINE_integer('batch_size', 64, 'Images per autoencoder call and process.')
 flags.DEFINE_integer('shard_size', 10000, 'Images per shard (the unit of resuming and of work per process).')
 flags.DEFINE_integer('num_workers', 4, 'Image-decoding workers per process.')
@@ -31,7 +31,7 @@ FLAGS = flags.FLAGS
 def main(_argv):
     setup_logging()
     out = FLAGS.out or f'assets/datasets/imagenet{FLAGS.resolution}_features'
-    features.extract_imagenet(FLAGS.path, out, FLAGS.resolution, FLAGS.autoencoder, FLAGS.flip,
+    extract.extract_imagenet(FLAGS.path, out, FLAGS.resolution, FLAGS.autoencoder, FLAGS.flip,
                             FLAGS.batch_size, FLAGS.shard_size, FLAGS.num_workers, FLAGS.dtype)
 
 

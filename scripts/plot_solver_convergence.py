@@ -18,8 +18,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from libs.samplers import dpm_solver, euler_maruyama  # noqa: E402
-from libs.schedules import VPSDE  # noqa: E402
+import ml_collections  # noqa: E402
+
+from libs.diffusion.samplers import build_sampler  # noqa: E402
+from libs.diffusion.schedules import VPSDE  # noqa: E402
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
@@ -82,6 +84,15 @@ def slope(nfes, errors):
     return -np.polyfit(np.log([nfes[i] for i in keep]), np.log([errors[i] for i in keep]), 1)[0]
 
 
+# The sampler preset of each DPM-Solver type; order and method are the preset's overrides.
+PRESETS = {'dpmsolver': 'dpm_solver', 'dpmsolver++': 'dpm_solver++'}
+
+
+def solve(schedule, eps_fn, x, **sample_cfg):
+    """x at the end of the sampler that config.sample = ``sample_cfg`` builds (the grid as the presets build it)."""
+    return build_sampler(ml_collections.ConfigDict(sample_cfg), schedule)(eps_fn, x)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--out', default=os.path.join('docs', 'solver_convergence.png'))
@@ -98,11 +109,12 @@ def main():
         for t_end in t_ends:
             exact = problem.ode_solution(x, 1.0, t_end)
             results.setdefault(label, {})[t_end] = [
-                rms(dpm_solver(problem.eps, schedule, x, n, order=order, method=method,
-                               algorithm_type=algorithm_type, t_end=t_end), exact) for n in NFES]
+                rms(solve(schedule, problem.eps, x, algorithm=PRESETS[algorithm_type], sample_steps=n, order=order,
+                          method=method, t_end=t_end), exact) for n in NFES]
     target = problem.euler_target(x, 1e-3)
     results['Euler (probability-flow ODE)'] = {1e-3: [
-        rms(euler_maruyama(problem.eps, schedule, x, n, t_end=1e-3, ode=True), target) for n in NFES]}
+        rms(solve(schedule, problem.eps, x, algorithm='euler_maruyama_ode', sample_steps=n, t_end=1e-3), target)
+        for n in NFES]}
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
     for ax, t_end in zip(axes, t_ends):

@@ -35,42 +35,38 @@ flags.mark_flags_as_required(['config', 'nnet_path', 'prompts'])
 def main(_):
     import torch
 
-    from libs.conditioning import TextContexts
     from libs.config import resolve
+    from libs.diffusion.conditioning import TextContexts
     from libs.errors import UserError
-    from libs.evaluation import load_denoiser, sample_batch, seeded
-    from libs.features import read_prompts
+    from libs.evaluation.harness import EvalRun, draw_samples
     from libs.images import save_grid, save_pngs
-    from libs.samplers import build_sampler
-    from libs.spaces import LatentSpace
-    from libs.text_encoder import load_text_encoder
+    from libs.latent.extract import read_prompts
+    from libs.latent.text_encoder import load_text_encoder
+    from libs.rng import SampleRandom
 
     cli.setup_logging()
     config = resolve(FLAGS.config)
     if config.train.mode != 'text':
         raise UserError(f"{FLAGS['config'].config_filename} is not a text-to-image config (train.mode='text')")
     prompts = read_prompts(FLAGS.prompts)
-    device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    if config.train.tf32:
-        cli.enable_tf32(device)
-    ae = config.autoencoder
-    space = LatentSpace(ae.pretrained_path, ae.scale_factor, device, ae.decode_batch_size)
-    space.autoencoder  # noqa: B018 -- fail on a missing autoencoder before the slow part
-    encoder = load_text_encoder(config.text_encoder.pretrained_path or None, device=device)
+    run = EvalRun.load(config, FLAGS.nnet_path, FLAGS.ema, mode='sample_t2i')
+    space = run.space()  # a missing autoencoder fails before the slow part
+    encoder = load_text_encoder(config.text_encoder.pretrained_path or None, device=run.device)
     conditioning = TextContexts(encoder.empty_context())
-    denoiser, schedule, weights = load_denoiser(config, FLAGS.nnet_path, FLAGS.ema, device=device)
-    sampler = build_sampler(config.sample, schedule)
-    latent_shape = (config.nnet.in_chans, config.nnet.img_size, config.nnet.img_size)
+    sampler = run.framework.build_sampler(config.sample)
+    seed = config.seed if FLAGS.seed is None else FLAGS.seed
 
     n = FLAGS.n_per_prompt
     images = []
-    with seeded(config.seed if FLAGS.seed is None else FLAGS.seed, device):
-        for prompt in prompts:
-            context = encoder.encode([prompt]).expand(n, -1, -1)
-            latents = sample_batch(denoiser, sampler, latent_shape, {'context': context}, n, config.sample.scale,
-                                   conditioning, device)
-            images.append(space.decode(latents).cpu())
+    for i, prompt in enumerate(prompts):
+        context = encoder.encode([prompt]).expand(n, -1, -1)
+        random = SampleRandom(seed, range(i * n, (i + 1) * n), run.device)  # image i * n + j: its own generator
+        with torch.no_grad(), run.accelerator.autocast():
+            latents, _ = draw_samples(run.framework, run.denoiser(), sampler, run.spec.data_shape, conditioning,
+                                      random, config.sample.scale, cond={'context': context})
+        images.append(space.decode(latents).cpu())
     images = torch.cat(images)
+    weights = run.weights
     os.makedirs(FLAGS.out, exist_ok=True)
     save_grid(images, os.path.join(FLAGS.out, 'grid.png'), nrow=n)
     save_pngs(images, FLAGS.out, 0)

@@ -4,8 +4,8 @@ import logging
 import pytest
 import torch
 
-from libs import attention as attention_module
-from libs.attention import ATTENTION_BACKENDS, attention, available_backends, check_backend
+from libs.nets import attention as attention_module
+from libs.nets.attention import ATTENTION_BACKENDS, attention, available_backends, check_backend
 from libs.errors import UserError
 from libs.uvit import UViT
 
@@ -58,7 +58,7 @@ def test_missing_xformers_falls_back_to_sdpa_with_one_warning(monkeypatch, caplo
     monkeypatch.setattr(attention_module, '_xformers_checked', False)
     monkeypatch.setattr(attention_module, '_xformers_ops', None)
     q, k, v = (torch.randn(1, 2, 5, 8) for _ in range(3))
-    with caplog.at_level(logging.WARNING, logger='libs.attention'):
+    with caplog.at_level(logging.WARNING, logger='libs.nets.attention'):
         out1 = attention(q, k, v, 'xformers')
         out2 = attention(q, k, v, 'xformers')
     warnings = [r for r in caplog.records if 'xformers' in r.getMessage()]

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
-from libs.augment import AUGMENTS, RANDAUGMENT_OPS, rand_augment, random_flip, random_shift
+from libs.data.augment import AUGMENTS, RANDAUGMENT_OPS, rand_augment, random_flip, random_shift
 from libs.images import from_uint8, to_uint8
 
 

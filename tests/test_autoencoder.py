@@ -3,7 +3,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKL
 
-from libs.autoencoder import (SCALE_FACTOR, SD_CONFIG, FrozenAutoencoder, compvis_to_diffusers, diffusers_to_compvis,
+from libs.latent.autoencoder import (SCALE_FACTOR, SD_CONFIG, FrozenAutoencoder, compvis_to_diffusers, diffusers_to_compvis,
                               load_autoencoder)
 from libs.errors import UserError
 from tiny_models import TINY_AUTOENCODER as TINY

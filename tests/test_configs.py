@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from libs.config import load_config_file
-from libs.nnets import build_nnet, count_parameters
+from libs.nets import build_nnet, count_parameters
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REFERENCE = os.path.join(ROOT, '..', 'shared', 'reference', 'uvit_official_state_dicts.json')
+REFERENCE = os.path.join(ROOT, 'tests', 'data', 'uvit_official_state_dicts.json')
 CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, 'configs', '*.py'))
                  if not os.path.basename(p).startswith('_'))  # _name.py: shared recipes, not configs
 
@@ -28,8 +28,6 @@ def test_config_resolves_and_builds(path):
                                   'imagenet64_uvit_large', 'imagenet256_uvit_large', 'imagenet256_uvit_huge',
                                   'imagenet512_uvit_large', 'imagenet512_uvit_huge', 'mscoco_uvit_small'])
 def test_paper_configs_have_the_released_networks(name):
-    if not os.path.isfile(REFERENCE):
-        pytest.skip(f'reference file {REFERENCE} is not present')
     with open(REFERENCE) as f:
         released = json.load(f)[name]
     config = load_config_file(os.path.join(ROOT, 'configs', f'{name}.py'))

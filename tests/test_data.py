@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from libs.data import DATASETS, Digits, build_dataset
+from libs.data import DATASETS, build_dataset
+from libs.data.datasets import Digits
 from libs.errors import UserError
 
 # U-ViT release: the 128x128 square centred at x=89, y=121 of the 178x218 aligned image, as (left, top, right, bottom)

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from libs.config import d
+from libs.config import d, load_config_file
+from libs.evaluation.harness import EvalRun
 from libs.data import build_dataset
 from libs.metrics import fid
-from libs.nnets import build_nnet
+from libs.nets import build_nnet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS_CONFIG = os.path.join(ROOT, 'configs', 'digits_uvit_tiny.py')
@@ -45,12 +46,14 @@ def test_fid_of_eval_equals_fid_of_its_pngs_and_is_stored_with_its_settings(tmp_
                        f'--config.sample.path={pngs}'])
     assert result.returncode == 0, result.stderr[-3000:]
     printed = float(result.stdout.strip().splitlines()[-1].split('fid=')[1])
-    record_path = os.path.join(os.path.dirname(weights), 'eval_fid_dpm_solver++_nfe4_n25_scale0_ema.json')
+    record_path = os.path.join(os.path.dirname(weights), 'eval_sample_digits_n25_fid_dpm_solver++_nfe4_scale0_ema.json')
     record = json.loads(open(record_path).read())
     assert record['fid'] == pytest.approx(printed, abs=1e-4)
-    assert record['n_samples'] == 25 and record['nfe'] == 4 and record['algorithm'] == 'dpm_solver++'
-    assert record['ema'] is True and record['guidance_scale'] == 0 and record['reference_statistics'] == str(ref)
-    assert record['weights'] == weights
+    settings = record['settings']
+    assert record['n'] == 25 and settings['nfe'] == 4 and settings['algorithm'] == 'dpm_solver++'
+    assert record['ema'] is True and settings['guidance_scale'] == 0 and settings['reference_statistics'] == str(ref)
+    assert record['weights'] == weights and record['mode'] == 'sample'
+    assert record['provenance']['device'] == 'cpu' and record['provenance']['torch'] == torch.__version__
     files = sorted(os.listdir(pngs))
     assert files == [f'{i:06d}.png' for i in range(25)]      # 3 rounds of 10, the last one cut to 25
     from libs.images import load_png
@@ -66,14 +69,21 @@ def test_digits_score_of_a_checkpoint_directory(tmp_path, weights):
     result = run_eval([f'--nnet_path={ckpt}', '--config.sample.n_samples=20', '--config.sample.mini_batch_size=20',
                        '--config.sample.sample_steps=3'])
     assert result.returncode == 0, result.stderr[-3000:]
-    record = json.loads((ckpt / 'eval_digits_dpm_solver++_nfe3_n20_scale0_ema.json').read_text())
+    record = json.loads((ckpt / 'eval_sample_digits_n20_digits_dpm_solver++_nfe3_scale0_ema.json').read_text())
     assert record['weights'] == str(ckpt / 'nnet_ema.pth')
-    assert 0.0 <= record['digits_accuracy'] <= 1.0 and record['digits_frechet_distance'] > 0
     assert f"digits_accuracy={record['digits_accuracy']:.4f}" in result.stdout
+    # the same numbers in-process, with another batch size: sample i depends on (seed, i) alone
+    config = load_config_file(DIGITS_CONFIG)
+    config.nnet.update({k: v for k, v in TINY.items() if k != 'name'})
+    config.sample.update(n_samples=20, mini_batch_size=7, sample_steps=3)
+    run = EvalRun.load(config, str(ckpt))
+    again = run.generate(config.sample, run.scorer())
+    assert again['digits_accuracy'] == record['digits_accuracy']
+    assert again['digits_frechet_distance'] == pytest.approx(record['digits_frechet_distance'], rel=1e-9)
 
 
 def test_gathered_samples_are_put_back_in_file_name_order():
-    from libs.evaluation import gathered_order
+    from libs.evaluation.harness import gathered_order
     world, rounds, mb, n = 3, 2, 4, 21
     # what accelerate.gather returns: each process's rounds, one process after the other
     rows = [(r * world + rank) * mb + i for rank in range(world) for r in range(rounds) for i in range(mb)]
@@ -86,6 +96,8 @@ def test_gathered_samples_are_put_back_in_file_name_order():
      'error: FID reference statistics not found: /nowhere/ref.npz'),
     (['--config.eval.metric=fid', '--config.eval.ref_stats=/nowhere/ref.npz',
       '--config.eval.inception_path=/nowhere/inception.pth'], 'error: FID reference statistics not found'),
+    (['--config.eval.metric=fid'], 'error: no FID reference statistics are set for this dataset: set '
+                                   'config.eval.ref_stats to an .npz file'),
     (['--config.sample.algorithm=heun'], "error: unknown sample.algorithm 'heun'; known: dpm_solver, dpm_solver++"),
     (['--config.nnet.embed_dim=48'], "does not fit the model: 'pos_embed' has shape (1, 18, 32), the model "
                                      "expects (1, 18, 48)"),
@@ -96,3 +108,94 @@ def test_eval_errors_are_one_line(weights, args, message):
     assert result.returncode == 2, result.stdout + result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert message in lines[-1] and 'Traceback' not in result.stderr, result.stderr
+
+
+def test_a_released_style_checkpoint_is_scored_without_its_dataset(tmp_path, random_weights):
+    """CIFAR-10 is nowhere on disk: sampling and scoring need only the weights, the config and the statistics."""
+    cifar = os.path.join(ROOT, 'configs', 'cifar10_uvit_small.py')
+    net = dict(embed_dim=32, depth=2, num_heads=2)
+    torch.manual_seed(0)
+    config = load_config_file(cifar)
+    config.nnet.update(net)
+    weights = tmp_path / 'cifar10_tiny.pth'
+    torch.save(build_nnet(config.nnet).state_dict(), weights)
+    features = fid.InceptionFeatures(fid.load_inception(random_weights))
+    ref = tmp_path / 'fid_stats_cifar10.npz'
+    fid.save_stats(str(ref), *fid.activation_statistics(features(torch.rand(12, 3, 32, 32) * 2 - 1)))
+    cmd = [sys.executable, os.path.join(ROOT, 'eval.py'), f'--config={cifar}', f'--nnet_path={weights}',
+           '--config.dataset.path=/nowhere/cifar10', f'--config.eval.ref_stats={ref}',
+           f'--config.eval.inception_path={random_weights}', '--config.sample.n_samples=6',
+           '--config.sample.mini_batch_size=6', '--config.sample.algorithm=dpm_solver++',
+           '--config.sample.sample_steps=2'] + [f'--config.nnet.{k}={v}' for k, v in net.items()]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((tmp_path / 'eval_sample_cifar10_n6_fid_dpm_solver++_nfe2_scale0_ema.json').read_text())
+    assert record['fid'] == pytest.approx(float(result.stdout.split('fid=')[1].split()[0]), abs=1e-4)
+
+
+def _samples_as_files(tmp_path):
+    """12 uint8 RGB 16x16 images as an .npz (arr_0, N H W C) and as PNGs, and their Inception-ready tensor."""
+    images = torch.randint(0, 256, (12, 3, 16, 16), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
+    np.savez(tmp_path / 'samples.npz', arr_0=images.permute(0, 2, 3, 1).numpy())
+    from libs.images import from_uint8, save_pngs
+    save_pngs(from_uint8(images), str(tmp_path / 'pngs'), 0)
+    return images
+
+
+def test_compute_fid_scores_sample_files_without_a_model(tmp_path, random_weights):
+    from libs.metrics.inception_score import inception_score_of_features
+    images = _samples_as_files(tmp_path)
+    features = fid.InceptionFeatures(fid.load_inception(random_weights))
+    ref = tmp_path / 'ref.npz'
+    fid.save_stats(str(ref), *fid.activation_statistics(features(torch.rand(10, 3, 16, 16) * 2 - 1)))
+    acts = features(images)
+    expected_fid = fid.fid_from_activations(acts, str(ref))
+    expected_is = inception_score_of_features(acts, fid.load_logit_weights(random_weights), 2)[0]
+    for samples, name in ((tmp_path / 'samples.npz', 'eval_files_samples_n12_fid.json'),
+                          (tmp_path / 'pngs', 'eval_files_pngs_n12_fid.json')):
+        result = subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', 'compute_fid.py'),
+                                 f'--samples={samples}', f'--ref_stats={ref}', f'--inception={random_weights}',
+                                 '--is_splits=2', '--batch_size=5'], cwd=ROOT, capture_output=True, text=True,
+                                timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        record = json.loads((tmp_path / name).read_text())
+        assert record['n'] == 12 and record['settings']['reference_statistics'] == str(ref)
+        assert record['fid'] == pytest.approx(expected_fid, rel=1e-6)
+        assert record['inception_score'] == pytest.approx(expected_is, rel=1e-6)
+
+
+def test_compute_fid_errors_are_one_line(tmp_path):
+    np.savez(tmp_path / 'wrong.npz', images=np.zeros((2, 8, 8, 3), np.uint8))
+    for samples, message in ((tmp_path / 'wrong.npz', "has arrays ['images']; expected 'arr_0'"),
+                             (tmp_path / 'missing.npz', 'sample file not found')):
+        result = subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', 'compute_fid.py'),
+                                 f'--samples={samples}', f'--ref_stats={tmp_path / "ref.npz"}'], cwd=ROOT,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2 and message in result.stderr.strip().splitlines()[-1], result.stderr
+
+
+def test_samples_do_not_depend_on_the_number_of_processes(tmp_path, weights):
+    """Two processes draw the same samples as one: each sample is a function of (seed, index)."""
+    scores = []
+    for processes in (1, 2):
+        out = tmp_path / f'p{processes}'
+        out.mkdir()
+        os.link(weights, out / 'nnet_ema.pth')
+        overrides = [f'--config.nnet.{k}={v}' for k, v in TINY.items() if k != 'name']
+        cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={processes}',
+               os.path.join(ROOT, 'eval.py'), f'--config={DIGITS_CONFIG}', f'--nnet_path={out}',
+               '--config.sample.n_samples=12', '--config.sample.mini_batch_size=4',
+               '--config.sample.sample_steps=3', f'--config.sample.path={out / "pngs"}'] + overrides
+        env = dict(os.environ, ACCELERATE_USE_CPU='true', OMP_NUM_THREADS='1')
+        result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        scores.append(json.loads((out / 'eval_sample_digits_n12_digits_dpm_solver++_nfe3_scale0_ema.json')
+                                 .read_text()))
+        assert scores[-1]['provenance']['num_processes'] == processes
+    one, two = (sorted(os.listdir(tmp_path / f'p{p}' / 'pngs')) for p in (1, 2))
+    assert one == two == [f'{i:06d}.png' for i in range(12)]
+    from libs.images import load_png
+    for name in one:  # the same batches of 4, computed by other processes: identical
+        assert np.array_equal(*(load_png(str(tmp_path / f'p{p}' / 'pngs' / name)) for p in (1, 2))), name
+    for key in ('digits_accuracy', 'digits_frechet_distance'):
+        assert scores[0][key] == scores[1][key], key

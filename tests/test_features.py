@@ -15,14 +15,15 @@ import torch
 from PIL import Image
 
 from conftest import ROOT, reset_accelerate
-from libs import features
-from libs.autoencoder import FrozenAutoencoder, load_autoencoder
+from libs.latent import extract
+from libs.latent.autoencoder import FrozenAutoencoder, load_autoencoder
 from libs.cli import run
-from libs.data import MSCOCO, build_dataset, crop_and_resize
+from libs.data import build_dataset
+from libs.data.datasets import MSCOCO, crop_and_resize
 from libs.errors import UserError
-from libs.features import ImageNetFeatures, MSCOCOFeatures
+from libs.data.feature_store import ImageNetFeatures, MSCOCOFeatures
 from libs.images import from_uint8
-from libs.text_encoder import load_text_encoder
+from libs.latent.text_encoder import load_text_encoder
 from tiny_models import TEXT_HIDDEN_SIZE, save_tiny_autoencoder, save_tiny_text_encoder
 
 LABELS = [0, 0, 0, 1, 1, 2, 2]  # of the sorted class folders below
@@ -112,7 +113,7 @@ def coco_dir(tmp_path_factory):
 def extract_imagenet(imagenet_dir, models, out, **kwargs):
     reset_accelerate()
     settings = dict(resolution=RES, autoencoder=models[0], batch_size=2, shard_size=3, num_workers=0)
-    return features.extract_imagenet(imagenet_dir[0], str(out), **{**settings, **kwargs})
+    return extract.extract_imagenet(imagenet_dir[0], str(out), **{**settings, **kwargs})
 
 
 @pytest.fixture(scope='module')
@@ -129,7 +130,7 @@ def mscoco_root(coco_dir, models, tmp_path_factory):
     root = tmp_path_factory.mktemp('mscoco16_features')
     for split in ('train', 'val'):
         reset_accelerate()
-        features.extract_mscoco(coco_dir, str(root), split, RES, models[0], models[1], batch_size=2, shard_size=2,
+        extract.extract_mscoco(coco_dir, str(root), split, RES, models[0], models[1], batch_size=2, shard_size=2,
                                 num_workers=0)
     return str(root)
 
@@ -340,25 +341,25 @@ def test_empty_context_and_test_prompts(mscoco_root, models, tmp_path, one_threa
 
     encoder = load_text_encoder(models[1])
     reset_accelerate()
-    path = features.extract_empty_context(mscoco_root, models[1])
+    path = extract.extract_empty_context(mscoco_root, models[1])
     assert path == os.path.join(mscoco_root, 'empty_context.npy')
     assert torch.equal(ds.empty_context(), encoder.encode([''])[0])
 
     reset_accelerate()
-    features.extract_test_prompts(mscoco_root, text_encoder=models[1])
+    extract.extract_test_prompts(mscoco_root, text_encoder=models[1])
     prompts, contexts = ds.test_prompts()
-    assert prompts == list(features.DEFAULT_TEST_PROMPTS) and len(prompts) == 10
+    assert prompts == list(extract.DEFAULT_TEST_PROMPTS) and len(prompts) == 10
     assert contexts.shape == (10, 77, TEXT_HIDDEN_SIZE)
     torch.testing.assert_close(contexts, encoder.encode(prompts), rtol=0, atol=1e-5)
 
     mine = tmp_path / 'prompts.txt'
     mine.write_text('a dog sat\n\n  two cats  \n')
     reset_accelerate()
-    features.extract_test_prompts(mscoco_root, str(mine), models[1], batch_size=1)
+    extract.extract_test_prompts(mscoco_root, str(mine), models[1], batch_size=1)
     prompts, contexts = ds.test_prompts()
     assert prompts == ['a dog sat', 'two cats']
     torch.testing.assert_close(contexts, encoder.encode(prompts), rtol=0, atol=1e-5)
-    assert 'prompt file not found' in one_line_error(features.extract_test_prompts, mscoco_root,
+    assert 'prompt file not found' in one_line_error(extract.extract_test_prompts, mscoco_root,
                                                      str(tmp_path / 'none.txt'), models[1])
 
 
@@ -428,7 +429,7 @@ def test_a_missing_autoencoder_is_one_error_line_and_status_2(imagenet_dir, tmp_
     """What the scripts do with the loaders' errors (they call through libs.cli.run)."""
     reset_accelerate()
     with pytest.raises(SystemExit) as info:
-        run(features.extract_imagenet, imagenet_dir[0], str(tmp_path), RES, str(tmp_path / 'missing.pth'))
+        run(extract.extract_imagenet, imagenet_dir[0], str(tmp_path), RES, str(tmp_path / 'missing.pth'))
     assert info.value.code == 2
     stderr = capsys.readouterr().err
     assert stderr.count('\n') == 1 and stderr.startswith('error: Stable Diffusion autoencoder not found at ')

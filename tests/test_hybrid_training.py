@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from libs.config import load_config_file
-from libs.data import Digits
+from libs.data.datasets import Digits
 from libs.metrics.classification import accuracy
 from libs.training.loop import Trainer
 
@@ -39,8 +39,10 @@ def test_digits_hybvit_classifies_and_generates_digits(tmp_path):
     with torch.no_grad():
         test_accuracy = accuracy(trainer.nnet_ema.eval().classify(test.images), torch.from_numpy(test.labels))
     assert test_accuracy >= MIN_TEST_ACCURACY, test_accuracy
-    scores = glob.glob(str(tmp_path / 'ckpts' / f'{config.train.n_steps}.ckpt' / 'eval_digits_*_n1000_*_ema.json'))
+    ckpt = tmp_path / 'ckpts' / f'{config.train.n_steps}.ckpt'
+    scores = glob.glob(str(ckpt / 'eval_sample_digits_n1000_digits_*_ema.json'))
     assert len(scores) == 1, scores
     with open(scores[0]) as f:
         frechet = json.load(f)['digits_frechet_distance']
+    print(f'digits HybViT: test accuracy {test_accuracy:.3f}, Frechet distance {frechet:.1f}')
     assert frechet < MAX_FRECHET, frechet

@@ -12,11 +12,13 @@ import torch
 from PIL import Image
 
 from conftest import reset_accelerate
-from libs.conditioning import ClassLabels, TextContexts
+from libs.diffusion.conditioning import ClassLabels, TextContexts
 from libs.config import load_config_file
-from libs.evaluation import make_eps_fn, run_sample_eval
-from libs.features import extract_empty_context, extract_imagenet, extract_mscoco, extract_test_prompts
-from libs.spaces import LatentSpace
+from libs.diffusion.gaussian import GaussianFramework
+from libs.diffusion.schedules import VPSDE
+from libs.evaluation import run_eval_mode
+from libs.latent.extract import extract_empty_context, extract_imagenet, extract_mscoco, extract_test_prompts
+from libs.latent.spaces import LatentSpace
 from libs.training.loop import Trainer
 from tiny_models import TEXT_HIDDEN_SIZE, save_tiny_autoencoder, save_tiny_text_encoder
 
@@ -159,7 +161,8 @@ def test_text_guidance_is_one_batched_call_of_cond_plus_scale_times_the_differen
 
     context = torch.randn(3, 77, 8)
     x = torch.randn(3, 4, 2, 2)
-    eps = make_eps_fn(Noise(), {'context': context}, 0.4, TextContexts(empty))(x, 0.5)
+    cond = {'context': context}
+    eps = GaussianFramework(VPSDE()).guided(Noise(), cond, TextContexts(empty).null(cond), 0.4)(x, 0.5)
     cond, uncond = x * context.mean(dim=(1, 2)).view(-1, 1, 1, 1), x * empty.mean()
     assert torch.allclose(eps, cond + 0.4 * (cond - uncond), atol=1e-6)
     assert calls == [6]
@@ -172,13 +175,17 @@ def test_class_conditional_latent_training_samples_decodes_and_scores(assets, tm
     grid = Image.open(tmp_path / 'samples' / '4.png')
     assert grid.size[0] >= 2 * RES                       # decoded images, not 8x8 latents
     ckpt = tmp_path / 'ckpts' / '4.ckpt'
-    record = json.loads((ckpt / 'eval_fid_dpm_solver_nfe3_n4_scale0.4_ema.json').read_text())
-    assert record['fid'] > 0 and record['guidance_scale'] == 0.4 and record['reference_statistics'] == assets['stats']
+    record = json.loads((ckpt / 'eval_sample_imagenet_features_n4_fid_dpm_solver_nfe3_scale0.4_ema.json').read_text())
+    settings = record['settings']
+    assert record['fid'] > 0 and settings['guidance_scale'] == 0.4
+    assert settings['reference_statistics'] == assets['stats']
 
     reset_accelerate()
     config.sample.update(sample_steps=2, scale=1.5, path=str(tmp_path / 'pngs'))
-    result = run_sample_eval(config, str(ckpt))
-    assert (ckpt / 'eval_fid_dpm_solver_nfe2_n4_scale1.5_ema.json').is_file() and result['fid'] > 0
+    result = run_eval_mode(config, 'sample', str(ckpt))
+    record = json.loads((ckpt / 'eval_sample_imagenet_features_n4_fid_dpm_solver_nfe2_scale1.5_ema.json')
+                        .read_text())
+    assert record['fid'] == result['fid'] and record['settings']['guidance_scale'] == 1.5
     assert Image.open(tmp_path / 'pngs' / '000003.png').size == (RES, RES)
 
 
@@ -203,8 +210,9 @@ def test_text_to_image_training_with_test_prompt_grids_and_validation_caption_fi
     config = mscoco_config(assets)
     Trainer(config, str(tmp_path)).fit()
     assert Image.open(tmp_path / 'samples' / '2.png').size[0] >= 2 * RES
-    record = json.loads((tmp_path / 'ckpts' / '2.ckpt' / 'eval_fid_dpm_solver_nfe3_n4_scale1_ema.json').read_text())
-    assert record['fid'] > 0 and record['guidance_scale'] == 1.0
+    ckpt = tmp_path / 'ckpts' / '2.ckpt'
+    record = json.loads((ckpt / 'eval_sample_mscoco_features_n4_fid_dpm_solver_nfe3_scale1_ema.json').read_text())
+    assert record['fid'] > 0 and record['settings']['guidance_scale'] == 1.0
 
 
 def test_latent_training_without_the_autoencoder_warns_once_and_trains(assets, tmp_path, caplog):
@@ -243,7 +251,8 @@ def test_the_scripts_train_evaluate_and_sample_from_prompts(assets, tmp_path):
                         '--config.sample.sample_steps=2')
     assert result.returncode == 0, result.stderr[-2000:]
     assert 'fid=' in result.stdout
-    assert (tmp_path / 'ldm' / 'ckpts' / '2.ckpt' / 'eval_fid_dpm_solver_nfe2_n2_scale0.4_ema.json').is_file()
+    assert (tmp_path / 'ldm' / 'ckpts' / '2.ckpt' /
+            'eval_sample_imagenet_features_n2_fid_dpm_solver_nfe2_scale0.4_ema.json').is_file()
 
     t2i = overrides('mscoco_uvit_small.py', assets, {'clip_dim': TEXT_HIDDEN_SIZE}) + [
         f'--config.dataset.path={assets["coco"]}', f'--config.text_encoder.pretrained_path={assets["clip"]}']

@@ -10,7 +10,7 @@ import torch
 from transformers import CLIPConfig, CLIPModel
 
 from libs.errors import UserError
-from libs.text_encoder import encode_in_batches, load_text_encoder
+from libs.latent.text_encoder import encode_in_batches, load_text_encoder
 from tiny_models import END, START, save_tiny_text_encoder, tiny_text_config, write_tokenizer
 
 MAX_LENGTH = 8

@@ -14,7 +14,7 @@ from conftest import reset_accelerate
 from libs.config import load_config_file, resolve
 from libs.errors import UserError
 from libs.training import checkpoint as checkpoint_module
-from libs import objectives as objectives_module
+from libs.diffusion.gaussian import GaussianFramework
 from libs.training import loop as loop_module
 from libs.training.checkpoint import CheckpointManager, read_train_state
 from libs.training.data_order import ResumableBatchSampler
@@ -96,14 +96,14 @@ def test_resume_after_sigterm_equals_uninterrupted(tmp_path, monkeypatch):
 
 def test_bf16_mixed_precision_keeps_the_loss_in_fp32(tmp_path, monkeypatch):
     loss_dtypes = []
-    real_loss = objectives_module.l_simple
+    real_loss = GaussianFramework.loss
 
-    def recording_loss(denoiser, x0, cond=None):
-        loss = real_loss(denoiser, x0, cond)
+    def recording_loss(framework, nnet, x0, cond=None, generator=None):
+        loss = real_loss(framework, nnet, x0, cond, generator)
         loss_dtypes.append(loss.dtype)
         return loss
 
-    monkeypatch.setattr(objectives_module, 'l_simple', recording_loss)
+    monkeypatch.setattr(GaussianFramework, 'loss', recording_loss)
     config = tiny_config(n_steps=3, save_interval=100)
     config.mixed_precision = 'bf16'
     trainer = Trainer(config, str(tmp_path))
@@ -126,10 +126,18 @@ def test_checkpoints_get_an_fid_json_when_statistics_and_weights_exist(tmp_path,
     config.eval.update(metric='fid', ref_stats=str(tmp_path / 'ref.npz'), inception_path=random_weights,
                        train_n_samples=6, train_sample_steps=2)
     Trainer(config, str(tmp_path / 'run')).fit()
-    record = json.loads((tmp_path / 'run' / 'ckpts' / '2.ckpt' / 'eval_fid_dpm_solver++_nfe2_n6_scale0_ema.json')
-                        .read_text())
-    assert record['step'] == 2 and record['n_samples'] == 6 and record['fid'] > 0
-    assert record['reference_statistics'] == str(tmp_path / 'ref.npz')
+    ckpt = tmp_path / 'run' / 'ckpts' / '2.ckpt'
+    record = json.loads((ckpt / 'eval_sample_digits_n6_fid_dpm_solver++_nfe2_scale0_ema.json').read_text())
+    assert record['step'] == 2 and record['n'] == 6 and record['settings']['n_samples'] == 6
+    assert record['settings']['reference_statistics'] == str(tmp_path / 'ref.npz')
+    assert record['settings']['algorithm'] == 'dpm_solver++' and record['settings']['nfe'] == 2
+    assert record['weights'] == str(ckpt / 'nnet_ema.pth') and record['ema'] is True
+    # the score is the FID of these weights' samples: recomputed here from the same samples
+    from libs.evaluation.harness import EvalRun
+    run = EvalRun.load(config, str(ckpt))
+    config.sample.update(n_samples=6, sample_steps=2, algorithm='dpm_solver++')
+    assert run.generate(config.sample, run.scorer())['fid'] == pytest.approx(record['fid'], rel=1e-6)
+    assert set(record['provenance']) >= {'commit', 'torch', 'accelerate', 'device', 'num_processes'}
 
 
 def test_training_without_fid_files_logs_why_and_goes_on(tmp_path, caplog):
@@ -143,11 +151,11 @@ def test_training_without_fid_files_logs_why_and_goes_on(tmp_path, caplog):
 
 
 def test_gradient_accumulation_matches_one_big_batch(tmp_path, monkeypatch):
-    def deterministic_loss(denoiser, x0, cond=None):  # no random t or noise: both runs see identical losses
-        t = torch.full((x0.shape[0],), 0.5)
-        return (denoiser.output(x0, t, **(cond or {})) - x0).square().flatten(1).mean(1)
+    def deterministic_loss(framework, nnet, x0, cond=None, generator=None):  # no random t or noise: both runs
+        t = torch.full((x0.shape[0],), 0.5)                                  # see identical losses
+        return (framework.denoiser(nnet).output(x0, t, **(cond or {})) - x0).square().flatten(1).mean(1)
 
-    monkeypatch.setattr(objectives_module, 'l_simple', deterministic_loss)
+    monkeypatch.setattr(GaussianFramework, 'loss', deterministic_loss)
     big = Trainer(tiny_config(n_steps=3, save_interval=100, batch_size=32), str(tmp_path / 'big'))
     big.fit()
     reset_accelerate()
@@ -195,14 +203,14 @@ def test_out_of_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
 def test_nan_loss_stops_before_the_update_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     calls = {'n': 0}
-    real_loss = objectives_module.l_simple
+    real_loss = GaussianFramework.loss
 
     def loss_that_turns_nan(*args, **kwargs):
         calls['n'] += 1
         out = real_loss(*args, **kwargs)
         return out * float('nan') if calls['n'] >= 3 else out
 
-    monkeypatch.setattr(objectives_module, 'l_simple', loss_that_turns_nan)
+    monkeypatch.setattr(GaussianFramework, 'loss', loss_that_turns_nan)
     trainer = Trainer(tiny_config(n_steps=6, save_interval=2), str(tmp_path))
     before = {k: v.clone() for k, v in trainer.nnet.state_dict().items()}
     with pytest.raises(UserError, match=r'loss is not finite at step 3; .* the last good checkpoint .*2\.ckpt '
@@ -348,3 +356,39 @@ def test_two_cpu_processes_keep_identical_replicas(tmp_path):
         assert (tmp_path / 'ckpts' / f'{step}.ckpt' / 'rng_state_1.pth').is_file()
     assert 'with 2 process(es)' in result.stdout + result.stderr
     assert sorted(losses(tmp_path)) == list(range(1, 7))
+
+
+def test_the_default_runs_code_path_gives_the_losses_recorded_before_the_refactor(tmp_path):
+    """20 steps of the default run's config, frozen as it was before the architecture refactor (issue 9), give the
+    per-step losses recorded then (bit-identical on the machine that recorded them; 1e-5 relative here, which
+    holds across CPUs while any change of the random streams, the model or the loss moves them by far more)."""
+    recorded = json.loads(open(os.path.join(ROOT, 'tests', 'data', 'digits_uvit_tiny_frozen_losses.json')).read())
+    config = os.path.join(ROOT, 'tests', 'data', 'configs', 'digits_uvit_tiny_frozen.py')
+    result = subprocess.run([sys.executable, 'train.py', f'--config={config}', f'--workdir={tmp_path}',
+                             '--config.train.n_steps=20', '--config.train.log_interval=1',
+                             '--config.train.final_eval=False', '--config.train.save_interval=1000',
+                             '--config.train.eval_interval=1000', '--config.eval.train_n_samples=10',
+                             '--config.log_with=none'],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    history = losses(tmp_path)
+    assert sorted(history) == list(range(1, 21))
+    for step, expected in enumerate(recorded['losses'], start=1):
+        assert history[step] == pytest.approx(expected, rel=1e-5), step
+
+
+def test_a_checkpoint_written_before_the_refactor_resumes_exactly(tmp_path):
+    """A checkpoint written by main before issue 9 (tests/data/old_checkpoint) loads and resumes with the losses the
+    old code gave when it resumed from it."""
+    import shutil
+    recorded = json.loads(open(os.path.join(ROOT, 'tests', 'data', 'old_checkpoint', 'resume.json')).read())
+    shutil.copytree(os.path.join(ROOT, 'tests', 'data', 'old_checkpoint', '2.ckpt'), tmp_path / 'ckpts' / '2.ckpt')
+    result = subprocess.run([sys.executable, 'train.py', f'--config={os.path.join(ROOT, recorded["config"])}',
+                             f'--workdir={tmp_path}', *recorded['overrides']],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'resumed from' in result.stdout + result.stderr and '(step 2)' in result.stdout + result.stderr
+    history = losses(tmp_path)
+    assert sorted(history) == [3, 4]
+    for step, expected in recorded['losses_after_resume'].items():
+        assert history[int(step)] == pytest.approx(expected, rel=1e-5), step

@@ -8,16 +8,14 @@ import torch
 import torch.nn.functional as F
 
 from libs.errors import UserError
-from libs.nnets import build_nnet, count_parameters, load_nnet_weights
+from libs.nets import build_nnet, count_parameters, load_nnet_weights
 from libs.uvit import UViT
 from libs.uvit_t2i import UViT as UViTT2I
 
-REFERENCE = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'reference', 'uvit_official_state_dicts.json')
+REFERENCE = os.path.join(os.path.dirname(__file__), 'data', 'uvit_official_state_dicts.json')
 
 
 def released():
-    if not os.path.isfile(REFERENCE):
-        pytest.skip(f'reference file {REFERENCE} is not present')
     with open(REFERENCE) as f:
         return {name: entry for name, entry in json.load(f).items() if entry['nnet']['name'] == 'uvit'}
 
@@ -187,8 +185,6 @@ def test_unknown_nnet_and_bad_arguments_are_user_errors():
 
 
 def test_text_to_image_uvit_has_the_released_keys_and_forward():
-    if not os.path.isfile(REFERENCE):
-        pytest.skip(f'reference file {REFERENCE} is not present')
     with open(REFERENCE) as f:
         entry = json.load(f)['mscoco_uvit_small']
     with torch.device('meta'):

@@ -31,11 +31,11 @@ import hashlib
 import json
 import os
 
-import numpy as np
 import torch
 from torch import nn
 
-from libs.augment import random_shift
+from libs.data.augment import random_shift
+from libs.data.datasets import Digits
 from libs.errors import UserError
 from libs.fileio import atomic_open
 from libs.metrics.fid import activation_statistics, frechet_distance
@@ -45,26 +45,22 @@ DEFAULT_CLASSIFIER_PATH = os.path.join(REPO_ROOT, 'assets', 'digits_classifier.p
 
 # Everything that determines the trained weights; its hash is stored with them, so a change retrains the cache.
 RECIPE = dict(version=1, architecture='conv32-conv32-pool-conv64-fc64(features)-relu-fc10', feature_dim=64, seed=0,
-              held_out_fraction=0.25, split_seed=0, epochs=20, batch_size=64, lr=2e-3, weight_decay=1e-4,
+              held_out_fraction=Digits.CLASSIFIER_HELD_OUT_FRACTION, split_seed=Digits.CLASSIFIER_SPLIT_SEED,
+              epochs=20, batch_size=64, lr=2e-3, weight_decay=1e-4,
               shift_augment=1)
 RECIPE_HASH = hashlib.sha256(json.dumps(RECIPE, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def real_digits():
     """All 1797 digits in model space ``(N, 1, 8, 8)`` float32 in ``[-1, 1]`` and their labels ``(N,)`` int64."""
-    from libs.data import Digits
-
     digits = Digits('all')
     return digits.images, torch.from_numpy(digits.labels)
 
 
 def split_indices():
-    """The recipe's fixed stratified split of the 1797 digits: ``(train_indices, held_out_indices)``."""
-    from sklearn.model_selection import train_test_split
-
+    """The classifier's fixed stratified split of the 1797 digits: ``(train_indices, held_out_indices)``."""
     _, labels = real_digits()
-    return train_test_split(np.arange(len(labels)), test_size=RECIPE['held_out_fraction'],
-                            random_state=RECIPE['split_seed'], stratify=labels.numpy())
+    return Digits.classifier_split(labels.numpy())
 
 
 class DigitsClassifier(nn.Module):

@@ -189,6 +189,10 @@ def save_stats(path: str, mu: np.ndarray, sigma: np.ndarray) -> None:
 
 def load_stats(path: str):
     """Read ``(mu, sigma)`` from an ``.npz`` file with keys ``mu`` and ``sigma``."""
+    if not path:
+        raise UserError('no FID reference statistics are set for this dataset: set config.eval.ref_stats to an .npz '
+                        'file (make one with `python scripts/compute_fid_stats.py --config=CONFIG '
+                        '--out=assets/fid_stats/NAME.npz`)')
     if not os.path.isfile(path):
         raise UserError(f'FID reference statistics not found: {path} (create them with '
                         f'`python scripts/compute_fid_stats.py --config=... --out={path}`)')

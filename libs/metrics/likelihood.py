@@ -11,9 +11,9 @@ dimensions of a sample):
 - ``decoder`` L_0     = -log p(x_0 | x_1), the discretised Gaussian decoder, at one draw x_1 ~ q(x_1 | x_0);
 - ``total``   = prior + sum(kl) + decoder.
 
-The reverse step is p(x_{n-1} | x_n) = N(mu(x_n, x0_hat), v_n I): mu is the mean of the true posterior
-q(x_{n-1} | x_n, x_0) with x_0 replaced by the denoiser's data prediction x0_hat = ``denoiser.data(x_n, n / N)``
-(for a noise-predicting network this is the usual eps parametrisation), so
+The reverse step (libs/diffusion/ddpm.py) is p(x_{n-1} | x_n) = N(mu(x_n, x0_hat), v_n I): mu is the mean of the true
+posterior q(x_{n-1} | x_n, x_0) with x_0 replaced by the denoiser's data prediction
+x0_hat = ``denoiser.data(x_n, n / N)`` (for a noise-predicting network this is the usual eps parametrisation), so
 KL = 1/2 sum_d [log(v_n / bt_n) + bt_n / v_n - 1 + c_n^2 (x_0 - x0_hat)^2 / v_n] with
 c_n = sqrt(abar_{n-1}) beta_n / (1 - abar_n) and the posterior variance bt_n = (1 - abar_{n-1}) beta_n / (1 - abar_n).
 The model variance v_n is ``variance='beta_tilde'`` (v_n = bt_n, the last two terms cancel) or ``'beta'``
@@ -31,9 +31,9 @@ import math
 import torch
 
 from libs.errors import UserError
-from libs.schedules import DiscreteSchedule
+from libs.diffusion.ddpm import VARIANCES, posterior_step
+from libs.diffusion.schedules import DiscreteSchedule
 
-VARIANCES = ('beta_tilde', 'beta')
 BIN_HALF_WIDTH = 1.0 / 255.0
 
 
@@ -114,14 +114,13 @@ def vlb_terms(denoiser, x0, cond: dict = None, generator: torch.Generator = None
         x0_hat = denoiser.data(x_n, t, **_repeat_cond(cond, batch, len(steps))).double()
         for n, pred in zip(steps, x0_hat.split(batch)):
             if n == 1:
-                var = betas[0] if variance == 'beta' else (1.0 - abar[1]) * betas[1] / (1.0 - abar[2])
+                var = betas[0] if variance == 'beta' else posterior_step(abar[2], abar[1], betas[1]).posterior_variance
                 decoder = -discretized_gaussian_log_likelihood(x0_64, pred, math.sqrt(var)).flatten(1).sum(1)
                 continue
-            posterior_var = (1.0 - abar[n - 1]) * betas[n - 1] / (1.0 - abar[n])
-            var = posterior_var if variance == 'beta_tilde' else betas[n - 1]
-            coef = math.sqrt(abar[n - 1]) * betas[n - 1] / (1.0 - abar[n])
-            const = 0.5 * dims * (math.log(var / posterior_var) + posterior_var / var - 1.0)
-            kl[:, n - 2] = const + 0.5 * coef ** 2 / var * (x0_64 - pred).square().flatten(1).sum(1)
+            step = posterior_step(abar[n], abar[n - 1], betas[n - 1])
+            var = step.variance(variance)
+            const = 0.5 * dims * (math.log(var / step.posterior_variance) + step.posterior_variance / var - 1.0)
+            kl[:, n - 2] = const + 0.5 * step.x0_coef ** 2 / var * (x0_64 - pred).square().flatten(1).sum(1)
     total = prior + kl.sum(1) + decoder
     return {'prior': prior, 'decoder': decoder, 'kl': kl if per_step else kl.sum(1), 'total': total}
 

@@ -20,24 +20,24 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from libs.augment import random_flip
 from libs.cli import enable_tf32
 from libs.config import to_json
-from libs.data import build_dataset
-from libs.denoiser import Denoiser
+from libs.data import build_dataset, data_spec
+from libs.data.augment import random_flip
+from libs.diffusion import build_framework
+from libs.diffusion.conditioning import build_conditioning
 from libs.errors import UserError
+from libs.evaluation.harness import draw_samples, generate, sample_settings, sample_tags, write_result
+from libs.evaluation.scorers import build_scorer
 from libs.fileio import atomic_open
-from libs.conditioning import build_conditioning
-from libs.evaluation import evaluate, make_scorer, sample_batch, seeded
 from libs.images import save_grid
-from libs.nnets import build_nnet, check_state_dict, count_parameters, strip_wrapper_prefixes
-from libs.objectives import build_objective
-from libs.samplers import build_sampler
-from libs.schedules import build_schedule
-from libs.spaces import build_space
+from libs.latent.spaces import build_space
+from libs.nets import build_nnet, check_state_dict, count_parameters, strip_wrapper_prefixes
+from libs.rng import SampleRandom, loader_seed, seeded, training_seed
 from libs.training.checkpoint import (CheckpointManager, load_object, now, read_train_state, rng_state,
                                       set_rng_state)
 from libs.training.data_order import ResumableBatchSampler
+from libs.training.objectives import build_objective
 from libs.training.optim import build_lr_scheduler, build_optimizer, update_ema
 
 logger = logging.getLogger(__name__)
@@ -112,16 +112,6 @@ def param_checksum(model: torch.nn.Module) -> torch.Tensor:
     return total
 
 
-# What a network is conditioned on, from its attributes; the Trainer checks it against config.train.mode.
-NETWORK_CONDITIONS = {'uncond': 'unconditional', 'cond': 'class-conditional', 'text': 'text-conditional'}
-
-
-def network_condition(nnet) -> str:
-    if getattr(nnet, 'takes_context', False):
-        return 'text'
-    return 'cond' if getattr(nnet, 'takes_labels', False) else 'uncond'
-
-
 class Trainer:
     """Holds the run's objects; ``fit()`` trains to ``config.train.n_steps`` and returns the final scores."""
 
@@ -141,21 +131,22 @@ class Trainer:
         self.micro_batch = tc.batch_size // (world * accum)
 
         self.dataset = build_dataset(config.dataset, split='train')
-        self.space = build_space(config, self.dataset, self.device)
-        self.conditioning = build_conditioning(config, self.dataset)
+        torch.manual_seed(config.seed)  # identical initial weights on every process
+        nnet = build_nnet(config.nnet)
+        self.framework = build_framework(config)
+        self.framework.check_backbone(nnet)
+        self.spec = data_spec(config.dataset, nnet.input_shape)
+        if tuple(self.dataset.data_shape) != self.spec.data_shape:
+            raise UserError(f'the network takes {self.spec.data_shape} (config.nnet), but dataset '
+                            f'{config.dataset.name!r} yields {tuple(self.dataset.data_shape)}')
+        self.space = build_space(config, self.spec.latent, self.device)
+        self.conditioning = build_conditioning(config, nnet, self.dataset.num_classes)
         if tc.p_uncond > 0 and tc.mode == 'cond' and self.conditioning.null_label is None:
             raise UserError('config.train.p_uncond > 0 needs nnet.num_classes = dataset classes + 1 '
                             '(the extra label means "no class")')
         if tc.p_uncond > 0 and tc.mode == 'uncond':
             raise UserError("config.train.p_uncond > 0 drops a condition, but config.train.mode is 'uncond'")
 
-        torch.manual_seed(config.seed)  # identical initial weights on every process
-        nnet = build_nnet(config.nnet)
-        network_mode = network_condition(nnet)
-        if network_mode != tc.mode:
-            raise UserError(f"config.train.mode={tc.mode!r} does not fit the network, which is "
-                            f"{NETWORK_CONDITIONS[network_mode]} (config.nnet.name={config.nnet.name!r}, "
-                            f"num_classes={config.nnet.get('num_classes', -1)})")
         self.nnet_ema = copy.deepcopy(nnet).requires_grad_(False).eval()
         optimizer = build_optimizer(config.optimizer, nnet.parameters())
         self.lr_scheduler = build_lr_scheduler(config.lr_scheduler, optimizer, tc.n_steps)
@@ -166,16 +157,15 @@ class Trainer:
         if resume_from:
             resumed_state = self._load_weights(resume_from, nnet)
 
-        self.schedule = build_schedule(config.schedule)
-        self.denoiser_ema = Denoiser.from_config(self.nnet_ema, self.schedule, config)
-        self.objective = build_objective(config.objective, self.schedule, self.denoiser_ema.prediction)
+        self.denoiser_ema = self.framework.denoiser(self.nnet_ema)
+        self.objective = build_objective(config.objective, self.framework)
         # self.nnet is the module accelerate wraps (the backbone, or the objective's module around it)
         self.nnet, self.optimizer = acc.prepare(self.objective.training_module(nnet), optimizer)
         self.nnet_ema.to(self.device)
         if resume_from:
             self._load_optimizer_and_rng(resume_from, resumed_state)
         else:
-            torch.manual_seed(config.seed + 7919 * acc.process_index)
+            torch.manual_seed(training_seed(config.seed, acc.process_index))
         if tc.compile:
             self.nnet = torch.compile(self.nnet)
 
@@ -186,7 +176,8 @@ class Trainer:
         # a resumed run (which creates it at a later step) would no longer repeat an uninterrupted one.
         self.loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=workers,
                                  pin_memory=self.device.type == 'cuda', persistent_workers=workers > 0,
-                                 generator=torch.Generator().manual_seed(config.seed + acc.process_index))
+                                 generator=torch.Generator().manual_seed(loader_seed(config.seed,
+                                                                                     acc.process_index)))
         self.stop = StopRequest()
         self.skipped_steps = 0
         self.warned = set()
@@ -217,7 +208,7 @@ class Trainer:
             set_rng_state(load_object(ckpt, f'rng_state_{acc.process_index}.pth'))
             logger.info('resumed from %s (step %d)', ckpt, self.step)
         else:
-            torch.manual_seed(self.config.seed + 7919 * acc.process_index + 104729 * self.step)
+            torch.manual_seed(training_seed(self.config.seed, acc.process_index, self.step))
             logger.warning('resumed from %s (step %d), written by %d processes; this run has %d: weights, EMA and '
                            'optimizer are restored exactly, but the random streams and the split of batches among '
                            'processes differ from an uninterrupted run', ckpt, self.step, saved_world,
@@ -259,21 +250,27 @@ class Trainer:
             logger.warning('no %s during training: %s', what, exc)
 
     def evaluate(self, sample_cfg, n_samples: int, ckpt: str, png_dir: str = '') -> dict:
-        """Score the EMA weights of checkpoint ``ckpt``; skipped with one log line when FID files, the autoencoder
-        (latent models) or validation prompts (text-to-image) are missing."""
-        what = f'{self.config.eval.metric} scores'
+        """Score the EMA weights of checkpoint ``ckpt`` and write the JSON beside them; skipped with one log line
+        when FID files, the autoencoder (latent models) or validation prompts (text-to-image) are missing."""
+        config, acc = self.config, self.accelerator
+        metric, ref_stats = config.eval.metric, config.eval.ref_stats or self.spec.fid_stats
         try:
             # seeded: building the scorers (Inception, the digit classifier) and the autoencoder draws from the
             # global RNG, which must not move the training run's random streams (a resumed run would not repeat it)
-            with seeded(self.config.seed, self.device):
-                scorer = make_scorer(self.config, self.dataset, self.device)
-                result = evaluate(self.accelerator, self.denoiser_ema, self.schedule, self.config, sample_cfg,
-                                  n_samples, self.dataset, scorer, os.path.join(ckpt, 'nnet_ema.pth'),
-                                  self.conditioning, self.space, ema=True, png_dir=png_dir, step=self.step)
+            with seeded(config.seed, self.device):
+                scorer = build_scorer(metric, self.device, ref_stats, config.eval.inception_path)
+                result = generate(acc, self.framework, self.denoiser_ema, sample_cfg, self.spec.data_shape,
+                                  n_samples, min(config.sample.mini_batch_size, n_samples), self.conditioning,
+                                  self.space, scorer, png_dir=png_dir, seed=config.seed, desc=metric)
         except UserError as exc:
-            self.warn_once(what, exc)
+            self.warn_once(f'{metric} scores', exc)
             return {}
-        self.accelerator.log({f'eval/{k}': v for k, v in result.items()}, step=self.step)
+        write_result(acc, os.path.join(ckpt, 'nnet_ema.pth'), True, 'sample', config.dataset.name, n_samples,
+                     sample_tags(sample_cfg, metric), sample_settings(sample_cfg, n_samples, metric, scorer.ref_stats),
+                     result, step=self.step)
+        if acc.is_main_process:
+            logger.info('%s (step %d)', ', '.join(f'{k}={v:.4f}' for k, v in result.items()), self.step)
+        acc.log({f'eval/{k}': v for k, v in result.items()}, step=self.step)
         return result
 
     def training_eval_cfg(self):
@@ -286,19 +283,21 @@ class Trainer:
         if not self.accelerator.is_main_process:
             return
         n = self.config.train.grid_size
-        sampler = build_sampler(self.training_eval_cfg(), self.schedule)
+        sample_cfg = self.training_eval_cfg()
         try:
             with seeded(self.config.seed, self.device):
-                samples = sample_batch(self.denoiser_ema, sampler, self.dataset.data_shape,
-                                       self.conditioning.grid(n, self.device), n, self.config.sample.scale,
-                                       self.conditioning, self.device)
+                random = SampleRandom(self.config.seed, range(n), self.device)
+                sampler = self.framework.build_sampler(sample_cfg)
+                samples, _ = draw_samples(self.framework, self.denoiser_ema, sampler, self.spec.data_shape,
+                                          self.conditioning, random, sample_cfg.scale,
+                                          cond=self.conditioning.grid(random))
                 images = self.space.decode(samples)
         except UserError as exc:
             self.warn_once('sample grids', exc)
             return
         path = os.path.join(self.workdir, 'samples', f'{self.step}.png')
         nrow = max(1, int(round(n ** 0.5)))
-        save_grid(images, path, nrow=nrow, scale=max(1, 64 // self.dataset.resolution))
+        save_grid(images, path, nrow=nrow, scale=max(1, 64 // self.spec.resolution))
 
     # ------------------------------------------------------------------------------------------------ train
     def batches(self):

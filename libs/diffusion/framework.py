@@ -1,0 +1,68 @@
+"""A diffusion *framework*: one family of diffusion processes, and everything about it that is not the backbone.
+
+The Trainer, the evaluation harness, checkpoints and configs talk to a framework only through this interface, so a
+new family (EDM's parameterisation inside the Gaussian framework, the discrete-state CTMC family) adds files rather
+than edits. A framework owns:
+
+- the corruption of clean data and the training loss, with its weighting and its noise-level distribution
+  (``corrupt``, ``loss``, ``loss_of_output``);
+- what the network is called with (``model_time``) and how its raw output becomes what samplers consume
+  (``denoiser``: the preconditioning / parameterisation wrapper);
+- the prior (``prior``), the samplers that are valid for it (``samplers``, ``build_sampler``) and guidance
+  (``guided``);
+- a check that a backbone's declared output fits it (``check_backbone``, libs/nets/protocol.py).
+
+Conventions: data ``x0`` is ``(B, *data_shape)`` (images in [-1, 1], or latents); conditions are dicts of keyword
+arguments for the backbone (``{'y': labels}``, ``{'context': ...}``); a sampler is ``sampler(model_fn, x_T, noise)``
+where ``noise`` is the per-sample random source of libs/rng.py.
+"""
+
+
+class Framework:
+    """The interface; see the module docstring. Subclasses: libs/diffusion/gaussian.py (and, next, ctmc.py)."""
+
+    name = ''
+    samplers: dict = {}
+
+    def check_backbone(self, nnet) -> None:
+        """UserError when the backbone's declared output (libs/nets/protocol.py) does not fit this framework."""
+        raise NotImplementedError
+
+    def model_time(self, t):
+        """What the backbone is called with at time t, (B,)."""
+        raise NotImplementedError
+
+    def corrupt(self, x0, generator=None):
+        """(t, noise, x_t): a training time per sample, the noise drawn and the corrupted data."""
+        raise NotImplementedError
+
+    def loss_of_output(self, output, x0, noise, x_t, t):
+        """(B,) float32 loss of the backbone's raw ``output`` at (x_t, t) for clean ``x0``."""
+        raise NotImplementedError
+
+    def loss(self, nnet, x0, cond=None, generator=None):
+        """(B,) float32 training loss: corrupt, call the backbone once, score its output."""
+        t, noise, x_t = self.corrupt(x0, generator)
+        output = nnet(x_t, self.model_time(t), **(cond or {}))
+        return self.loss_of_output(output, x0, noise, x_t, t)
+
+    def denoiser(self, nnet):
+        """The backbone wrapped into what this framework's samplers consume."""
+        raise NotImplementedError
+
+    def prior(self, shape, noise):
+        """x_T for a batch: ``noise`` is a libs.rng.SampleRandom (or anything with ``randn(shape)``)."""
+        raise NotImplementedError
+
+    def guided(self, denoiser, cond: dict, null_cond: dict = None, scale: float = 0.0):
+        """The model function a sampler integrates, conditioned on ``cond`` and guided towards it when scale > 0."""
+        raise NotImplementedError
+
+    def build_sampler(self, sample_cfg):
+        """``sampler(model_fn, x_T, noise=None) -> x_0`` for ``config.sample``."""
+        raise NotImplementedError
+
+    def sample(self, denoiser, sampler, shape, cond: dict, random, null_cond: dict = None, scale: float = 0.0):
+        """``len(random)`` samples of ``shape`` (per sample) conditioned on ``cond``: prior, guidance, sampler."""
+        x_T = self.prior(shape, random)
+        return sampler(self.guided(denoiser, cond, null_cond, scale), x_T, noise=random)

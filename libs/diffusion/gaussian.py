@@ -1,0 +1,157 @@
+"""The Gaussian framework: x_t = alpha(t) x_0 + sigma(t) eps with a variance-preserving schedule (the VP SDE, or
+a discrete DDPM / Stable Diffusion schedule placed in continuous time; libs/diffusion/schedules.py).
+
+- Corruption: t ~ ``schedule.sample_train_t``, eps ~ N(0, I). Loss: L_simple (Ho et al. 2020), the mean squared
+  error of the raw output against the parameterisation's target, one value per sample.
+- Parameterisation (``PREDICTIONS``): what the backbone's output means, ``'noise'`` (eps) or ``'x0'``; the
+  ``Denoiser`` turns it into both predictions. EDM's preconditioning (c_skip, c_out, c_in, c_noise; VP, VE and EDM
+  variants, F-prediction) is the next entry: see docs/ARCHITECTURE.md.
+- Time: the backbone sees ``schedule.model_time(t)`` (999 t for the VP SDE, as the released checkpoints expect).
+- Prior: N(0, I). Samplers: libs/diffusion/samplers (DPM-Solver, Euler-Maruyama, DDPM ancestral), over the
+  noise prediction. Guidance: classifier-free, in eps (libs/diffusion/guidance.py).
+"""
+import torch
+
+from libs.diffusion.framework import Framework
+from libs.diffusion.guidance import classifier_free_guidance
+from libs.diffusion.samplers import SAMPLERS, build_sampler
+from libs.diffusion.schedules import build_schedule
+from libs.errors import UserError
+
+PREDICTIONS = ('noise', 'x0')
+
+# config.pred (the release's names) -> the Denoiser's prediction type
+CONFIG_PREDICTIONS = {'noise_pred': 'noise', 'x0_pred': 'x0'}
+
+
+class Denoiser:
+    """Wraps ``nnet`` (outputs eps if prediction == 'noise', x0 if 'x0') with ``schedule``.
+
+    The backbone ``nnet(x, model_time, **cond)`` knows nothing about schedules; this wrapper converts t to what the
+    network is called with (``schedule.model_time(t)``) and its output to either prediction.
+    x: (B, ...) noisy inputs; t: (B,) tensor or a number (the same time for the whole batch).
+    Outputs are at least float32 (a half-precision output under autocast is cast up; float64 stays float64).
+    """
+
+    def __init__(self, nnet, schedule, prediction='noise'):
+        if prediction not in PREDICTIONS:
+            raise UserError(f'unknown prediction type {prediction!r}; known: {", ".join(PREDICTIONS)}')
+        self.nnet = nnet
+        self.schedule = schedule
+        self.prediction = prediction
+
+    def _times(self, x, t):
+        if not torch.is_tensor(t) or t.ndim == 0:
+            dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+            return torch.full((x.shape[0],), float(t), dtype=dtype, device=x.device)
+        return t
+
+    def _scales(self, x, t, dtype):
+        """alpha(t), sigma(t) shaped (B, 1, ..., 1) to broadcast against x."""
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        return self.schedule.alpha(t).to(dtype).view(shape), self.schedule.sigma(t).to(dtype).view(shape)
+
+    def output(self, x, t, **cond):
+        """The raw network output (eps or x0, per ``prediction``), cast to at least float32."""
+        t = self._times(x, t)
+        out = self.nnet(x, self.schedule.model_time(t), **cond)
+        return out.to(torch.promote_types(out.dtype, torch.float32))
+
+    def noise(self, x, t, **cond):
+        """eps prediction, same shape as x."""
+        t = self._times(x, t)
+        out = self.output(x, t, **cond)
+        if self.prediction == 'noise':
+            return out
+        alpha, sigma = self._scales(x, t, out.dtype)
+        return (x.to(out.dtype) - alpha * out) / sigma
+
+    def data(self, x, t, **cond):
+        """x0 prediction, same shape as x."""
+        t = self._times(x, t)
+        out = self.output(x, t, **cond)
+        if self.prediction == 'x0':
+            return out
+        alpha, sigma = self._scales(x, t, out.dtype)
+        return (x.to(out.dtype) - sigma * out) / alpha
+
+
+def squared_error(prediction, target):
+    """Mean squared error per sample, (B,) float32 whatever the precision of the prediction."""
+    return (prediction.float() - target.float()).pow(2).flatten(1).mean(1)
+
+
+def noised(schedule, x0, generator=None):
+    """Draw t ~ schedule.sample_train_t and eps ~ N(0, I); return (t, eps, x_t = alpha(t) x0 + sigma(t) eps).
+
+    Without a generator the random numbers come from the global RNG of x0's device, so restoring that RNG state on
+    resume reproduces the losses exactly.
+    """
+    t = schedule.sample_train_t(x0.shape[0], x0.device, generator=generator)
+    if generator is None:
+        eps = torch.randn_like(x0)
+    else:
+        eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    shape = (-1,) + (1,) * (x0.ndim - 1)
+    alpha = schedule.alpha(t).to(x0.dtype).view(shape)
+    sigma = schedule.sigma(t).to(x0.dtype).view(shape)
+    return t, eps, alpha * x0 + sigma * eps
+
+
+class GaussianFramework(Framework):
+    """The framework of the U-ViT release: a VP schedule, eps or x0 prediction, L_simple."""
+
+    name = 'gaussian'
+    samplers = SAMPLERS
+
+    def __init__(self, schedule, prediction: str = 'noise'):
+        if prediction not in PREDICTIONS:
+            raise UserError(f'unknown prediction type {prediction!r}; known: {", ".join(PREDICTIONS)}')
+        self.schedule = schedule
+        self.prediction = prediction
+
+    @classmethod
+    def from_config(cls, config) -> 'GaussianFramework':
+        """``config.schedule`` and ``config.pred`` ('noise_pred' / 'x0_pred')."""
+        if config.pred not in CONFIG_PREDICTIONS:
+            raise UserError(f"config.pred must be 'noise_pred' or 'x0_pred', got {config.pred!r}")
+        return cls(build_schedule(config.schedule), CONFIG_PREDICTIONS[config.pred])
+
+    def __repr__(self):
+        return f'GaussianFramework({self.schedule!r}, prediction={self.prediction!r})'
+
+    def check_backbone(self, nnet) -> None:
+        from libs.nets.protocol import OUTPUT_IMAGE, backbone_output
+        output = backbone_output(nnet)
+        if output != OUTPUT_IMAGE:
+            raise UserError(f'the Gaussian framework needs a backbone whose output is shaped like its input '
+                            f'({OUTPUT_IMAGE!r}); {type(nnet).__name__} declares {output!r}')
+
+    def model_time(self, t):
+        return self.schedule.model_time(t)
+
+    def corrupt(self, x0, generator=None):
+        return noised(self.schedule, x0, generator)
+
+    def loss_of_output(self, output, x0, noise, x_t, t):
+        return squared_error(output, noise if self.prediction == 'noise' else x0)
+
+    def loss(self, nnet, x0, cond=None, generator=None):
+        """L_simple: (B,) float32, one mean squared error per sample, through the ``Denoiser``."""
+        t, eps, x_t = self.corrupt(x0, generator)
+        output = self.denoiser(nnet).output(x_t, t, **(cond or {}))
+        return self.loss_of_output(output, x0, eps, x_t, t)
+
+    def denoiser(self, nnet) -> Denoiser:
+        return Denoiser(nnet, self.schedule, self.prediction)
+
+    def prior(self, shape, noise):
+        return noise.randn(tuple(shape))
+
+    def guided(self, denoiser, cond: dict, null_cond: dict = None, scale: float = 0.0):
+        """eps_fn(x, t): the noise prediction conditioned on ``cond``; with scale > 0, eps_c + scale (eps_c - eps_u)
+        in one batched call."""
+        return classifier_free_guidance(denoiser.noise, cond, null_cond, scale)
+
+    def build_sampler(self, sample_cfg):
+        return build_sampler(sample_cfg, self.schedule)

@@ -1,0 +1,127 @@
+"""Samplers of the Gaussian framework: plain functions over a noise-prediction callable ``eps_fn(x, t)`` that take
+their step grid as an argument (grids.py builds the grids), and the config-name registry.
+
+``build_sampler(config.sample, schedule)`` returns ``sampler(eps_fn, x_T, noise=None) -> x_0``: the preset named
+``algorithm`` with the grid built from the config. Config keys read from ``sample``: ``algorithm`` (a name in
+SAMPLERS), ``sample_steps`` (required), for the DPM-Solver names the optional overrides ``order``, ``method``,
+``skip_type``; ``t_end`` for the continuous-time ones; ``progress`` (bool). An override that is missing, None, 0
+or '' means the preset's default. The ``ddpm_ancestral`` names need a discrete schedule and take ``sample_steps``
+<= its N (N: the full chain of Ho et al.). ``noise(x)`` gives the stochastic samplers' N(0, I) draws (libs.rng).
+
+Adding a sampler: write its function here (one file), then one line in SAMPLERS with a preset that builds its
+grid from the config.
+"""
+from libs.diffusion.samplers.ancestral import check_options as check_ancestral_options, ddpm_ancestral
+from libs.diffusion.samplers.dpm_solver import check_options, dpm_solver, singlestep_grid, singlestep_orders
+from libs.diffusion.samplers.euler_maruyama import euler_grid, euler_maruyama
+from libs.diffusion.samplers.grids import TIME_GRIDS, ddpm_steps, time_grid
+from libs.errors import UserError
+
+# Default ends of sampling (never below the schedule's t_min): DPM-Solver ends at 1e-4 as the release did for the
+# VP SDE (and at 1/N for an N-step discrete schedule, as the release's text-to-image code did); Euler at 1e-3.
+DPM_SOLVER_T_END = 1e-4
+EULER_T_END = 1e-3
+
+
+def _sample_steps(sample_cfg):
+    steps = sample_cfg.get('sample_steps', None)
+    if steps is None:
+        raise UserError('sample.sample_steps is not set (the number of network evaluations per sample)')
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise UserError(f'sample.sample_steps must be a positive integer, got {steps!r}')
+    return steps
+
+
+def _override(sample_cfg, key):
+    """The config's value for `key`, or None when it is unset (missing, None, 0 or '')."""
+    value = sample_cfg.get(key, None)
+    return None if value is None or value == '' or value == 0 else value
+
+
+def _dpm_solver_preset(**preset):
+    """Constructor for a DPM-Solver configuration; `order`, `method`, `skip_type`, `t_end` from the config win."""
+
+    def build(sample_cfg, schedule):
+        steps = _sample_steps(sample_cfg)
+        options = dict(preset)
+        for key in ('order', 'method', 'skip_type'):
+            value = _override(sample_cfg, key)
+            if value is not None:
+                options[key] = value
+        check_options(steps, options['order'], options['method'], options['algorithm_type'])
+        skip_type = options.pop('skip_type')
+        if skip_type not in TIME_GRIDS:
+            raise UserError(f'unknown DPM-Solver skip_type {skip_type!r}; known: {", ".join(TIME_GRIDS)}')
+        t_end = _override(sample_cfg, 't_end')
+        t_end = max(DPM_SOLVER_T_END, schedule.t_min) if not t_end else float(t_end)
+        if not 0.0 < t_end < 1.0:
+            raise UserError(f'DPM-Solver needs 0 < sample.t_end < 1, got {t_end}')
+        if options['method'] == 'singlestep':
+            timesteps, options['orders'] = singlestep_grid(schedule, steps, options['order'], 1.0, t_end, skip_type)
+        else:
+            timesteps = time_grid(schedule, steps, 1.0, t_end, skip_type)
+        progress = bool(sample_cfg.get('progress', False))
+
+        def sampler(eps_fn, x_T, noise=None):
+            return dpm_solver(eps_fn, schedule, x_T, timesteps, progress=progress, **options)
+
+        return sampler
+
+    return build
+
+
+def _euler_preset(ode):
+    def build(sample_cfg, schedule):
+        t_end = _override(sample_cfg, 't_end')
+        t_end = max(EULER_T_END, schedule.t_min) if not t_end else float(t_end)
+        if not 0.0 < t_end < 1.0:
+            raise UserError(f'sample.t_end must be in (0, 1), got {t_end}')
+        timesteps = euler_grid(_sample_steps(sample_cfg), t_end)
+        progress = bool(sample_cfg.get('progress', False))
+
+        def sampler(eps_fn, x_T, noise=None):
+            return euler_maruyama(eps_fn, schedule, x_T, timesteps, ode=ode, noise=noise, progress=progress)
+
+        return sampler
+
+    return build
+
+
+def _ancestral_preset(variance):
+    def build(sample_cfg, schedule):
+        steps_grid = check_ancestral_options(schedule, _sample_steps(sample_cfg), variance)
+        progress = bool(sample_cfg.get('progress', False))
+
+        def sampler(eps_fn, x_T, noise=None):
+            return ddpm_ancestral(eps_fn, schedule, x_T, steps_grid, variance=variance, noise=noise,
+                                  progress=progress)
+
+        return sampler
+
+    return build
+
+
+SAMPLERS = {
+    # The U-ViT release's sampler: DPM-Solver-3 singlestep, noise prediction, uniform in log-SNR.
+    'dpm_solver': _dpm_solver_preset(order=3, method='singlestep', algorithm_type='dpmsolver', skip_type='logSNR'),
+    # DPM-Solver++(2M): multistep, second order, data prediction, uniform in log-SNR.
+    'dpm_solver++': _dpm_solver_preset(order=2, method='multistep', algorithm_type='dpmsolver++',
+                                       skip_type='logSNR'),
+    'euler_maruyama_sde': _euler_preset(ode=False),
+    'euler_maruyama_ode': _euler_preset(ode=True),
+    # Ho et al. 2020's ancestral sampling, sigma_n^2 = beta_n (their CIFAR-10 choice) or the posterior variance.
+    'ddpm_ancestral': _ancestral_preset('beta'),
+    'ddpm_ancestral_beta_tilde': _ancestral_preset('beta_tilde'),
+}
+
+
+def build_sampler(sample_cfg, schedule):
+    """sampler(eps_fn, x_T, noise=None) -> x_0 for config.sample (a ConfigDict, read with .get) and a schedule."""
+    algorithm = sample_cfg.get('algorithm', None)
+    if algorithm not in SAMPLERS:
+        raise UserError(f'unknown sample.algorithm {algorithm!r}; known: {", ".join(SAMPLERS)}')
+    return SAMPLERS[algorithm](sample_cfg, schedule)
+
+
+__all__ = ['SAMPLERS', 'TIME_GRIDS', 'build_sampler', 'ddpm_ancestral', 'ddpm_steps', 'dpm_solver', 'euler_grid',
+           'euler_maruyama', 'singlestep_grid', 'singlestep_orders', 'time_grid']

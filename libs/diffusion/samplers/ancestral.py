@@ -1,0 +1,60 @@
+"""Ancestral sampling of a discrete DDPM (Ho et al. 2020, Algorithm 2), optionally on a respaced step grid.
+
+For an N-step ``DiscreteSchedule``, one step from x_n to the next visited step p (libs/diffusion/ddpm.py) is
+
+    x_p = (x_n - beta / sqrt(1 - abar_n) eps(x_n, n / N)) / sqrt(alpha) + sigma z,    z ~ N(0, I),
+
+with sigma^2 = beta (``variance='beta'``) or the posterior variance (``'beta_tilde'``); the last step (to x_0)
+adds no noise. The grid (``grids.ddpm_steps``) visits n_K = N > ... > n_1 = 1 and uses the betas of that coarser
+chain, beta = 1 - abar_n / abar_p (the respacing of Nichol & Dhariwal 2021); the full grid is exactly Algorithm 2.
+"""
+import math
+
+import torch
+
+from libs.diffusion.ddpm import VARIANCES, posterior_step
+from libs.diffusion.samplers.grids import ddpm_steps
+from libs.diffusion.schedules import DiscreteSchedule
+from libs.errors import UserError
+
+
+def check_options(schedule, steps, variance) -> list:
+    """UserError for a continuous schedule, a step count outside 1..N or an unknown variance; else the grid."""
+    if not isinstance(schedule, DiscreteSchedule):
+        raise UserError(f'ddpm_ancestral needs a discrete schedule (config.schedule.name linear, cosine, ...), '
+                        f'got {schedule!r}')
+    if variance not in VARIANCES:
+        raise UserError(f'unknown ancestral variance {variance!r}; known: {", ".join(VARIANCES)}')
+    return ddpm_steps(schedule.num_steps, schedule.num_steps if steps is None else steps)
+
+
+def ddpm_ancestral(eps_fn, schedule, x, steps_grid=None, variance='beta', noise=None, progress=False):
+    """Sample from x ~ N(0, I) at n = N down to n = 0, one evaluation of eps_fn(x, t) per visited step.
+
+    eps_fn: noise prediction, called with t = n / N as a (B,) tensor of x's dtype. schedule: a DiscreteSchedule.
+    steps_grid: the visited steps (``grids.ddpm_steps``; None: all N). noise: ``noise(x)`` -> N(0, I) shaped like
+    x (libs.rng; the global RNG if None). Returns x_0 in x's dtype (not clamped).
+    """
+    grid = check_options(schedule, None, variance)
+    if steps_grid is not None:
+        grid = [int(n) for n in steps_grid]
+        if not grid or any(not 1 <= n <= schedule.num_steps for n in grid) or \
+                any(a <= b for a, b in zip(grid[:-1], grid[1:])):
+            raise UserError(f'ancestral sampling needs a decreasing grid of steps in 1..{schedule.num_steps}, '
+                            f'got {grid[:5]}{"..." if len(grid) > 5 else ""}')
+    noise = noise or torch.randn_like
+    big_n = schedule.num_steps
+    abar = schedule.alphas_cumprod.tolist()
+    visits = range(len(grid))
+    if progress:
+        from tqdm.auto import tqdm
+        visits = tqdm(visits, desc='DDPM ancestral')
+    for k in visits:
+        n = grid[k]
+        abar_n = abar[n - 1]
+        step = posterior_step(abar_n, abar[grid[k + 1] - 1] if k + 1 < len(grid) else 1.0)
+        eps = eps_fn(x, torch.full((x.shape[0],), n / big_n, dtype=x.dtype, device=x.device)).to(x.dtype)
+        x = (x - step.beta / math.sqrt(1.0 - abar_n) * eps) / math.sqrt(step.alpha)
+        if k + 1 < len(grid):
+            x = x + math.sqrt(step.variance(variance)) * noise(x)
+    return x

@@ -1,0 +1,46 @@
+"""Sample modes: ``sample`` (the suite's sample score, what eval.py does by default) and ``gen`` (GenViT / HybViT's
+generation evaluation: ``config.sample`` and the full N-step ancestral sampler, each scored with FID and the
+Inception Score, or with the digit score)."""
+import os
+
+from libs.errors import UserError
+from libs.evaluation.harness import EvalRun, sample_settings, sample_tags
+
+
+def _score_samples(run: EvalRun, mode: str, sample_cfg, scorer, png_dir: str) -> dict:
+    n = run.config.sample.n_samples
+    result = run.generate(sample_cfg, scorer, png_dir=png_dir, desc=f'{mode}: {sample_cfg.algorithm}')
+    metric = run.config.eval.metric
+    run.write(mode, n, sample_tags(sample_cfg, metric), sample_settings(sample_cfg, n, metric, scorer.ref_stats),
+              result)
+    run.print(f'{sample_cfg.algorithm} nfe={sample_cfg.sample_steps}: '
+              + ' '.join(f'{k}={v:.4f}' for k, v in result.items()))
+    return result
+
+
+def eval_sample(config, nnet_path: str, ema: bool = True) -> dict:
+    """Sample ``config.sample.n_samples``, score them (FID or the digit score), keep PNGs in ``sample.path``."""
+    run = EvalRun.load(config, nnet_path, ema, mode='sample')
+    scorer = run.scorer()  # before any sampling: missing FID files fail now
+    return _score_samples(run, 'sample', config.sample, scorer, config.sample.path)
+
+
+def eval_gen(config, nnet_path: str, ema: bool = True) -> dict:
+    """``config.sample`` and, with ``clf_eval.ancestral``, that sampler over every step of the discrete chain."""
+    from libs.diffusion.schedules import DiscreteSchedule
+    run = EvalRun.load(config, nnet_path, ema, mode='gen')
+    runs = [config.sample]
+    if config.clf_eval.ancestral:
+        schedule = getattr(run.framework, 'schedule', None)
+        if not isinstance(schedule, DiscreteSchedule):
+            raise UserError(f'clf_eval.ancestral={config.clf_eval.ancestral!r} needs a discrete schedule '
+                            f"(config.schedule.name 'linear' or 'cosine'); set clf_eval.ancestral='' to skip it")
+        full = config.sample.copy_and_resolve_references()
+        full.algorithm, full.sample_steps = config.clf_eval.ancestral, schedule.num_steps
+        runs.append(full)
+    scorers = [run.scorer(inception_score=True) for _ in runs]  # before any sampling: missing files fail now
+    results = {}
+    for sample_cfg, scorer in zip(runs, scorers):
+        png_dir = os.path.join(config.sample.path, sample_cfg.algorithm) if config.sample.path else ''
+        results[sample_cfg.algorithm] = _score_samples(run, 'gen', sample_cfg, scorer, png_dir)
+    return results

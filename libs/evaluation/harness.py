@@ -1,0 +1,312 @@
+"""The one evaluation harness, shared by ``eval.py``'s modes and by training's per-checkpoint scores.
+
+``EvalRun.load`` loads the weights once (to the CPU, then onto the accelerator's device), builds the framework,
+the data description (from the config: no dataset is read to sample or score) and the accelerator. Its methods
+split work across processes and gather it back in order:
+
+- ``per_image(dataset, fn)``: a function of test images, split by accelerate's data loader;
+- ``generate(...)`` (also used by the Trainer): ``n`` samples, sample ``i`` drawn from its own generator seeded by
+  ``(config.seed, i)`` (libs/rng.py), so samples and scores do not depend on the number of processes; each round's
+  images are scored in-process and optionally written as PNGs.
+
+Every result is written by ``write`` as ``eval_<mode>_<dataset>_n<N>_<settings>_<ema|raw>.json`` beside the weights:
+the mode, the weights, EMA or not, the dataset, the sample or image count, a ``settings`` dict with everything that
+changes the numbers (sampler, NFE, guidance scale, reference statistics, ...), the numbers, and ``provenance``
+(the suite's git commit, torch / accelerate versions, device and process count).
+"""
+import dataclasses
+import functools
+import json
+import logging
+import math
+import os
+import subprocess
+
+import torch
+from tqdm.auto import tqdm
+
+from libs.errors import UserError
+from libs.fileio import atomic_open
+from libs.images import save_pngs
+from libs.rng import SampleRandom, eval_process_seed
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@functools.lru_cache(maxsize=1)
+def suite_commit() -> str:
+    """The git commit of this checkout ('+dirty' with uncommitted changes), or 'unknown' outside a git checkout."""
+    try:
+        commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=REPO_ROOT, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        return commit + ('+dirty' if dirty else '')
+    except (OSError, subprocess.SubprocessError):
+        return 'unknown'
+
+
+def provenance(accelerator) -> dict:
+    import accelerate
+    device = accelerator.device
+    name = torch.cuda.get_device_name(device) if device.type == 'cuda' else device.type
+    return {'commit': suite_commit(), 'torch': torch.__version__, 'accelerate': accelerate.__version__,
+            'device': name, 'num_processes': accelerator.num_processes,
+            'mixed_precision': str(accelerator.mixed_precision)}
+
+
+def json_safe(value):
+    """NaN / inf (empty calibration bins) as null, so the files are strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def result_name(mode: str, dataset: str, n: int, tags, ema=None) -> str:
+    """The one naming scheme of result files: eval_<mode>_<dataset>_n<N>_<tags...>_<ema|raw> (no extension; no
+    ema|raw part when ``ema`` is None, for samples that come without weights)."""
+    weights = [] if ema is None else ['ema' if ema else 'raw']
+    return 'eval_' + '_'.join([mode, dataset, f'n{n}', *[str(t) for t in tags], *weights])
+
+
+def write_record(accelerator, directory: str, name: str, record: dict) -> str:
+    """Write ``record`` (with provenance added) as ``<directory>/<name>.json`` on the main process."""
+    path = os.path.join(directory, name + '.json')
+    if accelerator.is_main_process:
+        with atomic_open(path, 'w') as f:
+            json.dump(json_safe({**record, 'provenance': provenance(accelerator)}), f, indent=2)
+        logger.info('wrote %s', path)
+    return path
+
+
+def write_result(accelerator, weights: str, ema: bool, mode: str, dataset: str, n: int, tags, settings: dict,
+                 result: dict, **extra) -> str:
+    """The record of one result (``extra``: e.g. the training step) as JSON beside ``weights``; returns its path."""
+    record = {'mode': mode, 'weights': weights, 'ema': ema, 'dataset': dataset, 'n': n, **extra,
+              'settings': settings, **result}
+    return write_record(accelerator, os.path.dirname(os.path.abspath(weights)),
+                        result_name(mode, dataset, n, tags, ema), record)
+
+
+def broadcast_dict(accelerator, result: dict) -> dict:
+    """Send the main process's dict to every process (so all return the same score)."""
+    if accelerator.num_processes == 1:
+        return result
+    from accelerate.utils import broadcast_object_list
+    box = [result]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
+def gathered_order(world: int, rounds: int, mini_batch_size: int, n_samples: int) -> torch.Tensor:
+    """Rows of the gathered tensor in sample order, cut to ``n_samples``.
+
+    ``accelerator.gather`` concatenates per process, so row ``rank * rounds * mb + r * mb + i`` holds sample
+    ``(r * world + rank) * mb + i`` (the index in the PNG file names); element k of the result is the row of sample k.
+    """
+    order = torch.arange(world * rounds * mini_batch_size).view(world, rounds, mini_batch_size)
+    return order.permute(1, 0, 2).reshape(-1)[:n_samples]
+
+
+def sample_settings(sample_cfg, n_samples: int, metric: str, ref_stats: str) -> dict:
+    """Everything about sampling that changes a sample score."""
+    return {
+        'metric': metric,
+        'n_samples': n_samples,
+        'algorithm': sample_cfg.algorithm,
+        'nfe': sample_cfg.sample_steps,
+        'guidance_scale': sample_cfg.get('scale', 0.0),
+        'order': sample_cfg.get('order', 0),
+        'method': sample_cfg.get('method', ''),
+        'skip_type': sample_cfg.get('skip_type', ''),
+        't_end': sample_cfg.get('t_end', 0.0),
+        'reference_statistics': ref_stats,
+    }
+
+
+def sample_tags(sample_cfg, metric: str) -> list:
+    return [metric, sample_cfg.algorithm, f'nfe{sample_cfg.sample_steps}', f"scale{sample_cfg.get('scale', 0.0):g}"]
+
+
+@torch.no_grad()
+def draw_samples(framework, denoiser, sampler, data_shape, conditioning, random, scale: float = 0.0, cond=None):
+    """One batch of samples in the model's space for the sample indices of ``random`` (a SampleRandom): the
+    condition drawn first from each sample's generator (unless ``cond`` is given), then the prior, then whatever
+    noise the sampler adds. Returns (samples, the labels a score checks them against, or None)."""
+    labels = None
+    if cond is None:
+        cond, labels = conditioning.draw(random)
+    null = conditioning.null(cond) if scale > 0 else None
+    return framework.sample(denoiser, sampler, data_shape, cond, random, null, scale), labels
+
+
+def generate(accelerator, framework, denoiser, sample_cfg, data_shape, n_samples: int, mini_batch_size: int,
+             conditioning, space, scorer=None, png_dir: str = '', seed: int = 0, desc: str = 'sample') -> dict:
+    """Sample ``n_samples`` across processes, decode them to images (``space``), score them and/or write PNGs.
+
+    Round r of process ``rank`` draws samples ``(r * world + rank) * mb + i``; each from its own generator.
+    Returns the score on every process ({} without a scorer).
+    """
+    sampler = framework.build_sampler(sample_cfg)
+    scale = sample_cfg.get('scale', 0.0)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    rounds = math.ceil(n_samples / (mini_batch_size * world))
+    for r in tqdm(range(rounds), desc=desc, disable=not accelerator.is_main_process):
+        start = (r * world + rank) * mini_batch_size
+        random = SampleRandom(seed, range(start, start + mini_batch_size), accelerator.device)
+        samples, labels = draw_samples(framework, denoiser, sampler, data_shape, conditioning, random, scale)
+        images = space.decode(samples)
+        keep = max(0, min(mini_batch_size, n_samples - start))
+        if png_dir and keep:
+            save_pngs(images[:keep], png_dir, start)
+        if scorer is not None:
+            scorer.add(images, labels)
+    if scorer is None:
+        return {}
+    local, labels = scorer.local()
+    gathered = accelerator.gather(local.contiguous())
+    gathered_labels = accelerator.gather(labels.contiguous()) if labels is not None else None
+    order = gathered_order(world, rounds, mini_batch_size, n_samples).to(gathered.device)
+    gathered = gathered[order]
+    if gathered_labels is not None:
+        gathered_labels = gathered_labels[order]
+    result = scorer.result(gathered, gathered_labels) if accelerator.is_main_process else {}
+    return broadcast_dict(accelerator, result)
+
+
+def eval_accelerator(config):
+    """The accelerator of an evaluation: the config's mixed precision, TF32 on GPU when config.train.tf32."""
+    from accelerate import Accelerator
+
+    from libs.cli import enable_tf32
+    accelerator = Accelerator(mixed_precision=config.mixed_precision or None)
+    if config.train.tf32:
+        enable_tf32(accelerator.device)
+    return accelerator
+
+
+@dataclasses.dataclass
+class EvalRun:
+    """What every mode works with: the loaded network on the accelerator's device, in eval mode, no parameter
+    gradients; its framework; the data description from the config."""
+
+    config: object
+    accelerator: object
+    nnet: torch.nn.Module
+    weights: str
+    ema: bool
+    framework: object
+    spec: object
+
+    @classmethod
+    def load(cls, config, nnet_path: str, ema: bool = True, mode: str = 'sample', classifier: bool = False):
+        """Build the network and load its weights once; a network without a head fails first when one is needed."""
+        from libs.data import data_spec
+        from libs.diffusion import build_framework
+        from libs.nets import build_nnet, load_nnet_weights
+        from libs.nets.protocol import backbone_classifies
+
+        nnet = build_nnet(config.nnet)
+        if classifier and not backbone_classifies(nnet):
+            raise UserError(f'--eval={mode} needs a network with a classification head; {nnet_path} is a '
+                            f'{type(nnet).__name__} (config.nnet.name={config.nnet.name!r}) without one: evaluate '
+                            f'it with --eval=sample, gen or nll')
+        framework = build_framework(config)
+        framework.check_backbone(nnet)
+        spec = data_spec(config.dataset, nnet.input_shape)
+        if spec.latent:  # every evaluation of a latent model decodes
+            from libs.latent.spaces import build_space
+            build_space(config, spec.latent, 'cpu').check_autoencoder_path()  # before the slow part
+        weights = load_nnet_weights(nnet, nnet_path, ema=ema)
+        accelerator = eval_accelerator(config)
+        nnet = nnet.eval().requires_grad_(False).to(accelerator.device)
+        return cls(config, accelerator, nnet, weights, ema, framework, spec)
+
+    @property
+    def device(self):
+        return self.accelerator.device
+
+    @property
+    def cfg(self):
+        return self.config.clf_eval
+
+    def generator(self) -> torch.Generator:
+        """A fresh per-process generator for one image set (the bound's noise, PGD's random start)."""
+        seed = eval_process_seed(self.config.seed, self.accelerator.process_index)
+        return torch.Generator(self.device).manual_seed(seed)
+
+    def logits(self, x):
+        with torch.no_grad(), self.accelerator.autocast():
+            return self.nnet.classify(x).float()
+
+    def denoiser(self):
+        return self.framework.denoiser(self.nnet)
+
+    def conditioning(self, with_prompts: bool = True):
+        from libs.diffusion.conditioning import build_conditioning
+        return build_conditioning(self.config, self.nnet, self.spec.num_classes, with_prompts)
+
+    def space(self):
+        """Pixel or latent space; the autoencoder of a latent model is loaded now, so a missing file fails before
+        any sampling."""
+        from libs.latent.spaces import build_space
+        space = build_space(self.config, self.spec.latent, self.device)
+        if space.latent:
+            space.autoencoder  # noqa: B018
+        return space
+
+    def ref_stats(self) -> str:
+        """config.eval.ref_stats, else the dataset's default reference statistics ('' if neither)."""
+        return self.config.eval.ref_stats or self.spec.fid_stats
+
+    def scorer(self, inception_score: bool = False):
+        from libs.evaluation.scorers import build_scorer
+        return build_scorer(self.config.eval.metric, self.device, self.ref_stats(), self.config.eval.inception_path,
+                            inception_score, self.config.clf_eval.is_splits)
+
+    def generate(self, sample_cfg, scorer, png_dir: str = '', desc: str = 'sample') -> dict:
+        n = self.config.sample.n_samples
+        with self.accelerator.autocast():
+            return generate(self.accelerator, self.framework, self.denoiser(), sample_cfg, self.spec.data_shape, n,
+                            min(self.config.sample.mini_batch_size, n), self.conditioning(), self.space(), scorer,
+                            png_dir=png_dir, seed=self.config.seed, desc=desc)
+
+    def per_image(self, dataset, fn, desc: str) -> dict:
+        """``fn(x, y) -> {name: (B, ...) tensor}`` over ``dataset``, split across processes and gathered in dataset
+        order (on every process, on the CPU)."""
+        from torch.utils.data import DataLoader
+        loader = DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=False,
+                            num_workers=self.config.train.num_workers)
+        loader = self.accelerator.prepare_data_loader(loader)
+        parts = []
+        for x, y in tqdm(loader, desc=desc, disable=not self.accelerator.is_main_process):
+            parts.append(self.accelerator.gather_for_metrics(fn(x.to(self.device), y.to(self.device))))
+        return {k: torch.cat([p[k] for p in parts]).cpu() for k in parts[0]}
+
+    def write(self, mode: str, n: int, tags, settings: dict, result: dict) -> str:
+        """Write the record of one result beside the weights (main process); returns the JSON's path."""
+        return write_result(self.accelerator, self.weights, self.ema, mode, self.config.dataset.name, n, tags,
+                            settings, result)
+
+    def stem(self, mode: str, n: int, *tags) -> str:
+        return result_name(mode, self.config.dataset.name, n, tags, self.ema)
+
+    @property
+    def directory(self) -> str:
+        return os.path.dirname(os.path.abspath(self.weights))
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.directory, name)
+
+    def print(self, line: str) -> None:
+        if self.accelerator.is_main_process:
+            print(line, flush=True)
+
+    def broadcast(self, result: dict) -> dict:
+        return broadcast_dict(self.accelerator, result)

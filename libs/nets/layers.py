@@ -1,0 +1,123 @@
+"""Transformer building blocks shared by the ViT backbones.
+
+Parameter names (``norm1``, ``attn.qkv``, ``mlp.fc1``, ``skip_linear``, ...) follow the U-ViT release so that its
+checkpoints load with ``strict=True``.
+"""
+import math
+
+import einops
+import torch
+import torch.nn as nn
+import torch.utils.checkpoint
+
+from libs.nets.attention import attention, check_backend
+
+
+def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of (B,) possibly fractional timesteps -> (B, dim) float32, [cos | sin] halves."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half)
+    args = timesteps[:, None].float() * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+def patchify(imgs: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, L, p*p*C) with patches in row-major order."""
+    return einops.rearrange(imgs, 'B C (h p1) (w p2) -> B (h w) (p1 p2 C)', p1=patch_size, p2=patch_size)
+
+
+def unpatchify(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """(B, L, p*p*C) -> (B, C, H, W); inverse of ``patchify`` for square images."""
+    patch_size = int(round((x.shape[2] // channels) ** 0.5))
+    h = int(round(x.shape[1] ** 0.5))
+    if h * h != x.shape[1] or patch_size ** 2 * channels != x.shape[2]:
+        raise ValueError(f'cannot unpatchify tokens of shape {tuple(x.shape)} into {channels} channels')
+    return einops.rearrange(x, 'B (h w) (p1 p2 C) -> B C (h p1) (w p2)', h=h, p1=patch_size, p2=patch_size)
+
+
+class PatchEmbed(nn.Module):
+    """(B, C, H, W) -> (B, L, D) tokens with one strided convolution."""
+
+    def __init__(self, patch_size: int, in_chans: int = 3, embed_dim: int = 768):
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x):
+        if x.shape[2] % self.patch_size or x.shape[3] % self.patch_size:
+            raise ValueError(f'image size {tuple(x.shape[2:])} is not divisible by patch size {self.patch_size}')
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class Mlp(nn.Module):
+    """Two linear layers with GELU between them."""
+
+    def __init__(self, in_features: int, hidden_features: int):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_features, in_features)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over (B, L, D) tokens; the kernel is chosen by ``backend``."""
+
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, qk_scale: float = None,
+                 backend: str = 'sdpa'):
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = qk_scale or (dim // num_heads) ** -0.5
+        self.backend = check_backend(backend)
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        q, k, v = einops.rearrange(self.qkv(x), 'B L (K H D) -> K B H L D', K=3, H=self.num_heads)
+        x = attention(q, k, v, self.backend, self.scale)
+        return self.proj(einops.rearrange(x, 'B H L D -> B L (H D)'))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; with ``skip`` it first fuses a long skip connection: Linear([x, skip])."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = False,
+                 qk_scale: float = None, skip: bool = False, use_checkpoint: bool = False,
+                 attention_backend: str = 'sdpa'):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale,
+                              backend=attention_backend)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.skip_linear = nn.Linear(2 * dim, dim) if skip else None
+        self.use_checkpoint = use_checkpoint
+
+    def forward(self, x, skip=None):
+        if self.use_checkpoint and torch.is_grad_enabled():
+            # Non-reentrant checkpointing: works with DDP, torch.compile and inputs that need no grad.
+            return torch.utils.checkpoint.checkpoint(self._forward, x, skip, use_reentrant=False)
+        return self._forward(x, skip)
+
+    def _forward(self, x, skip=None):
+        if self.skip_linear is not None:
+            x = self.skip_linear(torch.cat([x, skip], dim=-1))
+        x = x + self.attn(self.norm1(x))
+        x = x + self.mlp(self.norm2(x))
+        return x
+
+
+def init_vit_weights(module: nn.Module) -> None:
+    """Truncated-normal(0.02) linear weights, zero biases, unit LayerNorms (the ViT / U-ViT initialisation)."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.zeros_(module.bias)
+        nn.init.ones_(module.weight)

@@ -1,0 +1,91 @@
+"""The suite's random-number policy, in one place.
+
+- Training: every process starts from ``config.seed`` (identical initial weights), then draws its batches' noise
+  from its own stream ``training_seed(seed, rank)``; a checkpoint stores each process's RNG state, so a resume
+  with the same number of processes repeats an uninterrupted run exactly. A resume with another number of
+  processes reseeds with ``training_seed(seed, rank, step)``.
+- Evaluation and sample grids run inside ``seeded(seed)``, which forks the global RNG: loading scorers or the
+  autoencoder and sampling never move the training run's streams.
+- Samples: sample ``i`` of an evaluation is a function of ``(seed, i)`` alone (``SampleRandom``): its starting
+  noise, its condition and any noise a stochastic sampler adds come from its own generator. So the samples, and
+  the score, do not depend on the number of processes or the batch size, and a sharded evaluation can resume.
+- Per-process streams of the classifier / likelihood modes (the bound's noise, PGD's random start):
+  ``eval_process_seed(seed, rank)``.
+
+The multipliers are arbitrary primes; they are named constants because changing one changes every random stream
+that depends on it (and so every recorded loss or score).
+"""
+import contextlib
+
+import torch
+
+TRAINING_RANK_STRIDE = 7919        # training_seed: seed + 7919 rank (+ 104729 step after a resume across sizes)
+TRAINING_STEP_STRIDE = 104729
+EVAL_RANK_STRIDE = 1000003         # eval_process_seed: seed * 1000003 + rank
+SAMPLE_INDEX_BITS = 32             # sample_seed: (seed << 32) + index, unique for 2^32 samples per seed
+
+
+def training_seed(seed: int, rank: int, step: int = 0) -> int:
+    return seed + TRAINING_RANK_STRIDE * rank + TRAINING_STEP_STRIDE * step
+
+
+def eval_process_seed(seed: int, rank: int) -> int:
+    return seed * EVAL_RANK_STRIDE + rank
+
+
+def sample_seed(seed: int, index: int) -> int:
+    return ((seed << SAMPLE_INDEX_BITS) + index) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def loader_seed(seed: int, rank: int) -> int:
+    """The DataLoader's own generator (an iterator would otherwise draw from the global RNG)."""
+    return seed + rank
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device):
+    """Run a block with its own seeded RNG streams, leaving the caller's (the training run's) untouched."""
+    devices = [device] if torch.device(device).type == 'cuda' else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def generator_noise(generator: torch.Generator = None):
+    """``noise(x) -> N(0, I)`` shaped like x, from ``generator`` (the global RNG of x's device if None): the noise
+    argument of the samplers."""
+    def noise(x: torch.Tensor) -> torch.Tensor:
+        if generator is None:
+            return torch.randn_like(x)
+        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return noise
+
+
+class SampleRandom:
+    """The random numbers of a batch of samples, row ``i`` drawn from the generator of sample ``indices[i]``.
+
+    Each generator lives on the CPU, so a sample is the same on any device and in any batch. ``randn(shape)`` gives
+    (B, *shape), ``randint(high)`` gives (B,) int64, and calling it with a tensor x (the samplers' ``noise``
+    argument) gives N(0, I) noise shaped like x; each call advances every row's generator.
+    """
+
+    def __init__(self, seed: int, indices, device='cpu'):
+        self.indices = [int(i) for i in indices]
+        self.device = torch.device(device)
+        self.generators = [torch.Generator().manual_seed(sample_seed(seed, i)) for i in self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def randn(self, shape, dtype=torch.float32) -> torch.Tensor:
+        rows = [torch.randn(tuple(shape), generator=g, dtype=dtype) for g in self.generators]
+        return torch.stack(rows).to(self.device)
+
+    def randint(self, high: int) -> torch.Tensor:
+        rows = [torch.randint(0, high, (1,), generator=g) for g in self.generators]
+        return torch.cat(rows).to(self.device)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] != len(self.generators):
+            raise ValueError(f'noise for a batch of {x.shape[0]}, but this draws {len(self.generators)} samples')
+        return self.randn(x.shape[1:], x.dtype).to(x.device)
