@@ -23,14 +23,26 @@ def setup_logging(log_file: str = None) -> None:
                         handlers=handlers, force=True)
 
 
+def close_process_group() -> None:
+    """Destroy the default process group, if any, while the interpreter is fully alive: a gloo group left to the
+    interpreter's finalisation can abort the process ("terminate called without an active exception")."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def run(main, *args, **kwargs):
-    """Call ``main``; a UserError becomes ``error: <message>`` on stderr and exit status 2."""
+    """Call ``main``; a UserError becomes ``error: <message>`` on stderr and exit status 2. Either way the process
+    group is closed before exit."""
     try:
-        return main(*args, **kwargs)
+        result = main(*args, **kwargs)
     except UserError as exc:
         if is_main_process():
             print(f'error: {exc}', file=sys.stderr, flush=True)
+        close_process_group()
         sys.exit(2)
+    close_process_group()
+    return result
 
 
 def config_name(argv) -> str:

@@ -49,6 +49,10 @@ def defaults() -> ml_collections.ConfigDict:
             final_eval=True,             # evaluate with config.sample at the end of training
             grid_size=100,               # images in each sample grid
             repeated_aug=1,              # repeated augmentation: each image appears this many times per batch
+            max_minutes=0.0,             # time budget of the training loop (a safety net); 0: none
+            grad_scaler_init_scale=65536.0,  # fp16: the grad scaler's first scale (torch's default, 2^16)
+            checkpoint_timeout_s=600.0,  # how long processes wait for each other when saving or reading a
+                                         # checkpoint before they stop with an error (a process died or hangs)
         ),
         optimizer=d(name='adamw', lr=0.0002, weight_decay=0.03, betas=(0.99, 0.999), eps=1e-8, momentum=0.9,
                     nesterov=False),        # betas/eps for adam(w), momentum/nesterov for sgd
@@ -88,6 +92,8 @@ def defaults() -> ml_collections.ConfigDict:
             train_n_samples=10000,       # samples for the score computed at each checkpoint
             train_algorithm='dpm_solver',
             train_sample_steps=50,
+            sweep_algorithms='dpm_solver,dpm_solver++',  # eval.py --eval=sweep: samplers (comma-separated)
+            sweep_nfes='5,10,15,25,50',  # eval.py --eval=sweep: numbers of network evaluations
         ),
         clf_eval=d(                      # eval.py --eval=test_clf/gen/nll/cali/ood/attack (libs/evaluation/)
             n_test=0,                    # images of the test split and of each OOD set; 0: all

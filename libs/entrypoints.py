@@ -6,6 +6,7 @@ accepts the kind of config its name promises, so a wrong pairing is one line tha
 ``eval.py`` and ``eval_ldm.py`` likewise share ``run_evaluation``.
 """
 import os
+import signal
 import sys
 
 SCRIPTS = {
@@ -46,6 +47,8 @@ def run_training(script_kind: str) -> None:
     flags.mark_flags_as_required(['config'])
     flags.DEFINE_string('workdir', None, 'Output directory (default: workdir/<config>/<overrides>); '
                                          'a re-run with the same directory resumes.')
+    flags.DEFINE_string('resume', '', 'A checkpoint directory (<workdir>/ckpts/<step>.ckpt) to resume from; it must '
+                                      'verify. Default: the newest checkpoint of --workdir that verifies.')
 
     def main(_):
         from libs.config import resolve
@@ -54,7 +57,13 @@ def run_training(script_kind: str) -> None:
         check_kind(config, (script_kind,), SCRIPTS)
         workdir = FLAGS.workdir or cli.default_workdir(sys.argv)
         cli.setup_logging(os.path.join(workdir, 'output.log'))
-        result = Trainer(config, workdir).fit()
+        try:
+            result = Trainer(config, workdir, resume=FLAGS.resume).fit()
+        except BaseException:
+            # the run is failing with its own error line: a SIGTERM now (the launcher's, after another process
+            # exited) must not cut it off
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            raise
         if result and cli.is_main_process():
             print(f'final score ({config.sample.algorithm}, {config.sample.sample_steps} NFE, '
                   f'{config.sample.n_samples} samples, EMA): '
@@ -75,7 +84,7 @@ def run_evaluation(script_kinds: tuple) -> None:
     config_flags.DEFINE_config_file('config', None, 'Configuration file (configs/*.py).', lock_config=False)
     flags.DEFINE_string('nnet_path', None, 'Weights file (.pth / .safetensors) or a training checkpoint directory.')
     flags.DEFINE_bool('ema', True, 'The weights are EMA weights (in a checkpoint directory: use nnet_ema.pth).')
-    flags.DEFINE_string('eval', 'sample', 'What to evaluate: sample, test_clf, gen, nll, cali, ood or attack.')
+    flags.DEFINE_string('eval', 'sample', 'What to evaluate: sample, test_clf, gen, nll, cali, ood, attack or sweep.')
     flags.mark_flags_as_required(['config', 'nnet_path'])
 
     def main(_):

@@ -392,3 +392,27 @@ def test_a_checkpoint_written_before_the_refactor_resumes_exactly(tmp_path):
     assert sorted(history) == [3, 4]
     for step, expected in recorded['losses_after_resume'].items():
         assert history[int(step)] == pytest.approx(expected, rel=1e-5), step
+
+
+def test_time_budget_ends_the_run_with_a_checkpoint_and_its_score(tmp_path, caplog):
+    # a budget of 6 ms is spent within the first step: the run saves step 1 and scores it as a finished run would
+    config = tiny_config(n_steps=50, max_minutes=1e-4, final_eval=True)
+    config.sample.update(n_samples=20, mini_batch_size=20, sample_steps=3)
+    with caplog.at_level('WARNING'):
+        result = Trainer(config, str(tmp_path)).fit()
+    assert sorted(os.listdir(tmp_path / 'ckpts')) == ['1.ckpt']
+    assert read_train_state(str(tmp_path / 'ckpts' / '1.ckpt'))['step'] == 1
+    scores = [name for name in os.listdir(tmp_path / 'ckpts' / '1.ckpt') if name.startswith('eval_sample_digits_n20_')]
+    assert len(scores) == 1, os.listdir(tmp_path / 'ckpts' / '1.ckpt')
+    assert 0.0 <= result['digits_accuracy'] <= 1.0 and result['digits_frechet_distance'] > 0
+    assert 'train.max_minutes=0.0001 spent at step 1 of 50' in caplog.text
+
+
+def test_the_grad_scaler_starts_at_the_configured_scale(tmp_path):
+    """fp16 runs (on an accelerator) get their grad scaler from these kwargs; scripts/gpu_check.py starts at 2^30 to
+    force overflow skips."""
+    reset_accelerate()
+    config = load_config_file('configs/digits_uvit_tiny.py')
+    config.train.grad_scaler_init_scale = 1024.0
+    accelerator = loop_module.make_accelerator(config, str(tmp_path))
+    assert accelerator.scaler_handler.to_kwargs() == {'init_scale': 1024.0}

@@ -7,12 +7,18 @@ from libs.errors import UserError
 from libs.evaluation.harness import EvalRun, sample_settings, sample_tags
 
 
-def _score_samples(run: EvalRun, mode: str, sample_cfg, scorer, png_dir: str) -> dict:
-    n = run.config.sample.n_samples
-    result = run.generate(sample_cfg, scorer, png_dir=png_dir, desc=f'{mode}: {sample_cfg.algorithm}')
-    metric = run.config.eval.metric
-    run.write(mode, n, sample_tags(sample_cfg, metric), sample_settings(sample_cfg, n, metric, scorer.ref_stats),
-              result)
+def score_samples(run: EvalRun, mode: str, sample_cfg, scorer, png_dir: str) -> dict:
+    """Sample with ``sample_cfg``, score, write the JSON of ``mode`` beside the weights and print one line.
+
+    The scored samples are kept in ``<json stem>_shards/`` beside the JSON until it is written, so a run that is
+    stopped continues where it stopped when run again with the same settings (libs/evaluation/shards.py)."""
+    n, metric = run.config.sample.n_samples, run.config.eval.metric
+    tags = sample_tags(sample_cfg, metric)
+    shards = run.shard_store(run.stem(mode, n, *tags), sample_cfg)
+    result = run.generate(sample_cfg, scorer, png_dir=png_dir, desc=f'{mode}: {sample_cfg.algorithm}', shards=shards)
+    run.write(mode, n, tags, sample_settings(sample_cfg, n, metric, scorer.ref_stats), result)
+    if run.accelerator.is_main_process:
+        shards.remove()  # the JSON holds the score now
     run.print(f'{sample_cfg.algorithm} nfe={sample_cfg.sample_steps}: '
               + ' '.join(f'{k}={v:.4f}' for k, v in result.items()))
     return result
@@ -22,7 +28,7 @@ def eval_sample(config, nnet_path: str, ema: bool = True) -> dict:
     """Sample ``config.sample.n_samples``, score them (FID or the digit score), keep PNGs in ``sample.path``."""
     run = EvalRun.load(config, nnet_path, ema, mode='sample')
     scorer = run.scorer()  # before any sampling: missing FID files fail now
-    return _score_samples(run, 'sample', config.sample, scorer, config.sample.path)
+    return score_samples(run, 'sample', config.sample, scorer, config.sample.path)
 
 
 def eval_gen(config, nnet_path: str, ema: bool = True) -> dict:
@@ -42,5 +48,5 @@ def eval_gen(config, nnet_path: str, ema: bool = True) -> dict:
     results = {}
     for sample_cfg, scorer in zip(runs, scorers):
         png_dir = os.path.join(config.sample.path, sample_cfg.algorithm) if config.sample.path else ''
-        results[sample_cfg.algorithm] = _score_samples(run, 'gen', sample_cfg, scorer, png_dir)
+        results[sample_cfg.algorithm] = score_samples(run, 'gen', sample_cfg, scorer, png_dir)
     return results

@@ -7,7 +7,9 @@ split work across processes and gather it back in order:
 - ``per_image(dataset, fn)``: a function of test images, split by accelerate's data loader;
 - ``generate(...)`` (also used by the Trainer): ``n`` samples, sample ``i`` drawn from its own generator seeded by
   ``(config.seed, i)`` (libs/rng.py), so samples and scores do not depend on the number of processes; each round's
-  images are scored in-process and optionally written as PNGs.
+  images are scored in-process and optionally written as PNGs. The eval modes pass a ``ShardStore``
+  (libs/evaluation/shards.py): each mini-batch's scored rows are then kept on disk, and a re-run after a
+  preemption samples only the mini-batches that are missing.
 
 Every result is written by ``write`` as ``eval_<mode>_<dataset>_n<N>_<settings>_<ema|raw>.json`` beside the weights:
 the mode, the weights, EMA or not, the dataset, the sample or image count, a ``settings`` dict with everything that
@@ -16,6 +18,7 @@ changes the numbers (sampler, NFE, guidance scale, reference statistics, ...), t
 """
 import dataclasses
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -25,7 +28,9 @@ import subprocess
 import torch
 from tqdm.auto import tqdm
 
+from libs.config import to_json
 from libs.errors import UserError
+from libs.evaluation.shards import ShardStore
 from libs.fileio import atomic_open
 from libs.images import save_pngs
 from libs.rng import SampleRandom, eval_process_seed
@@ -147,24 +152,34 @@ def draw_samples(framework, denoiser, sampler, data_shape, conditioning, random,
 
 
 def generate(accelerator, framework, denoiser, sample_cfg, data_shape, n_samples: int, mini_batch_size: int,
-             conditioning, space, scorer=None, png_dir: str = '', seed: int = 0, desc: str = 'sample') -> dict:
+             conditioning, space, scorer=None, png_dir: str = '', seed: int = 0, desc: str = 'sample',
+             shards: ShardStore = None) -> dict:
     """Sample ``n_samples`` across processes, decode them to images (``space``), score them and/or write PNGs.
 
     Round r of process ``rank`` draws samples ``(r * world + rank) * mb + i``; each from its own generator.
-    Returns the score on every process ({} without a scorer).
+    Returns the score on every process ({} without a scorer). With ``shards`` (chunks of ``mini_batch_size``
+    samples), see ``generate_in_shards``.
     """
     sampler = framework.build_sampler(sample_cfg)
     scale = sample_cfg.get('scale', 0.0)
     world, rank = accelerator.num_processes, accelerator.process_index
-    rounds = math.ceil(n_samples / (mini_batch_size * world))
-    for r in tqdm(range(rounds), desc=desc, disable=not accelerator.is_main_process):
-        start = (r * world + rank) * mini_batch_size
+
+    def mini_batch(start: int):
+        """Images and labels of samples ``start .. start + mb`` (PNGs of those below ``n_samples`` written), and
+        how many of them count."""
         random = SampleRandom(seed, range(start, start + mini_batch_size), accelerator.device)
         samples, labels = draw_samples(framework, denoiser, sampler, data_shape, conditioning, random, scale)
         images = space.decode(samples)
         keep = max(0, min(mini_batch_size, n_samples - start))
         if png_dir and keep:
             save_pngs(images[:keep], png_dir, start)
+        return images, labels, keep
+
+    if shards is not None:
+        return generate_in_shards(accelerator, mini_batch, scorer, shards, desc)
+    rounds = math.ceil(n_samples / (mini_batch_size * world))
+    for r in tqdm(range(rounds), desc=desc, disable=not accelerator.is_main_process):
+        images, labels, _ = mini_batch((r * world + rank) * mini_batch_size)
         if scorer is not None:
             scorer.add(images, labels)
     if scorer is None:
@@ -178,6 +193,42 @@ def generate(accelerator, framework, denoiser, sample_cfg, data_shape, n_samples
         gathered_labels = gathered_labels[order]
     result = scorer.result(gathered, gathered_labels) if accelerator.is_main_process else {}
     return broadcast_dict(accelerator, result)
+
+
+def last_rows(scorer, count: int):
+    """What ``scorer.add`` made of the last ``count`` images it was given (rows, and labels or None), from its
+    ``local()``; this concatenates everything added so far, a copy that is small next to sampling."""
+    rows, labels = scorer.local()
+    return rows[-count:], (None if labels is None else labels[-count:])
+
+
+def generate_in_shards(accelerator, mini_batch, scorer, shards: ShardStore, desc: str) -> dict:
+    """``generate`` with every chunk's scored rows kept in ``shards``: the main process lists the chunks still
+    missing, the processes share them out (the i-th missing chunk goes to process i % world), each chunk is
+    renamed into place when complete, and the main process scores the rows of all chunks, read back in sample
+    order. A chunk is one mini-batch, of the same sample indices as in an uninterrupted run, so the score is
+    the same. Errors found on the main process reach every process as the same UserError."""
+    if scorer is None:
+        raise ValueError('a shard store keeps scored rows: generate_in_shards needs a scorer')
+    main = accelerator.is_main_process
+    missing = broadcast_dict(accelerator, {'missing': shards.prepare() if main else None})['missing']
+    mine = missing[accelerator.process_index::accelerator.num_processes]
+    for chunk in tqdm(mine, desc=desc, disable=not main):
+        images, labels, keep = mini_batch(shards.bounds(chunk)[0])
+        scorer.add(images, labels)
+        rows, row_labels = last_rows(scorer, len(images))
+        shards.write(chunk, rows[:keep], None if row_labels is None else row_labels[:keep])
+    accelerator.wait_for_everyone()
+    outcome = {}
+    if main:
+        try:
+            outcome = {'result': scorer.result(*shards.read())}
+        except UserError as exc:
+            outcome = {'error': str(exc)}
+    outcome = broadcast_dict(accelerator, outcome)
+    if 'error' in outcome:
+        raise UserError(outcome['error'])
+    return outcome['result']
 
 
 def eval_accelerator(config):
@@ -270,12 +321,43 @@ class EvalRun:
         return build_scorer(self.config.eval.metric, self.device, self.ref_stats(), self.config.eval.inception_path,
                             inception_score, self.config.clf_eval.is_splits)
 
-    def generate(self, sample_cfg, scorer, png_dir: str = '', desc: str = 'sample') -> dict:
+    def generate(self, sample_cfg, scorer, png_dir: str = '', desc: str = 'sample', shards: ShardStore = None) -> dict:
         n = self.config.sample.n_samples
         with self.accelerator.autocast():
             return generate(self.accelerator, self.framework, self.denoiser(), sample_cfg, self.spec.data_shape, n,
-                            min(self.config.sample.mini_batch_size, n), self.conditioning(), self.space(), scorer,
-                            png_dir=png_dir, seed=self.config.seed, desc=desc)
+                            self.mini_batch_size, self.conditioning(), self.space(), scorer, png_dir=png_dir,
+                            seed=self.config.seed, desc=desc, shards=shards)
+
+    @property
+    def mini_batch_size(self) -> int:
+        return min(self.config.sample.mini_batch_size, self.config.sample.n_samples)
+
+    @functools.cached_property
+    def weights_sha256(self) -> str:
+        digest = hashlib.sha256()
+        with open(self.weights, 'rb') as f:
+            for block in iter(lambda: f.read(1 << 24), b''):
+                digest.update(block)
+        return digest.hexdigest()
+
+    def shard_settings(self, sample_cfg) -> dict:
+        """Everything the samples of ``sample_cfg`` and their scored rows depend on, besides their count and the
+        mini-batch size: the weights' content, EMA or not, the whole config with ``sample_cfg`` as its sampler (so
+        the seed, the network, the framework, the PNG folder and the metric's files), the precision and the device
+        type."""
+        config = json.loads(to_json(self.config))
+        config['sample'] = json.loads(to_json(sample_cfg))
+        return {'weights_sha256': self.weights_sha256, 'ema': self.ema, 'config': config,
+                'mixed_precision': str(self.accelerator.mixed_precision), 'device': self.device.type}
+
+    def shard_store(self, stem: str, sample_cfg) -> ShardStore:
+        """The store of the result ``<stem>.json``'s samples: ``<stem>_shards/`` beside it."""
+        n = self.config.sample.n_samples
+        if n < 1 or self.mini_batch_size < 1:
+            raise UserError(f'config.sample.n_samples ({n}) and config.sample.mini_batch_size '
+                            f'({self.config.sample.mini_batch_size}) must be at least 1')
+        settings = self.shard_settings(sample_cfg) if self.accelerator.is_main_process else None
+        return ShardStore(self.path(stem + '_shards'), n, self.mini_batch_size, settings)
 
     def per_image(self, dataset, fn, desc: str) -> dict:
         """``fn(x, y) -> {name: (B, ...) tensor}`` over ``dataset``, split across processes and gathered in dataset

@@ -1,5 +1,6 @@
 """The training loop: accelerate (DDP, mixed precision, gradient accumulation), EMA, atomic checkpoints, exact
-resume, sample grids, per-checkpoint scores, and clean stops on NaN losses and SIGTERM.
+resume, sample grids, per-checkpoint scores, and clean stops on non-finite losses or gradients, SIGTERM and a lost
+process.
 
 Work directory layout:
     config.json       the resolved config of the run
@@ -34,13 +35,33 @@ from libs.images import save_grid
 from libs.latent.spaces import build_space
 from libs.nets import build_nnet, check_state_dict, count_parameters, strip_wrapper_prefixes
 from libs.rng import SampleRandom, loader_seed, seeded, training_seed
-from libs.training.checkpoint import (CheckpointManager, load_object, now, read_train_state, rng_state,
-                                      set_rng_state)
+from libs.training.checkpoint import (Agreement, CheckpointManager, DamagedCheckpoint, attempt, detect_storage, now,
+                                      one_line, read_checkpoint, rng_state, set_rng_state, verify)
 from libs.training.data_order import ResumableBatchSampler
 from libs.training.objectives import build_objective
 from libs.training.optim import build_lr_scheduler, build_optimizer, update_ema
 
 logger = logging.getLogger(__name__)
+
+class ScoreGuard:
+    """A scorer whose ``result`` returns {} and keeps the exception instead of raising it: generate() computes the
+    score on the main process and then broadcasts it, so an exception there would leave the other processes waiting
+    in that broadcast while the main process trained on."""
+
+    def __init__(self, scorer):
+        self.scorer = scorer
+        self.error = None
+
+    def __getattr__(self, name):
+        return getattr(self.scorer, name)
+
+    def result(self, gathered, labels) -> dict:
+        try:
+            return self.scorer.result(gathered, labels)
+        except Exception as exc:
+            self.error = exc
+            return {}
+
 
 class StopRequest:
     """SIGTERM (what clusters send before preemption) asks the run to save a checkpoint and exit.
@@ -71,7 +92,7 @@ class StopRequest:
 
 def make_accelerator(config, workdir):
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
+    from accelerate.utils import GradScalerKwargs, ProjectConfiguration
     log_with = None if config.log_with in ('none', '', None) else config.log_with
     if log_with == 'wandb':
         try:
@@ -80,12 +101,21 @@ def make_accelerator(config, workdir):
             raise UserError("config.log_with='wandb' needs the wandb package: pip install wandb") from None
     elif log_with not in (None, 'tensorboard'):
         raise UserError(f"unknown config.log_with {config.log_with!r}; known: tensorboard, wandb, none")
-    return Accelerator(
+    accelerator = Accelerator(
         mixed_precision=config.mixed_precision or None,
         gradient_accumulation_steps=config.train.gradient_accumulation_steps,
         log_with=log_with,
         project_config=ProjectConfiguration(project_dir=workdir, logging_dir=os.path.join(workdir, 'logs')),
+        kwargs_handlers=[GradScalerKwargs(init_scale=float(config.train.grad_scaler_init_scale))],
     )
+    # accelerate lets the launcher's value override the constructor's; the batch split, the LR schedule and the
+    # per-step checks all follow the config, so the two must not differ
+    if accelerator.gradient_accumulation_steps != config.train.gradient_accumulation_steps:
+        raise UserError(f'gradient accumulation is set twice: accelerate launch --gradient_accumulation_steps='
+                        f'{accelerator.gradient_accumulation_steps} (ACCELERATE_GRADIENT_ACCUMULATION_STEPS) and '
+                        f'config.train.gradient_accumulation_steps={config.train.gradient_accumulation_steps}; '
+                        f'set it in the config only')
+    return accelerator
 
 
 def flat_hparams(config) -> dict:
@@ -113,9 +143,12 @@ def param_checksum(model: torch.nn.Module) -> torch.Tensor:
 
 
 class Trainer:
-    """Holds the run's objects; ``fit()`` trains to ``config.train.n_steps`` and returns the final scores."""
+    """Holds the run's objects; ``fit()`` trains to ``config.train.n_steps`` and returns the final scores.
 
-    def __init__(self, config, workdir: str):
+    ``resume``: a checkpoint directory to resume from (``--resume``); by default the newest checkpoint of the work
+    directory that verifies."""
+
+    def __init__(self, config, workdir: str, resume: str = ''):
         self.config = config
         self.workdir = workdir
         self.accelerator = acc = make_accelerator(config, workdir)
@@ -150,12 +183,17 @@ class Trainer:
         self.nnet_ema = copy.deepcopy(nnet).requires_grad_(False).eval()
         optimizer = build_optimizer(config.optimizer, nnet.parameters())
         self.lr_scheduler = build_lr_scheduler(config.lr_scheduler, optimizer, tc.n_steps)
-        self.ckpts = CheckpointManager(os.path.join(workdir, 'ckpts'), keep=tc.keep_ckpts)
+        ckpt_root = os.path.join(workdir, 'ckpts')
+        self.agreement = Agreement(tc.checkpoint_timeout_s)
+        self.storage = detect_storage(ckpt_root, self.agreement, acc.local_process_index)
+        if not self.storage.shared and self.storage.writer:
+            logger.warning('%s is local to each node: every node keeps a full copy of each checkpoint, and a resume '
+                           'needs each node to find its own copy', ckpt_root)
+        self.ckpts = CheckpointManager(ckpt_root, keep=tc.keep_ckpts)
         self.step = 0
-        resume_from = self.ckpts.latest()
-        resumed_state = None
+        resume_from, contents = self._find_checkpoint(resume)
         if resume_from:
-            resumed_state = self._load_weights(resume_from, nnet)
+            self._load_weights(resume_from, contents, nnet)
 
         self.denoiser_ema = self.framework.denoiser(self.nnet_ema)
         self.objective = build_objective(config.objective, self.framework)
@@ -163,7 +201,7 @@ class Trainer:
         self.nnet, self.optimizer = acc.prepare(self.objective.training_module(nnet), optimizer)
         self.nnet_ema.to(self.device)
         if resume_from:
-            self._load_optimizer_and_rng(resume_from, resumed_state)
+            self._load_optimizer_and_rng(resume_from, contents)
         else:
             torch.manual_seed(training_seed(config.seed, acc.process_index))
         if tc.compile:
@@ -179,6 +217,8 @@ class Trainer:
                                  generator=torch.Generator().manual_seed(loader_seed(config.seed,
                                                                                      acc.process_index)))
         self.stop = StopRequest()
+        self.deadline = None  # time.time() at which train.max_minutes is spent (set when fit() starts)
+        self.out_of_time = False  # agreed by all processes, like the stop request
         self.skipped_steps = 0
         self.warned = set()
 
@@ -187,25 +227,78 @@ class Trainer:
         return self.objective.backbone(self.accelerator.unwrap_model(self.nnet))
 
     # ----------------------------------------------------------------------------------------------- resume
-    def _load_weights(self, ckpt: str, nnet: torch.nn.Module) -> dict:
-        state = read_train_state(ckpt)
+    def _find_checkpoint(self, explicit: str):
+        """(path, this process's contents) of the checkpoint to resume from, agreed by all processes, or (None, None):
+        ``explicit`` (--resume), which must verify, or else the newest checkpoint of the work directory that verifies
+        and loads, with one warning that names each newer one skipped and why."""
+        agreement, writer = self.agreement, self.storage.writer
+        if explicit:
+            problem, contents = self._read_agreed(explicit)
+            if problem:
+                raise UserError(f'--resume={explicit} does not verify: {problem}')
+            return explicit, contents
+        if writer:
+            self.ckpts.recover()
+        listed = agreement.exchange(self.ckpts.steps() if writer else [], 'finding checkpoints')
+        skipped, found, contents = [], None, None
+        for step in sorted(set().union(*listed), reverse=True):
+            problem, contents = self._read_agreed(self.ckpts.path(step), step)
+            if problem is None:
+                found = step
+                break
+            skipped.append(f'{self.ckpts.path(step)} ({problem})')
+        if skipped and self.accelerator.is_main_process:
+            logger.warning('skipped %d damaged checkpoint(s), newest first: %s; %s; they are kept, delete them when '
+                           'you no longer need them', len(skipped), '; '.join(skipped),
+                           f'resuming from {self.ckpts.path(found)}' if found is not None else 'none is left')
+        if found is None:
+            if skipped:
+                raise UserError(f'no checkpoint in {self.ckpts.root} verifies (see the warning above); move them '
+                                f'away to start afresh, or --resume=PATH from a copy elsewhere')
+            return None, None
+        if writer:
+            self.ckpts.remove_stale_tmp(found)
+        return self.ckpts.path(found), contents
+
+    def _read_agreed(self, ckpt: str, step: int = None):
+        """(None, contents) if checkpoint ``ckpt`` verifies for every process (checked by each directory's writer)
+        and every process reads its part, else (why not, None): the same answer on every process."""
+        agreement, writer = self.agreement, self.storage.writer
+        what = f'reading checkpoint {ckpt}'
+        problem = None
+        if writer:
+            problem = verify(ckpt) if step is None else self.ckpts.check(step)
+        first = agreement.first_problem(agreement.exchange(problem, what))
+        if first is None:
+            contents, problem = None, None
+            try:
+                contents = read_checkpoint(ckpt, self.accelerator.process_index, self.accelerator.num_processes)
+            except DamagedCheckpoint as exc:
+                problem = str(exc)
+            first = agreement.first_problem(agreement.exchange(problem, what))
+            if first is None:
+                return None, contents
+        if step is not None:
+            self.ckpts.damaged[step] = first
+        return first, None
+
+    def _load_weights(self, ckpt: str, contents: dict, nnet: torch.nn.Module) -> None:
         for name, model in (('nnet.pth', nnet), ('nnet_ema.pth', self.nnet_ema)):
-            weights = strip_wrapper_prefixes(load_object(ckpt, name))
+            weights = strip_wrapper_prefixes(contents[name])
             check_state_dict(model, weights, os.path.join(ckpt, name))
             model.load_state_dict(weights)
-        self.step = state['step']
-        return state
+        self.step = contents['state']['step']
 
-    def _load_optimizer_and_rng(self, ckpt: str, state: dict) -> None:
-        acc = self.accelerator
-        self.optimizer.load_state_dict(load_object(ckpt, 'optimizer.pth'))
-        self.lr_scheduler.load_state_dict(load_object(ckpt, 'lr_scheduler.pth'))
-        if acc.scaler is not None and os.path.isfile(os.path.join(ckpt, 'grad_scaler.pth')):
-            acc.scaler.load_state_dict(load_object(ckpt, 'grad_scaler.pth'))
+    def _load_optimizer_and_rng(self, ckpt: str, contents: dict) -> None:
+        acc, state = self.accelerator, contents['state']
+        self.optimizer.load_state_dict(contents['optimizer.pth'])
+        self.lr_scheduler.load_state_dict(contents['lr_scheduler.pth'])
+        if acc.scaler is not None and 'grad_scaler.pth' in contents:
+            acc.scaler.load_state_dict(contents['grad_scaler.pth'])
         self.skipped_steps = state.get('skipped_steps', 0)
         saved_world = state.get('num_processes', 1)
-        if saved_world == acc.num_processes:
-            set_rng_state(load_object(ckpt, f'rng_state_{acc.process_index}.pth'))
+        if contents['rng'] is not None:
+            set_rng_state(contents['rng'])
             logger.info('resumed from %s (step %d)', ckpt, self.step)
         else:
             torch.manual_seed(training_seed(self.config.seed, acc.process_index, self.step))
@@ -216,32 +309,57 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------- save
     def save_checkpoint(self) -> str:
-        acc = self.accelerator
-        tmp = self.ckpts.begin(self.step, acc.is_main_process)
-        acc.wait_for_everyone()
-        checksums = acc.gather(param_checksum(self.backbone()).unsqueeze(0)).cpu()
-        self.ckpts.write(tmp, f'rng_state_{acc.process_index}.pth', rng_state())
+        """Each process writes its RNG state, the writer(s) the rest, then publish. Each stage ends with an
+        agreement, so either every process goes on or every one stops with the same error line; the writers remove
+        the temporary directory only once every process is done with it."""
+        acc, ckpts, storage, agreement = self.accelerator, self.ckpts, self.storage, self.agreement
+        step, previous = self.step, ckpts.latest()
+        what = f'checkpoint {step} not saved, ' + (f'the previous checkpoint {previous} is kept' if previous
+                                                   else 'no earlier checkpoint exists')
+        tmp = ckpts.tmp_path(step)
+        replies = agreement.exchange((attempt(lambda: ckpts.begin(step, storage.writer)),
+                                      param_checksum(self.backbone()).tolist()), what)
+        first = agreement.first_problem([problem for problem, _ in replies])
+        if first:
+            raise UserError(first)
+        checksums = [checksum for _, checksum in replies]
+        replies = agreement.exchange((attempt(lambda: self._write_files(tmp, checksums)), ckpts.records), what)
+        first = agreement.first_problem([problem for problem, _ in replies])
+        if first:
+            if storage.writer:
+                ckpts.abort(tmp)
+            raise UserError(first)
+        problem = None
+        if storage.writer:
+            others = {name: record for rank, (_, records) in enumerate(replies)
+                      if rank in storage.ranks and rank != acc.process_index for name, record in records.items()}
+            problem = attempt(lambda: ckpts.commit(tmp, step, others))
+            if problem is None:  # published: a peer lost now leaves it on disk, complete and verified
+                what = f'checkpoint {step} saved by this process but not confirmed by every process'
+        agreement.outcome(problem, what)
+        path = ckpts.path(step)
         if acc.is_main_process:
-            self.ckpts.write(tmp, 'nnet.pth', {k: v.cpu() for k, v in self.backbone().state_dict().items()})
-            self.ckpts.write(tmp, 'nnet_ema.pth', {k: v.cpu() for k, v in self.nnet_ema.state_dict().items()})
-            self.ckpts.write(tmp, 'optimizer.pth', self.optimizer.state_dict())
-            self.ckpts.write(tmp, 'lr_scheduler.pth', self.lr_scheduler.state_dict())
-            if acc.scaler is not None:
-                self.ckpts.write(tmp, 'grad_scaler.pth', acc.scaler.state_dict())
-            replicas_equal = bool((checksums == checksums[0]).all())
-            self.ckpts.write_json(tmp, 'train_state.json', {
-                'step': self.step, 'num_processes': acc.num_processes, 'skipped_steps': self.skipped_steps,
-                'replica_checksums': checksums.tolist(), 'replicas_equal': replicas_equal, 'time': now(),
-            })
-            if not replicas_equal:
-                logger.error('model replicas differ across processes at step %d: %s', self.step, checksums.tolist())
-        acc.wait_for_everyone()
-        path = self.ckpts.path(self.step)
-        if acc.is_main_process:
-            path = self.ckpts.commit(tmp, self.step)
             logger.info('saved checkpoint %s', path)
-        acc.wait_for_everyone()
         return path
+
+    def _write_files(self, tmp: str, checksums: list) -> None:
+        acc, ckpts = self.accelerator, self.ckpts
+        ckpts.write(tmp, f'rng_state_{acc.process_index}.pth', rng_state())
+        if not self.storage.writer:
+            return
+        ckpts.write(tmp, 'nnet.pth', {k: v.cpu() for k, v in self.backbone().state_dict().items()})
+        ckpts.write(tmp, 'nnet_ema.pth', {k: v.cpu() for k, v in self.nnet_ema.state_dict().items()})
+        ckpts.write(tmp, 'optimizer.pth', self.optimizer.state_dict())
+        ckpts.write(tmp, 'lr_scheduler.pth', self.lr_scheduler.state_dict())
+        if acc.scaler is not None:
+            ckpts.write(tmp, 'grad_scaler.pth', acc.scaler.state_dict())
+        replicas_equal = all(checksum == checksums[0] for checksum in checksums)
+        ckpts.write_json(tmp, 'train_state.json', {
+            'step': self.step, 'num_processes': acc.num_processes, 'skipped_steps': self.skipped_steps,
+            'replica_checksums': checksums, 'replicas_equal': replicas_equal, 'time': now(),
+        })
+        if not replicas_equal and acc.is_main_process:
+            logger.error('model replicas differ across processes at step %d: %s', self.step, checksums)
 
     # ------------------------------------------------------------------------------------------------- eval
     def warn_once(self, what: str, exc: UserError) -> None:
@@ -251,19 +369,27 @@ class Trainer:
 
     def evaluate(self, sample_cfg, n_samples: int, ckpt: str, png_dir: str = '') -> dict:
         """Score the EMA weights of checkpoint ``ckpt`` and write the JSON beside them; skipped with one log line
-        when FID files, the autoencoder (latent models) or validation prompts (text-to-image) are missing."""
+        when FID files, the autoencoder (latent models) or validation prompts (text-to-image) are missing. A score
+        never ends training: any other failure is logged on one line and the result is empty."""
         config, acc = self.config, self.accelerator
         metric, ref_stats = config.eval.metric, config.eval.ref_stats or self.spec.fid_stats
         try:
             # seeded: building the scorers (Inception, the digit classifier) and the autoencoder draws from the
             # global RNG, which must not move the training run's random streams (a resumed run would not repeat it)
             with seeded(config.seed, self.device):
-                scorer = build_scorer(metric, self.device, ref_stats, config.eval.inception_path)
+                scorer = ScoreGuard(build_scorer(metric, self.device, ref_stats, config.eval.inception_path))
                 result = generate(acc, self.framework, self.denoiser_ema, sample_cfg, self.spec.data_shape,
                                   n_samples, min(config.sample.mini_batch_size, n_samples), self.conditioning,
                                   self.space, scorer, png_dir=png_dir, seed=config.seed, desc=metric)
         except UserError as exc:
             self.warn_once(f'{metric} scores', exc)
+            return {}
+        except Exception as exc:
+            self.score_failed(metric, n_samples, exc)
+            return {}
+        if scorer.error is not None:
+            self.score_failed(metric, n_samples, scorer.error)
+        if not result:  # the main process's score failed; the others received its empty result
             return {}
         write_result(acc, os.path.join(ckpt, 'nnet_ema.pth'), True, 'sample', config.dataset.name, n_samples,
                      sample_tags(sample_cfg, metric), sample_settings(sample_cfg, n_samples, metric, scorer.ref_stats),
@@ -272,6 +398,10 @@ class Trainer:
             logger.info('%s (step %d)', ', '.join(f'{k}={v:.4f}' for k, v in result.items()), self.step)
         acc.log({f'eval/{k}': v for k, v in result.items()}, step=self.step)
         return result
+
+    def score_failed(self, metric: str, n_samples: int, exc: Exception) -> None:
+        logger.error('%s score of step %d (%d samples) failed, training goes on: %s', metric, self.step, n_samples,
+                     one_line(exc))
 
     def training_eval_cfg(self):
         cfg = self.config.sample.copy_and_resolve_references()
@@ -330,14 +460,23 @@ class Trainer:
                 nonfinite = torch.maximum(nonfinite, (~torch.isfinite(loss)).float())
                 acc.backward(loss)
                 if acc.sync_gradients:
-                    # one reduction tells every process whether any saw a NaN loss or a SIGTERM
+                    grad_norm = self.clip_gradients()
+                    bad_gradients = torch.zeros((), device=self.device) if grad_norm is None else \
+                        (~torch.isfinite(grad_norm)).float().to(self.device)
+                    # one reduction tells every process whether any saw a NaN loss or gradient, a SIGTERM or its
+                    # time budget spent, so that all stop after the same step
                     received = torch.tensor(float(self.stop.received), device=self.device)
-                    flags = acc.reduce(torch.stack([nonfinite, received]), 'sum')
+                    late = torch.tensor(float(self.deadline is not None and time.time() >= self.deadline),
+                                        device=self.device)
+                    flags = acc.reduce(torch.stack([nonfinite, bad_gradients, received, late]), 'sum')
                     if flags[0] > 0:
-                        raise UserError(self.nan_message())
-                    self.stop.agreed = bool(flags[1] > 0)
-                    if tc.grad_clip > 0:
-                        grad_norm = acc.clip_grad_norm_(self.nnet.parameters(), tc.grad_clip)
+                        raise UserError(self.nan_message('loss is not finite', 'lower the learning rate, enable '
+                                                         'grad_clip, or use bf16 instead of fp16'))
+                    if flags[1] > 0:
+                        raise UserError(self.nan_message('gradients are not finite (the loss is)',
+                                                         'lower the learning rate or enable grad_clip'))
+                    self.stop.agreed = bool(flags[2] > 0)
+                    self.out_of_time = bool(flags[3] > 0)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
             losses.append(loss.detach())
@@ -355,11 +494,32 @@ class Trainer:
             out['grad_norm'] = grad_norm if torch.is_tensor(grad_norm) else torch.tensor(grad_norm)
         return out
 
-    def nan_message(self) -> str:
+    def clip_gradients(self):
+        """The gradients' total norm, after clipping them to train.grad_clip if it is set. Without clipping the
+        norm is only computed, one pass over the gradients; under fp16 it is then None: the grad scaler finds
+        overflows itself and skips those steps."""
+        tc, acc = self.config.train, self.accelerator
+        if tc.grad_clip > 0:
+            return acc.clip_grad_norm_(self.nnet.parameters(), tc.grad_clip)
+        if acc.scaler is not None:
+            return None
+        return torch.nn.utils.get_total_norm([p.grad for p in self.nnet.parameters() if p.grad is not None])
+
+    def step_failed(self, exc: RuntimeError) -> UserError:
+        """The error line for a step that raised in a run of several processes. Its collectives (the gradient
+        all-reduce, the flags above) fail when another process has exited; the run then stops without a save, which
+        would need every process, even when a SIGTERM asked for one."""
+        logger.error('step %d failed on process %d', self.step + 1, self.accelerator.process_index, exc_info=True)
+        last = self.ckpts.latest()
+        kept = f'the last complete checkpoint {last} is kept' if last else 'no checkpoint was saved before it'
+        return UserError(f'step {self.step + 1} failed: {one_line(exc)} (with several processes this usually means '
+                         f'that another process exited or hangs: see its log); no checkpoint is saved without every '
+                         f'process, {kept}')
+
+    def nan_message(self, what: str, advice: str) -> str:
         last = self.ckpts.latest()
         kept = f'the last good checkpoint {last} is kept' if last else 'no checkpoint was saved before it'
-        return (f'loss is not finite at step {self.step + 1}; training stopped before updating the weights, '
-                f'{kept} (lower the learning rate, enable grad_clip, or use bf16 instead of fp16)')
+        return (f'{what} at step {self.step + 1}; training stopped before updating the weights, {kept} ({advice})')
 
     def log(self, metrics: dict, images_per_sec: float) -> None:
         acc = self.accelerator
@@ -376,26 +536,34 @@ class Trainer:
     def train_until_done(self) -> None:
         tc = self.config.train
         data = self.batches()
-        bar = tqdm(total=tc.n_steps, initial=self.step, desc='train', disable=not self.accelerator.is_main_process,
-                   dynamic_ncols=True)
-        tick, tick_step = time.time(), self.step
-        while self.step < tc.n_steps and not self.stop.agreed:
-            metrics = self.train_step(data)
-            bar.update(1)
-            if self.step % tc.log_interval == 0:
-                ips = (self.step - tick_step) * tc.batch_size / max(time.time() - tick, 1e-9)
-                self.log(metrics, ips)
-                bar.set_postfix(loss=f"{metrics['loss'].item():.4f}")
-                tick, tick_step = time.time(), self.step
-            if self.step % tc.eval_interval == 0:
-                self.save_grid()
-            if self.step % tc.save_interval == 0 or self.step == tc.n_steps or self.stop.agreed:
-                path = self.save_checkpoint()
-                if not self.stop.agreed:
-                    self.evaluate(self.training_eval_cfg(), self.config.eval.train_n_samples, path)
-            if self.step % tc.log_interval == 0:  # images/s measures training only, not grids and evaluations
-                tick = time.time()
-        bar.close()
+        # closed also when a step raises, so that the error line starts a line of its own
+        with tqdm(total=tc.n_steps, initial=self.step, desc='train', disable=not self.accelerator.is_main_process,
+                  dynamic_ncols=True) as bar:
+            tick, tick_step = time.time(), self.step
+            while self.step < tc.n_steps and not self.stop.agreed and not self.out_of_time:
+                try:
+                    metrics = self.train_step(data)
+                except RuntimeError as exc:
+                    if self.accelerator.num_processes == 1 or isinstance(exc, torch.OutOfMemoryError):
+                        raise
+                    raise self.step_failed(exc) from None
+                bar.update(1)
+                if self.step % tc.log_interval == 0:
+                    ips = (self.step - tick_step) * tc.batch_size / max(time.time() - tick, 1e-9)
+                    self.log(metrics, ips)
+                    bar.set_postfix(loss=f"{metrics['loss'].item():.4f}")
+                    tick, tick_step = time.time(), self.step
+                if self.step % tc.eval_interval == 0:
+                    self.save_grid()
+                if (self.step % tc.save_interval == 0 or self.step == tc.n_steps or self.stop.agreed
+                        or self.out_of_time):
+                    path = self.save_checkpoint()
+                    # the final checkpoint and a budget stop are scored once, by the final evaluation in fit()
+                    last = self.out_of_time or (self.step == tc.n_steps and tc.final_eval)
+                    if not (self.stop.agreed or last):
+                        self.evaluate(self.training_eval_cfg(), self.config.eval.train_n_samples, path)
+                if self.step % tc.log_interval == 0:  # images/s measures training only, not grids and evaluations
+                    tick = time.time()
 
     def fit(self) -> dict:
         acc, tc, config = self.accelerator, self.config.train, self.config
@@ -405,6 +573,8 @@ class Trainer:
                 f.write(to_json(config))
         acc.init_trackers('train', config=flat_hparams(config))
         self.stop.install()
+        if tc.max_minutes:
+            self.deadline = time.time() + 60.0 * tc.max_minutes
         logger.info('training %s (%.2fM parameters) on %s with %d process(es), mixed precision %s, '
                     'global batch %d (%d per process x %d accumulation), from step %d',
                     config.nnet.name, count_parameters(self.backbone()) / 1e6, self.device,
@@ -417,7 +587,10 @@ class Trainer:
         result = {}
         if self.stop.agreed:
             logger.warning('stopped by signal at step %d; run the same command again to resume', self.step)
-        elif tc.final_eval:
+        elif self.out_of_time and self.step < tc.n_steps:
+            logger.warning('train.max_minutes=%g spent at step %d of %d: saved that checkpoint and scoring it; run '
+                           'the same command again to train on', tc.max_minutes, self.step, tc.n_steps)
+        if not self.stop.agreed and tc.final_eval:
             if self.step % tc.eval_interval:
                 self.save_grid()
             result = self.evaluate(config.sample, config.sample.n_samples, self.ckpts.path(self.step),
