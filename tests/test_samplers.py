@@ -15,6 +15,8 @@ import torch
 from libs.diffusion.ddpm import posterior_step
 from libs.diffusion.samplers import (SAMPLERS, build_sampler, ddpm_ancestral, ddpm_steps, dpm_solver, euler_grid,
                                      euler_maruyama, singlestep_grid, singlestep_orders, time_grid)
+from libs.diffusion.samplers.dpm_solver import final_step_order
+from libs.diffusion.samplers.unipc import unipc
 from libs.diffusion.schedules import DiscreteSchedule, VPSDE
 from libs.errors import UserError
 from libs.rng import generator_noise
@@ -26,7 +28,9 @@ pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 class Gaussian:
-    """Exact noise predictor and ODE solution for x_0 ~ N(m, diag(s^2)) under `schedule`."""
+    """Exact noise predictor and ODE solution for x_0 ~ N(m, diag(s^2)) under `schedule`; x is (B, D) with m and s
+    of shape (D,) or scalars, or any (B, ...) with scalar m and s. Also used by scripts/plot_solver_convergence.py and
+    tests/test_solver_accuracy.py."""
 
     def __init__(self, schedule, m, s):
         self.schedule = schedule
@@ -34,18 +38,19 @@ class Gaussian:
         self.s = torch.as_tensor(s, dtype=F64)
         self.calls = 0
 
-    def _scales(self, t):
+    def _scales(self, t, x):
         t = torch.as_tensor(t, dtype=F64)
-        return self.schedule.alpha(t).reshape(-1, 1), self.schedule.sigma(t).reshape(-1, 1)
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        return self.schedule.alpha(t).reshape(shape), self.schedule.sigma(t).reshape(shape)
 
     def eps(self, x, t):
         self.calls += 1
-        alpha, sigma = self._scales(t)
+        alpha, sigma = self._scales(t, x)
         return sigma * (x - alpha * self.m) / (alpha ** 2 * self.s ** 2 + sigma ** 2)
 
     def ode_solution(self, x_start, t_start, t_end):
-        a0, s0 = self._scales(t_start)
-        a1, s1 = self._scales(t_end)
+        a0, s0 = self._scales(t_start, x_start)
+        a1, s1 = self._scales(t_end, x_start)
         z = (x_start - a0 * self.m) / torch.sqrt(a0 ** 2 * self.s ** 2 + s0 ** 2)
         return a1 * self.m + torch.sqrt(a1 ** 2 * self.s ** 2 + s1 ** 2) * z
 
@@ -195,6 +200,89 @@ def test_first_order_step_is_ddim_and_denoise_to_zero_is_tweedie():
     torch.testing.assert_close(out, posterior_mean, rtol=1e-12, atol=1e-12 * posterior_mean.abs().max().item())
 
 
+def test_unipc_order_one_is_ddim_and_unip_2_is_dpm_solver_2m():
+    # UniP-1 (no corrector) is DDIM; UniP-2 with B(h) = e^h - 1 is the papers' DPM-Solver(++)-2M update, which
+    # dpm_solver's multistep order 2 uses. Both on a non-uniform grid, to float64 precision.
+    problem = Gaussian(VPSDE(), m=MEANS, s=STDS)
+    x = x_start()
+    grid = time_grid(problem.schedule, 12, 1.0, 1e-3, 'time_quadratic')
+    for algorithm_type in ('dpmsolver', 'dpmsolver++'):
+        for order, variant in ((1, 'bh1'), (1, 'bh2'), (2, 'bh2')):
+            out = unipc(problem.eps, problem.schedule, x, grid, order=order, variant=variant,
+                        algorithm_type=algorithm_type, corrector=False)
+            expected = dpm_solver(problem.eps, problem.schedule, x, grid, order=order, algorithm_type=algorithm_type)
+            torch.testing.assert_close(out, expected, rtol=1e-13, atol=1e-13 * expected.abs().max().item())
+        # the corrector changes the result (it makes UniPC-1 second order), except on one step, which has none
+        corrected = unipc(problem.eps, problem.schedule, x, grid, order=1, algorithm_type=algorithm_type)
+        assert rms(corrected - expected) > 1e-4 * rms(expected)
+        one_step = unipc(problem.eps, problem.schedule, x, [0.8, 0.2], order=3, algorithm_type=algorithm_type)
+        ddim = dpm_solver(problem.eps, problem.schedule, x, [0.8, 0.2], order=1, algorithm_type=algorithm_type)
+        torch.testing.assert_close(one_step, ddim, rtol=1e-13, atol=1e-13 * ddim.abs().max().item())
+
+
+def test_lower_order_final_rule():
+    # Below 10 steps, order 3 ends 3, 2, 1 and order 2 keeps its order (docs/solvers.md, "Few-step accuracy").
+    assert [final_step_order(i, 5, 3) for i in range(5)] == [3, 3, 3, 2, 1]
+    assert [final_step_order(i, 9, 3) for i in range(9)][-3:] == [3, 2, 1]
+    assert [final_step_order(i, 5, 2) for i in range(5)] == [2] * 5
+    assert [final_step_order(i, 10, 3) for i in range(10)] == [3] * 10
+    # ... for DPM-Solver and UniPC alike: a 5-step order-3 solve differs from one with lower_order_final=False
+    problem = Gaussian(VPSDE(), m=0.5, s=0.3)
+    x = x_start(n=4, d=1)
+    grid = time_grid(problem.schedule, 5, 1.0, 1e-3, 'logSNR')
+    for solver in (dpm_solver, unipc):
+        lowered = solver(problem.eps, problem.schedule, x, grid, order=3)
+        assert not torch.allclose(lowered, solver(problem.eps, problem.schedule, x, grid, order=3,
+                                                  lower_order_final=False))
+        kept = solver(problem.eps, problem.schedule, x, grid, order=2)
+        torch.testing.assert_close(kept, solver(problem.eps, problem.schedule, x, grid, order=2,
+                                                lower_order_final=False), rtol=0, atol=0)
+
+
+def test_unipc_corrector_costs_no_evaluation():
+    problem = Gaussian(VPSDE(), m=0.0, s=1.0)
+    x = x_start(n=2, d=3)
+    for order in (1, 2, 3, 4):
+        for corrector in (True, False):
+            for steps in list(range(1, 9)) + [30]:
+                problem.calls = 0
+                unipc(problem.eps, problem.schedule, x, time_grid(problem.schedule, steps, 1.0, 1e-3, 'logSNR'),
+                      order=order, corrector=corrector)
+                assert problem.calls == steps
+
+
+def test_unipc_options_and_preset():
+    schedule = VPSDE()
+    problem = Gaussian(schedule, m=0.2, s=0.6)
+    x = x_start(n=4, d=2)
+    grid = time_grid(schedule, 6, 1.0, 1e-3, 'logSNR')
+    with pytest.raises(UserError, match='unknown UniPC variant .bh3.; known: bh1, bh2'):
+        unipc(problem.eps, schedule, x, grid, variant='bh3')
+    with pytest.raises(UserError, match='unknown UniPC algorithm_type'):
+        unipc(problem.eps, schedule, x, grid, algorithm_type='dpmsolver+')
+    for bad in (0, 1.5, True):
+        with pytest.raises(UserError, match='UniPC order must be a positive integer'):
+            unipc(problem.eps, schedule, x, grid, order=bad)
+    with pytest.raises(UserError, match='decreasing grid of positive times'):
+        unipc(problem.eps, schedule, x, [1.0, 0.5, 0.0])
+    # the presets: order 3, data prediction, logSNR to 1e-4; bh2 or bh1; the overrides win
+    for name, variant in (('unipc', 'bh2'), ('unipc_bh1', 'bh1')):
+        out = build_sampler(ml_collections.ConfigDict({'algorithm': name, 'sample_steps': 7, 'order': 0,
+                                                       'method': '', 'skip_type': ''}), schedule)(problem.eps, x)
+        expected = unipc(problem.eps, schedule, x, time_grid(schedule, 7, 1.0, 1e-4, 'logSNR'), order=3,
+                         variant=variant, algorithm_type='dpmsolver++')
+        torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    cfg = {'algorithm': 'unipc', 'sample_steps': 9, 'order': 2, 'method': 'multistep', 'skip_type': 'time_uniform',
+           't_end': 1e-3}
+    out = build_sampler(ml_collections.ConfigDict(cfg), schedule)(problem.eps, x)
+    expected = unipc(problem.eps, schedule, x, time_grid(schedule, 9, 1.0, 1e-3, 'time_uniform'), order=2)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    for bad, match in (({'method': 'singlestep'}, 'UniPC is multistep only'), ({'order': -2}, 'positive integer'),
+                       ({'skip_type': 'uniform'}, 'unknown UniPC skip_type'), ({'t_end': 1.5}, 't_end')):
+        with pytest.raises(UserError, match=match):
+            build_sampler(ml_collections.ConfigDict(dict({'algorithm': 'unipc', 'sample_steps': 5}, **bad)), schedule)
+
+
 def test_euler_ode_is_first_order():
     schedule = VPSDE()
     problem = Gaussian(schedule, m=0.5, s=0.5)
@@ -300,8 +388,8 @@ def test_build_sampler_presets():
 
 def test_build_sampler_errors():
     schedule = VPSDE()
-    assert set(SAMPLERS) == {'dpm_solver', 'dpm_solver++', 'euler_maruyama_sde', 'euler_maruyama_ode',
-                             'ddpm_ancestral', 'ddpm_ancestral_beta_tilde'}
+    assert set(SAMPLERS) == {'dpm_solver', 'dpm_solver++', 'euler_maruyama_sde', 'euler_maruyama_ode', 'unipc',
+                             'unipc_bh1', 'ddpm_ancestral', 'ddpm_ancestral_beta_tilde'}
     with pytest.raises(UserError, match='known: dpm_solver, dpm_solver\\+\\+, euler_maruyama_sde'):
         build_sampler(ml_collections.ConfigDict({'algorithm': 'ddim', 'sample_steps': 10}), schedule)
     with pytest.raises(UserError, match='sample_steps'):

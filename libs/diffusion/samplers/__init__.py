@@ -3,10 +3,11 @@ their step grid as an argument (grids.py builds the grids), and the config-name 
 
 ``build_sampler(config.sample, schedule)`` returns ``sampler(eps_fn, x_T, noise=None) -> x_0``: the preset named
 ``algorithm`` with the grid built from the config. Config keys read from ``sample``: ``algorithm`` (a name in
-SAMPLERS), ``sample_steps`` (required), for the DPM-Solver names the optional overrides ``order``, ``method``,
-``skip_type``; ``t_end`` for the continuous-time ones; ``progress`` (bool). An override that is missing, None, 0
-or '' means the preset's default. The ``ddpm_ancestral`` names need a discrete schedule and take ``sample_steps``
-<= its N (N: the full chain of Ho et al.). ``noise(x)`` gives the stochastic samplers' N(0, I) draws (libs.rng).
+SAMPLERS), ``sample_steps`` (required), for the DPM-Solver and UniPC names the optional overrides ``order``,
+``method`` (UniPC: only 'multistep'), ``skip_type``; ``t_end`` for the continuous-time ones; ``progress`` (bool). An
+override that is missing, None, 0 or '' means the preset's default. The ``ddpm_ancestral`` names need a discrete
+schedule and take ``sample_steps`` <= its N (N: the full chain of Ho et al.). ``noise(x)`` gives the stochastic
+samplers' N(0, I) draws (libs.rng).
 
 Adding a sampler: write its function here (one file), then one line in SAMPLERS with a preset that builds its
 grid from the config.
@@ -15,10 +16,12 @@ from libs.diffusion.samplers.ancestral import check_options as check_ancestral_o
 from libs.diffusion.samplers.dpm_solver import check_options, dpm_solver, singlestep_grid, singlestep_orders
 from libs.diffusion.samplers.euler_maruyama import euler_grid, euler_maruyama
 from libs.diffusion.samplers.grids import TIME_GRIDS, ddpm_steps, time_grid
+from libs.diffusion.samplers.unipc import check_options as check_unipc_options, unipc
 from libs.errors import UserError
 
-# Default ends of sampling (never below the schedule's t_min): DPM-Solver ends at 1e-4 as the release did for the
-# VP SDE (and at 1/N for an N-step discrete schedule, as the release's text-to-image code did); Euler at 1e-3.
+# Default ends of sampling (never below the schedule's t_min): DPM-Solver (and UniPC) ends at 1e-4 as the release
+# did for the VP SDE (and at 1/N for an N-step discrete schedule, as the release's text-to-image code did); Euler at
+# 1e-3.
 DPM_SOLVER_T_END = 1e-4
 EULER_T_END = 1e-3
 
@@ -38,24 +41,31 @@ def _override(sample_cfg, key):
     return None if value is None or value == '' or value == 0 else value
 
 
+def _options(preset, sample_cfg, schedule, name):
+    """(steps, options, skip_type, t_end): the preset's options with the config's `order`, `method`, `skip_type`
+    and `t_end` overrides applied, the grid options checked."""
+    steps = _sample_steps(sample_cfg)
+    options = dict(preset)
+    for key in ('order', 'method', 'skip_type'):
+        value = _override(sample_cfg, key)
+        if value is not None:
+            options[key] = value
+    skip_type = options.pop('skip_type')
+    if skip_type not in TIME_GRIDS:
+        raise UserError(f'unknown {name} skip_type {skip_type!r}; known: {", ".join(TIME_GRIDS)}')
+    t_end = _override(sample_cfg, 't_end')
+    t_end = max(DPM_SOLVER_T_END, schedule.t_min) if not t_end else float(t_end)
+    if not 0.0 < t_end < 1.0:
+        raise UserError(f'{name} needs 0 < sample.t_end < 1, got {t_end}')
+    return steps, options, skip_type, t_end
+
+
 def _dpm_solver_preset(**preset):
     """Constructor for a DPM-Solver configuration; `order`, `method`, `skip_type`, `t_end` from the config win."""
 
     def build(sample_cfg, schedule):
-        steps = _sample_steps(sample_cfg)
-        options = dict(preset)
-        for key in ('order', 'method', 'skip_type'):
-            value = _override(sample_cfg, key)
-            if value is not None:
-                options[key] = value
+        steps, options, skip_type, t_end = _options(preset, sample_cfg, schedule, 'DPM-Solver')
         check_options(steps, options['order'], options['method'], options['algorithm_type'])
-        skip_type = options.pop('skip_type')
-        if skip_type not in TIME_GRIDS:
-            raise UserError(f'unknown DPM-Solver skip_type {skip_type!r}; known: {", ".join(TIME_GRIDS)}')
-        t_end = _override(sample_cfg, 't_end')
-        t_end = max(DPM_SOLVER_T_END, schedule.t_min) if not t_end else float(t_end)
-        if not 0.0 < t_end < 1.0:
-            raise UserError(f'DPM-Solver needs 0 < sample.t_end < 1, got {t_end}')
         if options['method'] == 'singlestep':
             timesteps, options['orders'] = singlestep_grid(schedule, steps, options['order'], 1.0, t_end, skip_type)
         else:
@@ -64,6 +74,26 @@ def _dpm_solver_preset(**preset):
 
         def sampler(eps_fn, x_T, noise=None):
             return dpm_solver(eps_fn, schedule, x_T, timesteps, progress=progress, **options)
+
+        return sampler
+
+    return build
+
+
+def _unipc_preset(**preset):
+    """Constructor for a UniPC configuration (multistep only); `order`, `skip_type`, `t_end` from the config win."""
+
+    def build(sample_cfg, schedule):
+        steps, options, skip_type, t_end = _options(dict(preset, method='multistep'), sample_cfg, schedule, 'UniPC')
+        if options.pop('method') != 'multistep':
+            raise UserError(f"UniPC is multistep only: sample.method must be 'multistep' or unset, got "
+                            f"{sample_cfg.get('method')!r}")
+        check_unipc_options(steps, options['order'], options['variant'], options['algorithm_type'])
+        timesteps = time_grid(schedule, steps, 1.0, t_end, skip_type)
+        progress = bool(sample_cfg.get('progress', False))
+
+        def sampler(eps_fn, x_T, noise=None):
+            return unipc(eps_fn, schedule, x_T, timesteps, progress=progress, **options)
 
         return sampler
 
@@ -109,6 +139,9 @@ SAMPLERS = {
                                        skip_type='logSNR'),
     'euler_maruyama_sde': _euler_preset(ode=False),
     'euler_maruyama_ode': _euler_preset(ode=True),
+    # UniPC-3 (accuracy order 4 with its corrector), data prediction, uniform in log-SNR; B(h) = e^h - 1 or h.
+    'unipc': _unipc_preset(order=3, variant='bh2', algorithm_type='dpmsolver++', skip_type='logSNR'),
+    'unipc_bh1': _unipc_preset(order=3, variant='bh1', algorithm_type='dpmsolver++', skip_type='logSNR'),
     # Ho et al. 2020's ancestral sampling, sigma_n^2 = beta_n (their CIFAR-10 choice) or the posterior variance.
     'ddpm_ancestral': _ancestral_preset('beta'),
     'ddpm_ancestral_beta_tilde': _ancestral_preset('beta_tilde'),
@@ -124,4 +157,4 @@ def build_sampler(sample_cfg, schedule):
 
 
 __all__ = ['SAMPLERS', 'TIME_GRIDS', 'build_sampler', 'ddpm_ancestral', 'ddpm_steps', 'dpm_solver', 'euler_grid',
-           'euler_maruyama', 'singlestep_grid', 'singlestep_orders', 'time_grid']
+           'euler_maruyama', 'singlestep_grid', 'singlestep_orders', 'time_grid', 'unipc']

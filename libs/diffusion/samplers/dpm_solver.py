@@ -13,7 +13,12 @@ phi_k(z) = sum_j z^j / (j + k)!,
 
 where (lin, c, z) = (alpha_t/alpha_s, -sigma_t, h) or (sigma_t/sigma_s, alpha_t, -h). Every variant is this one
 `_taylor_step` with derivatives M^(k) estimated by finite differences: from intermediate evaluations inside the step
-(singlestep) or from the previous grid points (multistep). The grid of times is an argument (see grids.py).
+(singlestep) or from the previous grid points (multistep). The one exception is the multistep second-order step, which
+is the papers' DPM-Solver-2M / DPM-Solver++(2M) update: the first-order step taken with M extrapolated to the middle
+of the step, c * h phi_1(z) (M + h/2 M'). It is second order as well, but relative to the first-order term its weight
+on M' stays at h/2, while the Taylor weight h^2 phi_2(z) / (h phi_1(z)) grows like h for data prediction; on Gaussian
+data it measured smaller errors from 6 NFE on (docs/solvers.md). The grid of times is an argument (see
+grids.py).
 
 All step coefficients are computed in float64 on the CPU from the grid of times (shared by the whole batch).
 """
@@ -29,8 +34,10 @@ ALGORITHM_TYPES = ('dpmsolver', 'dpmsolver++')
 METHODS = ('singlestep', 'multistep')
 ORDERS = (1, 2, 3)
 
-# With fewer multistep steps than this, the last steps drop to lower orders (steadier with very few steps); with
-# more, every step keeps the full order so that the convergence order is not lost.
+# With fewer multistep steps than this, a solver of order 3 or more ends with orders ..., 2, 1 (its Taylor weights
+# grow like h^2 and more, and with steps of 1 to 2 in lambda its extrapolation overshoots); second-order solvers,
+# whose update's weight stays bounded, keep their order. With more steps every step keeps the full order, so that
+# the convergence order is not lost. The evidence (errors on Gaussian data for each rule) is in docs/solvers.md.
 LOWER_ORDER_FINAL_BELOW = 10
 
 
@@ -71,13 +78,17 @@ def _phi(k, z):
     return value
 
 
-def _taylor_step(x, s, t, derivatives, algorithm_type):
-    """Step from point s to point t with M and its lambda-derivatives at s (see the module docstring)."""
+def _step_coefficients(s, t, algorithm_type):
+    """(h, lin, c, z) of the step from point s to point t (see the module docstring)."""
     h = t.lam - s.lam
     if algorithm_type == 'dpmsolver':
-        lin, c, z = t.alpha / s.alpha, -t.sigma, h
-    else:
-        lin, c, z = t.sigma / s.sigma, t.alpha, -h
+        return h, t.alpha / s.alpha, -t.sigma, h
+    return h, t.sigma / s.sigma, t.alpha, -h
+
+
+def _taylor_step(x, s, t, derivatives, algorithm_type):
+    """Step from point s to point t with M and its lambda-derivatives at s (see the module docstring)."""
+    h, lin, c, z = _step_coefficients(s, t, algorithm_type)
     out = lin * x
     for k, derivative in enumerate(derivatives):
         out = out + (c * h ** (k + 1) * _phi(k + 1, z)) * derivative
@@ -120,15 +131,28 @@ def _backward_derivatives(history):
     return [m0, first0 + h0 * second, 2.0 * second]
 
 
+def final_step_order(i, steps, order):
+    """The order of multistep step i (0-based) of `steps` with lower_order_final, before the warm-up's limit
+    (see LOWER_ORDER_FINAL_BELOW)."""
+    if order >= 3 and steps < LOWER_ORDER_FINAL_BELOW:
+        return min(order, steps - i)
+    return order
+
+
 def _multistep(model, x, points, order, lower_order_final, algorithm_type):
     steps = len(points) - 1
     history = []
     for i in range(steps):
         history = (history + [(points[i], model(x, points[i]))])[-order:]
         step_order = len(history)
-        if lower_order_final and steps < LOWER_ORDER_FINAL_BELOW:
-            step_order = min(step_order, steps - i)
-        x = _taylor_step(x, points[i], points[i + 1], _backward_derivatives(history[-step_order:]), algorithm_type)
+        if lower_order_final:
+            step_order = min(step_order, final_step_order(i, steps, order))
+        derivatives = _backward_derivatives(history[-step_order:])
+        if step_order == 2:
+            h, lin, c, z = _step_coefficients(points[i], points[i + 1], algorithm_type)
+            x = lin * x + (c * h * _phi(1, z)) * (derivatives[0] + (h / 2.0) * derivatives[1])
+        else:
+            x = _taylor_step(x, points[i], points[i + 1], derivatives, algorithm_type)
     return x
 
 
@@ -181,8 +205,8 @@ def dpm_solver(eps_fn, schedule, x, timesteps, order=2, method='multistep', algo
     libs/diffusion/samplers/grids.py).
 
     eps_fn(x, t) -> eps with t a (B,) tensor of x's dtype. method 'multistep': one evaluation per grid step, order
-    1, 2 or 3 (the first steps warm up with lower orders; with lower_order_final and fewer than 10 steps the last
-    ones use lower orders too). method 'singlestep': the grid points are segment boundaries and segment i uses
+    1, 2 or 3 (the first steps warm up with lower orders; with lower_order_final, order 3 and fewer than 10 steps
+    the last ones use lower orders too). method 'singlestep': the grid points are segment boundaries and segment i uses
     ``orders[i]`` evaluations (default: ``order`` each; see ``singlestep_grid``). algorithm_type: 'dpmsolver'
     (noise prediction) or 'dpmsolver++' (data prediction). denoise_to_zero spends one more evaluation to return the
     data prediction at the last time. Returns x at timesteps[-1] (or that prediction), x's dtype.
