@@ -5,7 +5,8 @@
         [--config.sample.path=DIR to keep the samples as PNG files]
     python eval.py --config=configs/digits_hybvit.py --nnet_path=CKPT_DIR --eval=test_clf
 
---eval=sample (the default) samples ``config.sample.n_samples`` and scores them (FID, or the digit score); test_clf,
+--eval=sample (the default) samples ``config.sample.n_samples`` and scores them (FID, or the digit score); sweep scores
+that over samplers x NFE (config.eval.sweep_algorithms, sweep_nfes); test_clf,
 gen, nll, cali, ood and attack evaluate GenViT / HybViT (libs/evaluation/, docs/hybvit.md). Every mode prints its
 numbers and writes them, with every setting that changes them, as eval_*.json next to the weights.
 """

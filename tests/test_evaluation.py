@@ -199,3 +199,32 @@ def test_samples_do_not_depend_on_the_number_of_processes(tmp_path, weights):
         assert np.array_equal(*(load_png(str(tmp_path / f'p{p}' / 'pngs' / name)) for p in (1, 2))), name
     for key in ('digits_accuracy', 'digits_frechet_distance'):
         assert scores[0][key] == scores[1][key], key
+
+
+def test_sweep_scores_each_sampler_and_nfe_as_the_sample_mode_would(tmp_path, weights):
+    from libs.errors import UserError
+    from libs.evaluation import run_eval_mode
+    os.link(weights, tmp_path / 'nnet_ema.pth')
+    config = load_config_file(DIGITS_CONFIG)
+    config.nnet.update({k: v for k, v in TINY.items() if k != 'name'})
+    config.sample.update(n_samples=20, mini_batch_size=10)
+    config.eval.update(sweep_algorithms='dpm_solver++, euler_maruyama_ode', sweep_nfes='2,3')
+    grid = run_eval_mode(config, 'sweep', str(tmp_path))
+    assert {a: sorted(row) for a, row in grid.items()} == {'dpm_solver++': ['2', '3'], 'euler_maruyama_ode': ['2', '3']}
+    record = json.loads((tmp_path / 'eval_sweep_digits_n20_digits_ema.json').read_text())
+    assert record['grid'] == grid and record['settings']['nfes'] == [2, 3]
+    table = (tmp_path / 'eval_sweep_digits_n20_digits_ema.md').read_text()
+    assert '| euler_maruyama_ode |' in table and '3 NFE' in table
+    point = json.loads((tmp_path / 'eval_sample_digits_n20_digits_euler_maruyama_ode_nfe3_scale0_ema.json').read_text())
+    assert point['digits_frechet_distance'] == grid['euler_maruyama_ode']['3']['digits_frechet_distance']
+    # the same number as sampling that point alone
+    config.sample.update(algorithm='euler_maruyama_ode', sample_steps=3)
+    run = EvalRun.load(config, str(tmp_path))
+    alone = run.generate(config.sample, run.scorer())
+    assert alone['digits_frechet_distance'] == pytest.approx(point['digits_frechet_distance'], rel=1e-9)
+    assert grid['dpm_solver++']['2'] != grid['dpm_solver++']['3']
+    # a bad sampler fails before any sampling
+    config.eval.update(sweep_algorithms='dpm_solver++,no_such_sampler', sweep_nfes='4')
+    with pytest.raises(UserError, match='no_such_sampler'):
+        run_eval_mode(config, 'sweep', str(tmp_path))
+    assert not (tmp_path / 'eval_sample_digits_n20_digits_dpm_solver++_nfe4_scale0_ema.json').exists()

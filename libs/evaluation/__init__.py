@@ -4,7 +4,8 @@
 - ``gen``: samples with ``config.sample`` and with the full N-step ancestral sampler, FID + Inception Score;
 - ``test_clf``, ``cali``, ``attack``: accuracy, calibration, PGD robustness of a classifying network
   (classification.py);
-- ``nll``, ``ood``: the DDPM bound in bits/dim, out-of-distribution AUROC (likelihood.py).
+- ``nll``, ``ood``: the DDPM bound in bits/dim, out-of-distribution AUROC (likelihood.py);
+- ``sweep``: the sample score over samplers x NFE, to choose a sampler (sweep.py).
 
 Adding a mode: a function ``mode(config, nnet_path, ema) -> dict`` built on ``EvalRun``, and one line in MODES.
 """
@@ -12,6 +13,7 @@ from libs.errors import UserError
 from libs.evaluation.classification import eval_attack, eval_cali, eval_test_clf
 from libs.evaluation.generation import eval_gen, eval_sample
 from libs.evaluation.likelihood import eval_nll, eval_ood
+from libs.evaluation.sweep import eval_sweep
 
 MODES = {
     'sample': eval_sample,
@@ -21,6 +23,7 @@ MODES = {
     'cali': eval_cali,
     'ood': eval_ood,
     'attack': eval_attack,
+    'sweep': eval_sweep,
 }
 
 
