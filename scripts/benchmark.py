@@ -2,12 +2,13 @@
 
     python scripts/benchmark.py --config=configs/cifar10_uvit_small.py [--batch_size=8] [--steps=10] [--warmup=3] \
         [--variants=all|baseline,attention,precision,checkpointing,compile,decode] [--sample_batch=N] \
-        [--out=results.json]
+        [--out=results.json] [--in_process]
 
 Training: one optimizer step (the framework's loss, backward, the config's AdamW) on random data of the
 network's input shape. Sampling: no-grad forward passes of the network. The baseline is sdpa attention, fp32 on the
 CPU / bf16 autocast on a GPU, no gradient checkpointing, no torch.compile; every other variant changes one switch.
-Each variant runs in a fresh process of this script, so peak memory and compile caches are its own. Latent configs
+Each variant runs in a fresh process of this script, so peak memory and compile caches are its own (--in_process
+measures them all in one, for smoke tests, where starting processes costs more than measuring). Latent configs
 train on random latents (what the stored moments give) and, for text-to-image, random CLIP contexts; their extra
 variant ``decode`` times the Stable Diffusion autoencoder's decoder (its architecture, random weights) on
 ``--sample_batch`` latents, in the variant's precision.
@@ -42,6 +43,8 @@ flags.DEFINE_integer('warmup', 3, 'Untimed steps before the timed ones.')
 flags.DEFINE_string('variants', 'all', "'all' or a comma-separated list of groups "
                                        '(baseline, attention, precision, checkpointing, compile) or variant names.')
 flags.DEFINE_string('out', None, 'Write all numbers to this JSON file.')
+flags.DEFINE_bool('in_process', False, 'Measure every variant in this process instead of a fresh one each: faster '
+                  'to start (for smoke tests), but peak memory and compile caches are then shared between variants.')
 flags.DEFINE_string('_single_variant', None, 'Internal: measure this one variant and print its JSON.')
 FLAGS = flags.FLAGS
 
@@ -294,6 +297,18 @@ def run_variant(config, name: str, batch: int, sample_batch: int, steps: int, wa
     return result
 
 
+def measure_here(config, name: str, batch: int, sample_batch: int, steps: int, warmup: int) -> dict:
+    """run_variant in this process (--in_process); an exception is the variant's failure, as in a subprocess."""
+    import gc
+    try:
+        result = run_variant(config, name, batch, sample_batch, steps, warmup)
+    except Exception as exc:  # the other variants still run, as when each has its own process
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        result = dict(status='failed', note=f"{type(exc).__name__}: {lines[-1] if lines else ''}".rstrip(': '))
+    gc.collect()
+    return result
+
+
 def measure_in_subprocess(name: str) -> dict:
     """Run this script again with --_single_variant=name (same flags and overrides) and read its result line."""
     cmd = [sys.executable, os.path.abspath(__file__)] + sys.argv[1:] + [f'--_single_variant={name}']
@@ -382,7 +397,10 @@ def main(_argv):
             variants[name] = dict(status=blocked[0], note=blocked[1], settings=settings)
             continue
         print(f'measuring {name} ...', file=sys.stderr, flush=True)
-        variants[name] = measure_in_subprocess(name)
+        if FLAGS.in_process:
+            variants[name] = measure_here(config, name, batch, sample_batch, steps, warmup)
+        else:
+            variants[name] = measure_in_subprocess(name)
         variants[name].setdefault('settings', settings)
         add_throughput(variants[name], forward_flops, batch, sample_batch)
 

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# One command for a lent GPU: speed, fp16 overflow handling, FID throughput and DDP, in at most 5 minutes on one
+# H100/H200. Writes OUT_DIR/gpu_check.md and OUT_DIR/gpu_check.json (see scripts/gpu_check.py for the sections).
+#
+#   bash scripts/gpu_check.sh OUT_DIR            the full check (needs a CUDA GPU)
+#   bash scripts/gpu_check.sh OUT_DIR --smoke    tiny sizes on whatever device is here (CI runs this on a CPU)
+#
+# The GPU machine has its own torch but not all of requirements.txt; what the check needs and that machine lacks
+# (ml_collections, pytorch-fid; xformers, optional) is installed from wheels that scripts/gpu_wheels.sh downloads
+# into .whl/gpu_check/ and that travel with the working tree. Nothing is installed where the imports already work.
+set -uo pipefail
+
+usage='usage: bash scripts/gpu_check.sh OUT_DIR [--smoke]'
+die() { echo "error: $*" >&2; exit 2; }
+
+[ $# -ge 1 ] && [ $# -le 2 ] || die "expected an output folder and optionally --smoke ($usage)"
+out=$1
+case $out in -*) die "the first argument is the output folder, got '$out' ($usage)" ;; esac
+smoke=
+if [ $# -eq 2 ]; then
+    [ "$2" = --smoke ] || die "unknown option '$2' ($usage)"
+    smoke=--smoke
+fi
+[ -e "$out" ] && [ ! -d "$out" ] && die "$out exists and is not a folder"
+mkdir -p "$out" || die "cannot create the output folder $out"
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+python=${PYTHON:-python3}
+wheels=${GPU_CHECK_WHEELS:-$root/.whl/gpu_check}
+site=${GPU_CHECK_SITE:-/tmp/gpu_check_site}
+start=$(date +%s.%N)
+notes=()  # what the install step did, for the report
+
+export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1  # machines where the check runs as root
+
+importable() { "$python" -c "import $1" >/dev/null 2>&1; }
+
+# Required: the suite cannot run without these. One interpreter start finds them all (find_spec imports nothing).
+absent=$("$python" -c "
+import importlib.util
+for pair in ('ml_collections:ml_collections', 'pytorch_fid:pytorch_fid', 'absl:absl_py', 'accelerate:accelerate'):
+    try:
+        found = importlib.util.find_spec(pair.split(':')[0]) is not None
+    except Exception:
+        found = False
+    if not found:
+        print(pair)") || die "cannot run $python"
+missing=()
+for pair in $absent; do
+    module=${pair%%:*} wheel=${pair##*:}
+    found=$(ls "$wheels"/"$wheel"-*.whl 2>/dev/null | head -n 1)
+    [ -n "$found" ] || die "python module '$module' is missing and no $wheel wheel is in $wheels" \
+        "(run bash scripts/gpu_wheels.sh where pip can download, and carry .whl/gpu_check)"
+    missing+=("$found")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    # --no-deps: their own needs (numpy, scipy, torchvision, PyYAML) are on the machine; torch must stay its own
+    "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
+        "${missing[@]}" || die "pip could not install ${missing[*]}"
+    export PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}
+    for w in "${missing[@]}"; do notes+=("installed $(basename "$w" | cut -d- -f1-2)"); done
+fi
+
+# Optional: xformers, only for a real GPU run (it has no CPU kernels). It goes into a folder of its own that joins
+# PYTHONPATH only if it imports: a build that breaks at import would otherwise break every benchmark process.
+xformers_state=
+if [ -z "$smoke" ]; then  # no-gpu: gpu_check.py says so in one line; nothing to install for it
+    xformers_state=$("$python" -c "
+import torch
+if not torch.cuda.is_available():
+    print('no-gpu')
+else:
+    try:
+        import xformers.ops
+        print('present')
+    except Exception:
+        print('absent')" 2>/dev/null)
+fi
+if [ "$xformers_state" = absent ]; then
+    found=$(ls "$wheels"/xformers-*.whl 2>/dev/null | head -n 1)
+    name=$(basename "${found:-xformers}" | cut -d- -f1-2)
+    if [ -z "$found" ]; then
+        notes+=("xformers: no wheel carried")
+    elif ! "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target "$site-xformers" "$found"; then
+        notes+=("xformers: pip could not install $name")
+    elif PYTHONPATH=$site-xformers${PYTHONPATH:+:$PYTHONPATH} importable xformers.ops; then
+        export PYTHONPATH=$site-xformers${PYTHONPATH:+:$PYTHONPATH}
+        notes+=("installed $name")
+    else
+        notes+=("xformers: $name does not import here, left out")
+    fi
+fi
+
+install_s=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+note=$(printf '%s; ' "${notes[@]}")
+note=${note%; }
+[ -n "$note" ] || note='nothing to install'
+exec "$python" "$root/scripts/gpu_check.py" "$out" $smoke --install_s="$install_s" --install_note="$note"
