@@ -98,6 +98,25 @@ def test_frechet_distance_closed_forms():
     assert fid.frechet_distance(mu, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-8)
 
 
+@pytest.mark.filterwarnings('ignore::DeprecationWarning')
+def test_frechet_distance_equals_pytorch_fids_and_stays_real_with_few_samples():
+    from pytorch_fid.fid_score import calculate_frechet_distance
+    rng = np.random.default_rng(1)
+    for n, dims in ((400, 64), (3000, 512)):  # more samples than features: both methods are exact
+        a = rng.standard_normal((n, dims)) @ rng.standard_normal((dims, dims)) / np.sqrt(dims)
+        b = 0.8 * rng.standard_normal((n, dims)) @ rng.standard_normal((dims, dims)) / np.sqrt(dims) + 0.1
+        stats = fid.activation_statistics(a) + fid.activation_statistics(b)
+        ours, theirs = fid.frechet_distance(*stats), calculate_frechet_distance(*stats)
+        assert ours == pytest.approx(theirs, rel=1e-6), (n, dims, ours, theirs)
+    # 12 samples of 256 features: rank-11 covariances. The exact distance of the two degenerate Gaussians is the
+    # distance of the same Gaussians expressed in the (at most 22-dimensional) span of their samples.
+    a, b = rng.standard_normal((12, 256)), rng.standard_normal((12, 256)) + 0.5
+    basis = np.linalg.qr(np.concatenate([a - a.mean(0), b - b.mean(0), (a.mean(0) - b.mean(0))[None]]).T)[0]
+    full = fid.frechet_distance(*fid.activation_statistics(a), *fid.activation_statistics(b))
+    reduced = fid.frechet_distance(*fid.activation_statistics(a @ basis), *fid.activation_statistics(b @ basis))
+    assert np.isfinite(full) and full == pytest.approx(reduced, rel=1e-8)
+
+
 def test_activation_statistics_match_numpy():
     acts = np.random.default_rng(0).standard_normal((50, 4))
     mu, sigma = fid.activation_statistics(acts)

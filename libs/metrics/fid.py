@@ -8,7 +8,6 @@ Reference statistics are ``.npz`` files with keys ``mu`` and ``sigma`` (the form
 """
 import contextlib
 import os
-import warnings
 from unittest import mock
 
 import numpy as np
@@ -167,18 +166,37 @@ def activation_statistics(acts: np.ndarray):
     return np.mean(acts, axis=0), np.cov(acts, rowvar=False)
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
-    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2) (pytorch-fid's implementation)."""
-    from pytorch_fid.fid_score import calculate_frechet_distance
+def _significant(eigenvalues: np.ndarray) -> np.ndarray:
+    """Eigenvalues of a symmetric PSD matrix with those within rounding error of zero set to zero: their square
+    roots (about 1e-8 of the largest each) would otherwise add up over thousands of null directions."""
+    largest = float(np.abs(eigenvalues).max(initial=0.0))
+    return np.where(eigenvalues > largest * len(eigenvalues) * np.finfo(np.float64).eps, eigenvalues, 0.0)
 
-    mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
-    sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2): |mu1 - mu2|^2 + tr(sigma1 + sigma2) -
+    2 tr (sigma1 sigma2)^(1/2).
+
+    pytorch-fid takes the trace term from scipy's ``sqrtm`` of the (non-symmetric) product. Here it is the sum of
+    the square roots of the eigenvalues of the symmetric ``sigma1^(1/2) sigma2 sigma1^(1/2)``, which has the same
+    eigenvalues: two symmetric eigendecompositions, several times faster at 2048 features, and exact for the
+    singular covariances of fewer samples than features, where ``sqrtm`` needs pytorch-fid's epsilon fix-up and
+    can raise 'Imaginary component'. On non-singular statistics the two agree to 1e-6 (tests/test_fid.py).
+    """
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
         raise UserError(f'FID statistics of different sizes: {mu1.shape[0]} vs {mu2.shape[0]} features '
                         '(were they computed with the same Inception block?)')
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', DeprecationWarning)  # pytorch-fid passes scipy's deprecated `disp`
-        return float(calculate_frechet_distance(mu1, sigma1, mu2, sigma2))
+    if not (np.isfinite(mu1).all() and np.isfinite(mu2).all() and np.isfinite(sigma1).all()
+            and np.isfinite(sigma2).all()):
+        raise ValueError('FID statistics hold NaN or infinite values')
+    w, v = np.linalg.eigh((sigma1 + sigma1.T) / 2)
+    root1 = (v * np.sqrt(_significant(w))) @ v.T
+    inner = root1 @ sigma2 @ root1
+    trace_root = np.sqrt(_significant(np.linalg.eigvalsh((inner + inner.T) / 2))).sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_root)
 
 
 def save_stats(path: str, mu: np.ndarray, sigma: np.ndarray) -> None:
