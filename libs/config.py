@@ -28,7 +28,8 @@ def defaults() -> ml_collections.ConfigDict:
     return d(
         seed=1234,
         framework='gaussian',            # the diffusion framework (libs/diffusion: FRAMEWORKS)
-        pred='noise_pred',               # Gaussian framework: what the network predicts, 'noise_pred' or 'x0_pred'
+        pred='noise_pred',               # Gaussian framework: the network predicts 'noise_pred', 'x0_pred' or 'v_pred'
+        min_snr_gamma=0.0,               # Gaussian framework: Min-SNR-gamma loss weighting (e.g. 5); 0: plain L_simple
         mixed_precision='',              # '', 'no', 'fp16', 'bf16'; '' keeps what `accelerate launch` says
         log_with='tensorboard',          # 'tensorboard', 'wandb' or 'none'
         train=d(

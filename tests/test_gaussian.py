@@ -55,12 +55,11 @@ class ExactGaussianNet(torch.nn.Module):
         shape = (-1,) + (1,) * (x.ndim - 1)
         alpha, sigma = self.schedule.alpha(t).view(shape), self.schedule.sigma(t).view(shape)
         residual = (x - alpha * self.m) / (alpha ** 2 * self.s ** 2 + sigma ** 2)
-        if self.prediction == 'noise':
-            return sigma * residual
-        return self.m + alpha * self.s ** 2 * residual
+        eps, x0 = sigma * residual, self.m + alpha * self.s ** 2 * residual
+        return {'noise': eps, 'x0': x0, 'v': alpha * eps - sigma * x0}[self.prediction]
 
 
-@pytest.mark.parametrize('prediction', ['noise', 'x0'])
+@pytest.mark.parametrize('prediction', ['noise', 'x0', 'v'])
 @pytest.mark.parametrize('schedule', [VPSDE(), DiscreteSchedule.cosine(N=100)], ids=repr)
 def test_denoiser_conversions(prediction, schedule):
     net = RecordingNet()
@@ -71,7 +70,7 @@ def test_denoiser_conversions(prediction, schedule):
     alpha, sigma = schedule.alpha(t).view(-1, 1, 1, 1), schedule.sigma(t).view(-1, 1, 1, 1)
     assert_close(alpha * x0 + sigma * eps, x, rtol=1e-12)
     out = torch.sin(x) + schedule.model_time(t).view(-1, 1, 1, 1) / 1000
-    assert_close(eps if prediction == 'noise' else x0, out, rtol=1e-12)
+    assert_close({'noise': eps, 'x0': x0, 'v': alpha * eps - sigma * x0}[prediction], out, rtol=1e-12)
     assert_close(net.times[0], schedule.model_time(t), rtol=1e-12)
 
 
@@ -88,23 +87,25 @@ def test_denoiser_time_conventions_and_dtypes():
     discrete.noise(x, torch.tensor([0.001, 0.5, 1.0]))
     assert_close(discrete.nnet.times[-1], torch.tensor([1.0, 500.0, 1000.0]), rtol=1e-6)
 
-    with pytest.raises(UserError, match="known: noise, x0"):
-        Denoiser(net, VPSDE(), prediction='v')
+    with pytest.raises(UserError, match="known: noise, x0, v"):
+        Denoiser(net, VPSDE(), prediction='score')
 
 
 def expected_l_simple(schedule, s, prediction):
-    """E_t of the per-dimension posterior variance: Var[eps | x_t] or Var[x_0 | x_t]."""
+    """E_t of the per-dimension posterior variance: Var[eps | x_t], Var[x_0 | x_t] or Var[v | x_t] (given x_t,
+    v = (alpha x_t - x_0) / sigma, so the last is Var[x_0 | x_t] / sigma^2)."""
     def variance(t):
         t = torch.tensor(t, dtype=torch.float64)
         a2, s2 = schedule.alpha(t).item() ** 2, schedule.sigma(t).item() ** 2
-        return (a2 * s ** 2 if prediction == 'noise' else s ** 2 * s2) / (a2 * s ** 2 + s2)
+        numerator = {'noise': a2 * s ** 2, 'x0': s ** 2 * s2, 'v': s ** 2}[prediction]
+        return numerator / (a2 * s ** 2 + s2)
 
     if isinstance(schedule, DiscreteSchedule):
         return float(np.mean([variance(n / schedule.num_steps) for n in range(1, schedule.num_steps + 1)]))
     return integrate.quad(variance, 0.0, 1.0, epsabs=1e-10, limit=200)[0]
 
 
-@pytest.mark.parametrize('prediction', ['noise', 'x0'])
+@pytest.mark.parametrize('prediction', ['noise', 'x0', 'v'])
 @pytest.mark.parametrize('schedule,time_scale', [(VPSDE(), 999.0), (DiscreteSchedule.linear(N=200), 200.0)],
                          ids=['vpsde', 'ddpm200'])
 def test_l_simple_of_the_exact_denoiser(schedule, time_scale, prediction):
@@ -146,7 +147,7 @@ def test_l_simple_random_numbers_and_precision():
     assert_close(with_generator, (out - eps).square().flatten(1).mean(1), rtol=1e-6)
 
 
-@pytest.mark.parametrize('prediction', ['noise', 'x0'])
+@pytest.mark.parametrize('prediction', ['noise', 'x0', 'v'])
 def test_the_loss_is_corrupt_then_the_loss_of_the_denoiser_output(prediction):
     schedule = DiscreteSchedule.cosine(N=100)
     framework = GaussianFramework(schedule, prediction)
@@ -160,28 +161,54 @@ def test_the_loss_is_corrupt_then_the_loss_of_the_denoiser_output(prediction):
     assert_close(x_t, schedule.alpha(t).view(-1, 1, 1, 1) * x0 + schedule.sigma(t).view(-1, 1, 1, 1) * noise,
                  rtol=1e-12)
     output = framework.denoiser(net).output(x_t, t)
-    target = noise if prediction == 'noise' else x0
+    alpha, sigma = schedule.alpha(t).view(-1, 1, 1, 1), schedule.sigma(t).view(-1, 1, 1, 1)
+    target = {'noise': noise, 'x0': x0, 'v': alpha * noise - sigma * x0}[prediction]
     assert torch.equal(loss, framework.loss_of_output(output, x0, noise, x_t, t))
-    assert torch.equal(loss, squared_error(output, target))
+    assert_close(loss, squared_error(output, target), rtol=1e-12)
     assert_close(loss, (output - target).square().flatten(1).mean(1).float(), rtol=1e-6)
     # the interface's generic loss (backbone called with model_time) gives the same numbers
     assert_close(Framework.loss(framework, net, x0, generator=torch.Generator().manual_seed(2)), loss, rtol=1e-6)
     assert_close(framework.model_time(t), schedule.model_time(t), rtol=1e-12)
 
 
+def test_min_snr_weighting_is_min_snr_gamma_times_the_x0_error_in_every_parameterisation():
+    schedule = DiscreteSchedule.cosine(N=100)
+    gamma = 5.0
+    x0 = torch.randn(64, 1, 2, 2, dtype=torch.float64)
+    t, noise, x_t = noised(schedule, x0, generator=torch.Generator().manual_seed(3))
+    x0_hat = x0 + 0.1 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    alpha, sigma = schedule.alpha(t).view(-1, 1, 1, 1), schedule.sigma(t).view(-1, 1, 1, 1)
+    # the same estimate written as each parameterisation's output
+    outputs = {'x0': x0_hat, 'noise': (x_t - alpha * x0_hat) / sigma, 'v': (alpha * x_t - x0_hat) / sigma}
+    snr = (alpha / sigma).flatten() ** 2
+    expected = torch.clamp(snr, max=gamma) * (x0_hat - x0).square().flatten(1).mean(1)
+    assert snr.min() < 1 < gamma < snr.max()  # both sides of the cap are exercised
+    for prediction, output in outputs.items():
+        weighted = GaussianFramework(schedule, prediction, min_snr_gamma=gamma).loss_of_output(output, x0, noise,
+                                                                                                x_t, t)
+        assert_close(weighted.double(), expected, rtol=1e-5)
+        plain = GaussianFramework(schedule, prediction).loss_of_output(output, x0, noise, x_t, t)
+        assert torch.equal(plain, squared_error(output, {'x0': x0, 'noise': noise,
+                                                         'v': alpha * noise - sigma * x0}[prediction]))
+    assert build_framework(d(pred='x0_pred', min_snr_gamma=2.0, schedule=d(name='vpsde'))).min_snr_gamma == 2.0
+    with pytest.raises(UserError, match='min_snr_gamma must be >= 0'):
+        GaussianFramework(schedule, 'x0', min_snr_gamma=-1.0)
+
+
 def test_the_framework_from_config_and_its_backbone_check():
     framework = build_framework(d(pred='x0_pred', schedule=d(name='cosine', N=100)))
     assert isinstance(framework, GaussianFramework) and framework.prediction == 'x0'
     assert isinstance(framework.schedule, DiscreteSchedule) and framework.schedule.num_steps == 100
-    assert CONFIG_PREDICTIONS == {'noise_pred': 'noise', 'x0_pred': 'x0'}
+    assert CONFIG_PREDICTIONS == {'noise_pred': 'noise', 'x0_pred': 'x0', 'v_pred': 'v'}
+    assert build_framework(d(pred='v_pred', schedule=d(name='vpsde'))).prediction == 'v'
     denoiser = framework.denoiser(RecordingNet())
     assert (denoiser.schedule, denoiser.prediction) == (framework.schedule, 'x0')
-    with pytest.raises(UserError, match="config.pred must be 'noise_pred' or 'x0_pred'"):
-        GaussianFramework.from_config(d(pred='v_pred', schedule=d(name='vpsde')))
+    with pytest.raises(UserError, match="config.pred must be one of noise_pred, x0_pred, v_pred, got 'eps_pred'"):
+        GaussianFramework.from_config(d(pred='eps_pred', schedule=d(name='vpsde')))
     with pytest.raises(UserError, match="unknown config.framework 'ctmc'"):
         build_framework(d(framework='ctmc', pred='noise_pred', schedule=d(name='vpsde')))
-    with pytest.raises(UserError, match='known: noise, x0'):
-        GaussianFramework(VPSDE(), 'v')
+    with pytest.raises(UserError, match='known: noise, x0, v'):
+        GaussianFramework(VPSDE(), 'score')
 
     class Declared(RecordingNet):
         output = 'image'

@@ -3,9 +3,11 @@ a discrete DDPM / Stable Diffusion schedule placed in continuous time; libs/diff
 
 - Corruption: t ~ ``schedule.sample_train_t``, eps ~ N(0, I). Loss: L_simple (Ho et al. 2020), the mean squared
   error of the raw output against the parameterisation's target, one value per sample.
-- Parameterisation (``PREDICTIONS``): what the backbone's output means, ``'noise'`` (eps) or ``'x0'``; the
-  ``Denoiser`` turns it into both predictions. EDM's preconditioning (c_skip, c_out, c_in, c_noise; VP, VE and EDM
-  variants, F-prediction) is the next entry: see docs/ARCHITECTURE.md.
+- Parameterisation (``PREDICTIONS``): what the backbone's output means, ``'noise'`` (eps), ``'x0'`` or ``'v'``
+  (v = alpha eps - sigma x_0, Salimans & Ho 2022: like x0 at high noise, like eps at low noise); the ``Denoiser``
+  turns it into both predictions, and L_simple is the squared error of the output against its own target,
+  optionally weighted by Min-SNR-gamma (``min_snr_gamma``). EDM's preconditioning (c_skip, c_out, c_in, c_noise;
+  VP, VE and EDM variants, F-prediction) is the next entry: see docs/ARCHITECTURE.md.
 - Time: the backbone sees ``schedule.model_time(t)`` (999 t for the VP SDE, as the released checkpoints expect).
 - Prior: N(0, I). Samplers: libs/diffusion/samplers (DPM-Solver, Euler-Maruyama, DDPM ancestral), over the
   noise prediction. Guidance: classifier-free, in eps (libs/diffusion/guidance.py).
@@ -18,14 +20,15 @@ from libs.diffusion.samplers import SAMPLERS, build_sampler
 from libs.diffusion.schedules import build_schedule
 from libs.errors import UserError
 
-PREDICTIONS = ('noise', 'x0')
+PREDICTIONS = ('noise', 'x0', 'v')
 
 # config.pred (the release's names) -> the Denoiser's prediction type
-CONFIG_PREDICTIONS = {'noise_pred': 'noise', 'x0_pred': 'x0'}
+CONFIG_PREDICTIONS = {'noise_pred': 'noise', 'x0_pred': 'x0', 'v_pred': 'v'}
 
 
 class Denoiser:
-    """Wraps ``nnet`` (outputs eps if prediction == 'noise', x0 if 'x0') with ``schedule``.
+    """Wraps ``nnet`` (outputs eps if prediction == 'noise', x0 if 'x0', alpha eps - sigma x0 if 'v') with
+    ``schedule``.
 
     The backbone ``nnet(x, model_time, **cond)`` knows nothing about schedules; this wrapper converts t to what the
     network is called with (``schedule.model_time(t)``) and its output to either prediction.
@@ -59,21 +62,24 @@ class Denoiser:
 
     def noise(self, x, t, **cond):
         """eps prediction, same shape as x."""
-        t = self._times(x, t)
-        out = self.output(x, t, **cond)
-        if self.prediction == 'noise':
-            return out
-        alpha, sigma = self._scales(x, t, out.dtype)
-        return (x.to(out.dtype) - alpha * out) / sigma
+        return self._predict('noise', x, t, cond)
 
     def data(self, x, t, **cond):
         """x0 prediction, same shape as x."""
+        return self._predict('x0', x, t, cond)
+
+    def _predict(self, target, x, t, cond):
+        """The ``target`` ('noise' or 'x0') prediction from the output, with x = alpha x0 + sigma eps."""
         t = self._times(x, t)
         out = self.output(x, t, **cond)
-        if self.prediction == 'x0':
+        if self.prediction == target:
             return out
         alpha, sigma = self._scales(x, t, out.dtype)
-        return (x.to(out.dtype) - sigma * out) / alpha
+        x = x.to(out.dtype)
+        if self.prediction == 'v':  # eps = sigma x + alpha v, x0 = alpha x - sigma v (alpha^2 + sigma^2 = 1)
+            return sigma * x + alpha * out if target == 'noise' else alpha * x - sigma * out
+        known, other = (alpha, sigma) if target == 'noise' else (sigma, alpha)  # out is x0 or eps
+        return (x - known * out) / other
 
 
 def squared_error(prediction, target):
@@ -104,18 +110,22 @@ class GaussianFramework(Framework):
     name = 'gaussian'
     samplers = SAMPLERS
 
-    def __init__(self, schedule, prediction: str = 'noise'):
+    def __init__(self, schedule, prediction: str = 'noise', min_snr_gamma: float = 0.0):
         if prediction not in PREDICTIONS:
             raise UserError(f'unknown prediction type {prediction!r}; known: {", ".join(PREDICTIONS)}')
+        if min_snr_gamma < 0:
+            raise UserError(f'config.min_snr_gamma must be >= 0 (0: plain L_simple), got {min_snr_gamma}')
         self.schedule = schedule
         self.prediction = prediction
+        self.min_snr_gamma = float(min_snr_gamma)
 
     @classmethod
     def from_config(cls, config) -> 'GaussianFramework':
         """``config.schedule`` and ``config.pred`` ('noise_pred' / 'x0_pred')."""
         if config.pred not in CONFIG_PREDICTIONS:
-            raise UserError(f"config.pred must be 'noise_pred' or 'x0_pred', got {config.pred!r}")
-        return cls(build_schedule(config.schedule), CONFIG_PREDICTIONS[config.pred])
+            raise UserError(f"config.pred must be one of {', '.join(CONFIG_PREDICTIONS)}, got {config.pred!r}")
+        return cls(build_schedule(config.schedule), CONFIG_PREDICTIONS[config.pred],
+                   float(config.get('min_snr_gamma', 0.0)))
 
     def __repr__(self):
         return f'GaussianFramework({self.schedule!r}, prediction={self.prediction!r})'
@@ -134,7 +144,28 @@ class GaussianFramework(Framework):
         return noised(self.schedule, x0, generator)
 
     def loss_of_output(self, output, x0, noise, x_t, t):
-        return squared_error(output, noise if self.prediction == 'noise' else x0)
+        error = squared_error(output, self.target(x0, noise, t))
+        return error if not self.min_snr_gamma else error * self.min_snr_weight(t)
+
+    def min_snr_weight(self, t):
+        """(B,) float32: Min-SNR-gamma (Hang et al. 2023, arXiv 2303.09556) weighs the x0 error by min(SNR, gamma),
+        i.e. the squared error of this output by min(SNR, gamma) / SNR (eps), min(SNR, gamma) (x0) or
+        min(SNR, gamma) / (SNR + 1) (v)."""
+        snr = torch.exp(2.0 * self.schedule.log_snr(t).double())
+        capped = torch.clamp(snr, max=self.min_snr_gamma)
+        weight = {'noise': capped / snr, 'x0': capped, 'v': capped / (snr + 1.0)}[self.prediction]
+        return weight.float()
+
+    def target(self, x0, noise, t):
+        """What the output is trained to be: eps, x0 or v = alpha(t) eps - sigma(t) x0."""
+        if self.prediction == 'noise':
+            return noise
+        if self.prediction == 'x0':
+            return x0
+        shape = (-1,) + (1,) * (x0.ndim - 1)
+        alpha = self.schedule.alpha(t).to(x0.dtype).view(shape)
+        sigma = self.schedule.sigma(t).to(x0.dtype).view(shape)
+        return alpha * noise - sigma * x0
 
     def loss(self, nnet, x0, cond=None, generator=None):
         """L_simple: (B,) float32, one mean squared error per sample, through the ``Denoiser``."""
