@@ -17,7 +17,8 @@ from libs.nets import build_nnet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS_CONFIG = os.path.join(ROOT, 'configs', 'digits_uvit_tiny.py')
-TINY = dict(name='uvit', img_size=8, patch_size=2, in_chans=1, embed_dim=32, depth=2, num_heads=2, num_classes=10)
+TINY = dict(name='uvit', img_size=8, patch_size=2, in_chans=1, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2,
+            num_classes=11)
 
 
 @pytest.fixture(scope='module')
@@ -46,12 +47,13 @@ def test_fid_of_eval_equals_fid_of_its_pngs_and_is_stored_with_its_settings(tmp_
                        f'--config.sample.path={pngs}'])
     assert result.returncode == 0, result.stderr[-3000:]
     printed = float(result.stdout.strip().splitlines()[-1].split('fid=')[1])
-    record_path = os.path.join(os.path.dirname(weights), 'eval_sample_digits_n25_fid_dpm_solver++_nfe4_scale0_ema.json')
+    record_path = os.path.join(os.path.dirname(weights),
+                               'eval_sample_digits_n25_fid_dpm_solver++_nfe4_scale0.5_ema.json')
     record = json.loads(open(record_path).read())
     assert record['fid'] == pytest.approx(printed, abs=1e-4)
     settings = record['settings']
     assert record['n'] == 25 and settings['nfe'] == 4 and settings['algorithm'] == 'dpm_solver++'
-    assert record['ema'] is True and settings['guidance_scale'] == 0 and settings['reference_statistics'] == str(ref)
+    assert record['ema'] is True and settings['guidance_scale'] == 0.5 and settings['reference_statistics'] == str(ref)
     assert record['weights'] == weights and record['mode'] == 'sample'
     assert record['provenance']['device'] == 'cpu' and record['provenance']['torch'] == torch.__version__
     files = sorted(os.listdir(pngs))
@@ -69,7 +71,7 @@ def test_digits_score_of_a_checkpoint_directory(tmp_path, weights):
     result = run_eval([f'--nnet_path={ckpt}', '--config.sample.n_samples=20', '--config.sample.mini_batch_size=20',
                        '--config.sample.sample_steps=3'])
     assert result.returncode == 0, result.stderr[-3000:]
-    record = json.loads((ckpt / 'eval_sample_digits_n20_digits_dpm_solver++_nfe3_scale0_ema.json').read_text())
+    record = json.loads((ckpt / 'eval_sample_digits_n20_digits_dpm_solver++_nfe3_scale0.5_ema.json').read_text())
     assert record['weights'] == str(ckpt / 'nnet_ema.pth')
     assert f"digits_accuracy={record['digits_accuracy']:.4f}" in result.stdout
     # the same numbers in-process, with another batch size: sample i depends on (seed, i) alone
@@ -189,7 +191,7 @@ def test_samples_do_not_depend_on_the_number_of_processes(tmp_path, weights):
         env = dict(os.environ, ACCELERATE_USE_CPU='true', OMP_NUM_THREADS='1')
         result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
-        scores.append(json.loads((out / 'eval_sample_digits_n12_digits_dpm_solver++_nfe3_scale0_ema.json')
+        scores.append(json.loads((out / 'eval_sample_digits_n12_digits_dpm_solver++_nfe3_scale0.5_ema.json')
                                  .read_text()))
         assert scores[-1]['provenance']['num_processes'] == processes
     one, two = (sorted(os.listdir(tmp_path / f'p{p}' / 'pngs')) for p in (1, 2))
@@ -215,7 +217,8 @@ def test_sweep_scores_each_sampler_and_nfe_as_the_sample_mode_would(tmp_path, we
     assert record['grid'] == grid and record['settings']['nfes'] == [2, 3]
     table = (tmp_path / 'eval_sweep_digits_n20_digits_ema.md').read_text()
     assert '| euler_maruyama_ode |' in table and '3 NFE' in table
-    point = json.loads((tmp_path / 'eval_sample_digits_n20_digits_euler_maruyama_ode_nfe3_scale0_ema.json').read_text())
+    point_name = 'eval_sample_digits_n20_digits_euler_maruyama_ode_nfe3_scale0.5_ema.json'
+    point = json.loads((tmp_path / point_name).read_text())
     assert point['digits_frechet_distance'] == grid['euler_maruyama_ode']['3']['digits_frechet_distance']
     # the same number as sampling that point alone
     config.sample.update(algorithm='euler_maruyama_ode', sample_steps=3)
@@ -227,4 +230,4 @@ def test_sweep_scores_each_sampler_and_nfe_as_the_sample_mode_would(tmp_path, we
     config.eval.update(sweep_algorithms='dpm_solver++,no_such_sampler', sweep_nfes='4')
     with pytest.raises(UserError, match='no_such_sampler'):
         run_eval_mode(config, 'sweep', str(tmp_path))
-    assert not (tmp_path / 'eval_sample_digits_n20_digits_dpm_solver++_nfe4_scale0_ema.json').exists()
+    assert not (tmp_path / 'eval_sample_digits_n20_digits_dpm_solver++_nfe4_scale0.5_ema.json').exists()
