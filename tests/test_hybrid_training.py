@@ -10,6 +10,8 @@ import torch
 from libs.config import load_config_file
 from libs.data.datasets import Digits
 from libs.metrics.classification import accuracy
+from libs.nets import load_nnet_weights
+from libs.nets.genvit import GenViT
 from libs.training.loop import Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,3 +48,10 @@ def test_digits_hybvit_classifies_and_generates_digits(tmp_path):
         frechet = json.load(f)['digits_frechet_distance']
     print(f'digits HybViT: test accuracy {test_accuracy:.3f}, Frechet distance {frechet:.1f}')
     assert frechet < MAX_FRECHET, frechet
+    # the checkpoint holds the bare GenViT (no wrapper prefixes), so eval.py and resume load it strictly
+    net = GenViT(**{k: v for k, v in config.nnet.items() if k != 'name'})
+    load_nnet_weights(net, str(ckpt))
+    x, t = test.images[:4], torch.full((4,), 500.0)
+    with torch.no_grad():
+        expected = trainer.nnet_ema(x, t)
+        torch.testing.assert_close(net(x, t), expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())

@@ -12,7 +12,6 @@ from libs.data import build_dataset
 from libs.diffusion.gaussian import GaussianFramework
 from libs.diffusion.schedules import VPSDE, build_schedule
 from libs.errors import UserError
-from libs.metrics.classification import accuracy
 from libs.nets import load_nnet_weights
 from libs.nets.genvit import GenViT
 from libs.training.loop import Trainer
@@ -75,23 +74,6 @@ def test_hybrid_objective_errors():
         build_objective(d(name='gan'), framework)
     with pytest.raises(UserError, match="unknown config.objective.augment 'cutmix'"):
         Hybrid(d(augment='cutmix'), framework)
-
-
-def test_hybvit_learns_to_classify_digits_through_the_trainer(tmp_path):
-    config = hybvit_config(n_steps=800)   # measured: 0.95 test accuracy in about 35 s on 2 cores
-    trainer = Trainer(config, str(tmp_path))
-    trainer.fit()
-    test = build_dataset(d(name='digits'), 'test')
-    x = torch.stack([test[i][0] for i in range(len(test))])
-    y = torch.tensor([test[i][1] for i in range(len(test))])
-    with torch.no_grad():
-        assert accuracy(trainer.nnet_ema.eval().classify(x), y) >= 0.90
-    # the checkpoint holds the bare GenViT (no wrapper prefixes), so eval.py and resume load it strictly
-    net = GenViT(**{k: v for k, v in config.nnet.items() if k != 'name'})
-    load_nnet_weights(net, str(tmp_path / 'ckpts' / '800.ckpt'))
-    with torch.no_grad():
-        assert_close(net(x[:4], torch.full((4,), 500.0)), trainer.nnet_ema(x[:4], torch.full((4,), 500.0)),
-                     rtol=1e-5)
 
 
 def test_train_mode_must_fit_the_network(tmp_path):
