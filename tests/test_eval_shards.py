@@ -20,7 +20,7 @@ from libs.nets import build_nnet
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS_CONFIG = os.path.join(ROOT, 'configs', 'digits_uvit_tiny.py')
 TINY = dict(embed_dim=32, depth=2, num_heads=2)
-RESULT = 'eval_sample_digits_n60_digits_dpm_solver++_nfe3_scale0.5_ema'
+RESULT = 'eval_sample_digits_n60_digits_unipc_nfe3_scale0.5_ema'
 
 # eval.py, with every chunk written reported on stderr and, when KILL_AFTER_CHUNKS is set, SIGKILL after that many
 WRAPPER = '''import os, runpy, signal, sys

@@ -48,11 +48,11 @@ def test_fid_of_eval_equals_fid_of_its_pngs_and_is_stored_with_its_settings(tmp_
     assert result.returncode == 0, result.stderr[-3000:]
     printed = float(result.stdout.strip().splitlines()[-1].split('fid=')[1])
     record_path = os.path.join(os.path.dirname(weights),
-                               'eval_sample_digits_n25_fid_dpm_solver++_nfe4_scale0.5_ema.json')
+                               'eval_sample_digits_n25_fid_unipc_nfe4_scale0.5_ema.json')
     record = json.loads(open(record_path).read())
     assert record['fid'] == pytest.approx(printed, abs=1e-4)
     settings = record['settings']
-    assert record['n'] == 25 and settings['nfe'] == 4 and settings['algorithm'] == 'dpm_solver++'
+    assert record['n'] == 25 and settings['nfe'] == 4 and settings['algorithm'] == 'unipc'
     assert record['ema'] is True and settings['guidance_scale'] == 0.5 and settings['reference_statistics'] == str(ref)
     assert record['weights'] == weights and record['mode'] == 'sample'
     assert record['provenance']['device'] == 'cpu' and record['provenance']['torch'] == torch.__version__
@@ -71,7 +71,7 @@ def test_digits_score_of_a_checkpoint_directory(tmp_path, weights):
     result = run_eval([f'--nnet_path={ckpt}', '--config.sample.n_samples=20', '--config.sample.mini_batch_size=20',
                        '--config.sample.sample_steps=3'])
     assert result.returncode == 0, result.stderr[-3000:]
-    record = json.loads((ckpt / 'eval_sample_digits_n20_digits_dpm_solver++_nfe3_scale0.5_ema.json').read_text())
+    record = json.loads((ckpt / 'eval_sample_digits_n20_digits_unipc_nfe3_scale0.5_ema.json').read_text())
     assert record['weights'] == str(ckpt / 'nnet_ema.pth')
     assert f"digits_accuracy={record['digits_accuracy']:.4f}" in result.stdout
     # the same numbers in-process, with another batch size: sample i depends on (seed, i) alone
@@ -191,7 +191,7 @@ def test_samples_do_not_depend_on_the_number_of_processes(tmp_path, weights):
         env = dict(os.environ, ACCELERATE_USE_CPU='true', OMP_NUM_THREADS='1')
         result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
-        scores.append(json.loads((out / 'eval_sample_digits_n12_digits_dpm_solver++_nfe3_scale0.5_ema.json')
+        scores.append(json.loads((out / 'eval_sample_digits_n12_digits_unipc_nfe3_scale0.5_ema.json')
                                  .read_text()))
         assert scores[-1]['provenance']['num_processes'] == processes
     one, two = (sorted(os.listdir(tmp_path / f'p{p}' / 'pngs')) for p in (1, 2))

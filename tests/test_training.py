@@ -127,15 +127,15 @@ def test_checkpoints_get_an_fid_json_when_statistics_and_weights_exist(tmp_path,
                        train_n_samples=6, train_sample_steps=2)
     Trainer(config, str(tmp_path / 'run')).fit()
     ckpt = tmp_path / 'run' / 'ckpts' / '2.ckpt'
-    record = json.loads((ckpt / 'eval_sample_digits_n6_fid_dpm_solver++_nfe2_scale0.5_ema.json').read_text())
+    record = json.loads((ckpt / 'eval_sample_digits_n6_fid_unipc_nfe2_scale0.5_ema.json').read_text())
     assert record['step'] == 2 and record['n'] == 6 and record['settings']['n_samples'] == 6
     assert record['settings']['reference_statistics'] == str(tmp_path / 'ref.npz')
-    assert record['settings']['algorithm'] == 'dpm_solver++' and record['settings']['nfe'] == 2
+    assert record['settings']['algorithm'] == 'unipc' and record['settings']['nfe'] == 2
     assert record['weights'] == str(ckpt / 'nnet_ema.pth') and record['ema'] is True
     # the score is the FID of these weights' samples: recomputed here from the same samples
     from libs.evaluation.harness import EvalRun
     run = EvalRun.load(config, str(ckpt))
-    config.sample.update(n_samples=6, sample_steps=2, algorithm='dpm_solver++')
+    config.sample.update(n_samples=6, sample_steps=2, algorithm='unipc')
     assert run.generate(config.sample, run.scorer())['fid'] == pytest.approx(record['fid'], rel=1e-6)
     assert set(record['provenance']) >= {'commit', 'torch', 'accelerate', 'device', 'num_processes'}
 
