@@ -226,6 +226,17 @@ def test_sweep_scores_each_sampler_and_nfe_as_the_sample_mode_would(tmp_path, we
     alone = run.generate(config.sample, run.scorer())
     assert alone['digits_frechet_distance'] == pytest.approx(point['digits_frechet_distance'], rel=1e-9)
     assert grid['dpm_solver++']['2'] != grid['dpm_solver++']['3']
+    # run again: finished points are read back, a point whose settings differ is sampled again
+    point['digits_frechet_distance'] = 123.0
+    (tmp_path / point_name).write_text(json.dumps(point))
+    stale_name = 'eval_sample_digits_n20_digits_dpm_solver++_nfe2_scale0.5_ema.json'
+    stale = json.loads((tmp_path / stale_name).read_text())
+    stale['settings']['reference_statistics'] = 'another file'
+    (tmp_path / stale_name).write_text(json.dumps(stale))
+    again = run_eval_mode(config, 'sweep', str(tmp_path))
+    assert again['euler_maruyama_ode']['3']['digits_frechet_distance'] == 123.0
+    assert again['dpm_solver++']['2'] == grid['dpm_solver++']['2']  # re-sampled: the same draw, the same score
+    assert json.loads((tmp_path / stale_name).read_text())['settings']['reference_statistics'] != 'another file'
     # a bad sampler fails before any sampling
     config.eval.update(sweep_algorithms='dpm_solver++,no_such_sampler', sweep_nfes='4')
     with pytest.raises(UserError, match='no_such_sampler'):

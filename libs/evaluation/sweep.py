@@ -4,13 +4,15 @@ from one loaded network, to choose a sampler and NFE by measurement.
 Every point is written as the ``sample`` mode writes it (its own JSON with its full settings), and the whole grid as
 ``eval_sweep_<dataset>_n<N>_<metric>_<ema|raw>.json`` plus a markdown table beside the weights
 (``scripts/plot_sweep.py`` draws it). Sample ``i`` is drawn from the same generator at every point, so the
-differences between points are the sampler's, not the draw's.
+differences between points are the sampler's, not the draw's. A point whose JSON is already there with the same
+settings and weights is read, not sampled again, so a stopped sweep continues where it stopped.
 """
+import json
 import os
 
 from libs.errors import UserError
 from libs.evaluation.generation import score_samples
-from libs.evaluation.harness import EvalRun
+from libs.evaluation.harness import EvalRun, json_safe, sample_settings, sample_tags
 from libs.fileio import atomic_open
 
 
@@ -40,6 +42,26 @@ def markdown_table(metric_names, grid: dict, nfes) -> str:
     return '\n'.join(lines)
 
 
+RECORD_KEYS = ('mode', 'weights', 'ema', 'dataset', 'n', 'settings', 'provenance')
+
+
+def finished_point(run: EvalRun, sample_cfg, ref_stats: str):
+    """The score of a point already written with these exact settings and weights, or None."""
+    n, metric = run.config.sample.n_samples, run.config.eval.metric
+    result = None
+    path = run.path(run.stem('sample', n, *sample_tags(sample_cfg, metric)) + '.json')
+    if run.accelerator.is_main_process and os.path.isfile(path):
+        try:
+            with open(path) as f:
+                record = json.load(f)
+        except (OSError, ValueError):
+            record = {}  # unreadable: sample it again
+        if (record.get('weights') == run.weights and record.get('ema') == run.ema
+                and record.get('settings') == json_safe(sample_settings(sample_cfg, n, metric, ref_stats))):
+            result = {k: v for k, v in record.items() if k not in RECORD_KEYS}
+    return run.broadcast({'result': result})['result']
+
+
 def eval_sweep(config, nnet_path: str, ema: bool = True) -> dict:
     """``config.eval.sweep_algorithms`` x ``config.eval.sweep_nfes``, ``config.sample.n_samples`` samples each."""
     algorithms = parse_list(config.eval.sweep_algorithms, 'config.eval.sweep_algorithms')
@@ -57,7 +79,11 @@ def eval_sweep(config, nnet_path: str, ema: bool = True) -> dict:
     for sample_cfg in points:
         png_dir = os.path.join(config.sample.path, f'{sample_cfg.algorithm}_nfe{sample_cfg.sample_steps}') \
             if config.sample.path else ''
-        result = score_samples(run, 'sample', sample_cfg, run.scorer(), png_dir)
+        result = finished_point(run, sample_cfg, ref_stats)
+        if result is None:
+            result = score_samples(run, 'sample', sample_cfg, run.scorer(), png_dir)
+        else:
+            run.print(f'{sample_cfg.algorithm} nfe={sample_cfg.sample_steps}: read from its JSON')
         grid.setdefault(sample_cfg.algorithm, {})[str(sample_cfg.sample_steps)] = result
     metric, n = config.eval.metric, config.sample.n_samples
     settings = {'metric': metric, 'n_samples': n, 'algorithms': algorithms, 'nfes': nfes,
