@@ -12,7 +12,7 @@ SCRIPT = os.path.join(ROOT, 'scripts', 'benchmark.py')
 DIGITS_CONFIG = os.path.join(ROOT, 'configs', 'digits_uvit_tiny.py')
 # configs/digits_uvit_tiny.py with the overrides below.
 TINY = dict(img_size=8, patch_size=2, in_chans=1, embed_dim=32, depth=2, num_heads=2, mlp_ratio=4, num_classes=10)
-OVERRIDES = [f'--config.nnet.{key}={TINY[key]}' for key in ('embed_dim', 'depth', 'num_heads')]
+OVERRIDES = [f'--config.nnet.{key}={TINY[key]}' for key in ('embed_dim', 'depth', 'num_heads', 'mlp_ratio')]
 BATCH = 4
 NUMBERS = ('train_step_ms', 'train_img_per_s', 'peak_memory_mib', 'train_tflops', 'sample_forward_ms',
            'sample_img_per_s_per_nfe', 'sample_img_per_s_50nfe_derived', 'sample_tflops')
