@@ -19,12 +19,13 @@ conditioning labels, Frechet distance in the classifier's features). The recipe,
   v prediction and Min-SNR-5 weighting were measured too and were worse here (BENCHMARKS.md).
 
 Sampler: UniPC (``unipc``, UniPC-3 with its corrector) at 10 NFE, for the final score and the one at step 1000.
-On this network's checkpoint (docs/digits_nfe.md, 1000 samples per point) UniPC, DPM-Solver++ and UniPC-bh1 all
-reach their 50-NFE score by 10 NFE (Frechet distance within 0.5, accuracy within 0.003); at 5 NFE UniPC is the
-better of the two presets (Frechet 25.8 against 28.1), and on Gaussian data in closed form it has half the error of
-DPM-Solver++ at 10 NFE (docs/solvers.md). 25 NFE would cost 2.5x the sampling time for no better score. The
-release's DPM-Solver-3 (singlestep) needs 15 NFE here, and Euler and the stochastic samplers score differently
-rather than better (their samples are blurrier or noisier).
+On this network's checkpoint (docs/digits_nfe.md, 1000 samples per point) UniPC and DPM-Solver++ reach their
+50-NFE score by 10 NFE (Frechet distance 23.2 and 22.8 against 22.7 and 22.4; accuracy within 0.003), so 25 NFE
+would cost 2.5x the sampling time for nothing; at 5 NFE both lose 7-9. Of the two, UniPC has half the error of
+DPM-Solver++ at 10 NFE on Gaussian data in closed form (docs/solvers.md). The release's DPM-Solver-3
+(singlestep) needs 15 NFE here. Euler on the probability-flow ODE scores as well even at 5 NFE on these 8x8
+digits, but its closed-form error is six times UniPC's: the digit score does not see that error, FID on
+larger images may.
 """
 from libs.config import d, resolve
 

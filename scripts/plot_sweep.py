@@ -17,10 +17,15 @@ def plot(record: dict, out: str) -> None:
     metrics = sorted({k for row in grid.values() for point in row.values() for k in point})
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.8), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
+        values = []
         for algorithm, row in grid.items():
             nfes = sorted(int(n) for n in row)
+            values += [row[str(n)][metric] for n in nfes]
             ax.plot(nfes, [row[str(n)][metric] for n in nfes], marker='o', label=algorithm)
         ax.set_xscale('log')
+        positive = [v for v in values if v is not None and v > 0]
+        if len(positive) == len(values) and max(positive) > 10 * min(positive):
+            ax.set_yscale('log')  # a diverging sampler at low NFE would flatten every other line
         ax.set_xticks(record['settings']['nfes'], [str(n) for n in record['settings']['nfes']])
         ax.minorticks_off()
         ax.set_xlabel('NFE')
