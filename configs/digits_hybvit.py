@@ -13,7 +13,7 @@ alpha 100, lr 1e-3, EMA 0.99, batch 128                      1000  24 min (a)   
 alpha 100, lr 2e-3, EMA 0.995, batch 128                     1000   9 min (a)    0.961    104.5
 alpha 100, lr 2e-3, EMA 0.995, batch 128                     1500  17 min (a)    0.958     35.6
 alpha 100, lr 2e-3, EMA 0.995, batch 64                      1200   5.3 min (b)  0.967     84.3
-alpha 100, lr 2e-3, EMA 0.995, batch 32 (the test's run)     2000   5.2 min (b)  0.978     47.1
+alpha 100, lr 2e-3, EMA 0.995, batch 32                      2000   5.2 min (b)  0.978     47.1
   the same, seed 7                                           2000   3.4 min (b)  0.969     51.4
 this config (alpha 100, lr 2e-3, EMA 0.995, batch 64)        2000   6.0 min (b)  0.967     26.5
   the same, default two threads                              2000   4.4 min (c)  0.964     27.2

@@ -90,7 +90,7 @@ def defaults() -> ml_collections.ConfigDict:
             metric='fid',                # 'fid' (Inception) or 'digits' (the offline digit classifier)
             ref_stats='',                # '' : the dataset's default reference statistics
             inception_path='',           # '' : assets/fid_inception/ or the torch hub cache
-            train_n_samples=10000,       # samples for the score computed at each checkpoint
+            train_n_samples=10000,       # samples for the score computed at each checkpoint (0: no score)
             train_algorithm='dpm_solver',
             train_sample_steps=50,
             sweep_algorithms='dpm_solver,dpm_solver++',  # eval.py --eval=sweep: samplers (comma-separated)

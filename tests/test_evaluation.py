@@ -36,28 +36,28 @@ def run_eval(args):
 
 
 def test_fid_of_eval_equals_fid_of_its_pngs_and_is_stored_with_its_settings(tmp_path, weights, random_weights):
-    real = torch.stack([build_dataset(d(name='digits'))[i][0] for i in range(30)])
+    real = torch.stack([build_dataset(d(name='digits'))[i][0] for i in range(12)])
     features = fid.InceptionFeatures(fid.load_inception(random_weights))
     ref = tmp_path / 'ref.npz'
     fid.save_stats(str(ref), *fid.activation_statistics(features(real)))
     pngs = tmp_path / 'pngs'
     result = run_eval([f'--nnet_path={weights}', '--config.eval.metric=fid', f'--config.eval.ref_stats={ref}',
-                       f'--config.eval.inception_path={random_weights}', '--config.sample.n_samples=25',
-                       '--config.sample.mini_batch_size=10', '--config.sample.sample_steps=4',
+                       f'--config.eval.inception_path={random_weights}', '--config.sample.n_samples=12',
+                       '--config.sample.mini_batch_size=5', '--config.sample.sample_steps=4',
                        f'--config.sample.path={pngs}'])
     assert result.returncode == 0, result.stderr[-3000:]
     printed = float(result.stdout.strip().splitlines()[-1].split('fid=')[1])
     record_path = os.path.join(os.path.dirname(weights),
-                               'eval_sample_digits_n25_fid_unipc_nfe4_scale0.5_ema.json')
+                               'eval_sample_digits_n12_fid_unipc_nfe4_scale0.5_ema.json')
     record = json.loads(open(record_path).read())
     assert record['fid'] == pytest.approx(printed, abs=1e-4)
     settings = record['settings']
-    assert record['n'] == 25 and settings['nfe'] == 4 and settings['algorithm'] == 'unipc'
+    assert record['n'] == 12 and settings['nfe'] == 4 and settings['algorithm'] == 'unipc'
     assert record['ema'] is True and settings['guidance_scale'] == 0.5 and settings['reference_statistics'] == str(ref)
     assert record['weights'] == weights and record['mode'] == 'sample'
     assert record['provenance']['device'] == 'cpu' and record['provenance']['torch'] == torch.__version__
     files = sorted(os.listdir(pngs))
-    assert files == [f'{i:06d}.png' for i in range(25)]      # 3 rounds of 10, the last one cut to 25
+    assert files == [f'{i:06d}.png' for i in range(12)]      # 3 rounds of 5, the last one cut to 12
     from libs.images import load_png
     images = torch.from_numpy(np.stack([load_png(str(pngs / f)) for f in files])).permute(0, 3, 1, 2)
     from_pngs = fid.fid_from_activations(features(images), str(ref))

@@ -117,6 +117,19 @@ def test_frechet_distance_equals_pytorch_fids_and_stays_real_with_few_samples():
     assert np.isfinite(full) and full == pytest.approx(reduced, rel=1e-8)
 
 
+def test_frechet_distance_of_activations_equals_the_one_of_their_statistics():
+    """Fewer samples than features go through the N x N matrix, more through the statistics: the same distance."""
+    rng = np.random.default_rng(2)
+    ref = rng.standard_normal((300, 128)) @ rng.standard_normal((128, 128)) / np.sqrt(128)
+    ref_stats = fid.activation_statistics(ref)
+    for n in (5, 60, 127, 128, 129, 400):
+        acts = 0.7 * rng.standard_normal((n, 128)) @ rng.standard_normal((128, 128)) / np.sqrt(128) + 0.2
+        expected = fid.frechet_distance(*fid.activation_statistics(acts), *ref_stats)
+        assert fid.frechet_distance_of_activations(acts, *ref_stats) == pytest.approx(expected, rel=1e-9), n
+    with pytest.raises(UserError, match='different sizes'):
+        fid.frechet_distance_of_activations(acts[:, :64], *ref_stats)
+
+
 def test_activation_statistics_match_numpy():
     acts = np.random.default_rng(0).standard_normal((50, 4))
     mu, sigma = fid.activation_statistics(acts)

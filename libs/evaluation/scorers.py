@@ -37,8 +37,7 @@ class FidScorer:
     def result(self, gathered: torch.Tensor, labels) -> dict:
         from libs.metrics import fid
         acts = gathered.double().cpu().numpy()
-        mu, sigma = fid.activation_statistics(acts)
-        result = {'fid': fid.frechet_distance(mu, sigma, self.ref_mu, self.ref_sigma)}
+        result = {'fid': fid.frechet_distance_of_activations(acts, self.ref_mu, self.ref_sigma)}
         if self.logit_weight is not None:
             from libs.metrics.inception_score import inception_score_of_features
             result['inception_score'], result['inception_score_std'] = inception_score_of_features(

@@ -199,6 +199,30 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_root)
 
 
+def frechet_distance_of_activations(acts: np.ndarray, mu2, sigma2) -> float:
+    """``frechet_distance`` between the Gaussian fitted to activations ``(N, D)`` and N(mu2, sigma2).
+
+    With no more samples than features (a training-time score of 1000 samples against 2048 features) the sample
+    covariance is ``a^T a`` for the centred, scaled activations ``a`` (N, D), and ``sigma1^(1/2) sigma2 sigma1^(1/2)``
+    has the nonzero eigenvalues of the N x N matrix ``a sigma2 a^T``: one small eigendecomposition instead of two of
+    D x D, the same number."""
+    acts = np.asarray(acts, dtype=np.float64)
+    mu1, sigma1 = activation_statistics(acts)  # validates the shape
+    if acts.shape[0] > acts.shape[1]:
+        return frechet_distance(mu1, sigma1, mu2, sigma2)
+    mu2, sigma2 = np.atleast_1d(np.asarray(mu2, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    if mu2.shape != mu1.shape or sigma2.shape != sigma1.shape:
+        raise UserError(f'FID statistics of different sizes: {mu1.shape[0]} vs {mu2.shape[0]} features '
+                        '(were they computed with the same Inception block?)')
+    if not (np.isfinite(acts).all() and np.isfinite(mu2).all() and np.isfinite(sigma2).all()):
+        raise ValueError('FID statistics hold NaN or infinite values')
+    a = (acts - mu1) / np.sqrt(acts.shape[0] - 1)
+    inner = a @ sigma2 @ a.T
+    trace_root = np.sqrt(_significant(np.linalg.eigvalsh((inner + inner.T) / 2))).sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + np.sum(a * a) + np.trace(sigma2) - 2.0 * trace_root)
+
+
 def save_stats(path: str, mu: np.ndarray, sigma: np.ndarray) -> None:
     """Write ``mu``/``sigma`` as an ``.npz`` file (written to a temporary file, then renamed into place)."""
     with atomic_open(path) as f:
@@ -232,9 +256,7 @@ def load_stats(path: str):
 
 def fid_from_activations(acts: np.ndarray, ref_stats_path: str) -> float:
     """FID of samples given their Inception activations ``(N, D)``, against reference statistics on disk."""
-    ref_mu, ref_sigma = load_stats(ref_stats_path)
-    mu, sigma = activation_statistics(acts)
-    return frechet_distance(mu, sigma, ref_mu, ref_sigma)
+    return frechet_distance_of_activations(acts, *load_stats(ref_stats_path))
 
 
 def dataset_statistics(dataset, features: InceptionFeatures, accelerator=None, batch_size: int = 50,
