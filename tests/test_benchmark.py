@@ -106,7 +106,7 @@ def test_text_to_image_latent_config_trains_on_contexts_and_times_the_decoder(tm
             '--config.nnet.num_heads=2', '--config.nnet.clip_dim=16']
     env = dict(os.environ, OMP_NUM_THREADS='1')
     proc = subprocess.run([sys.executable, SCRIPT, f'--config={os.path.join(ROOT, "configs", "mscoco_uvit_small.py")}',
-                           *tiny, '--batch_size=2', '--sample_batch=1', '--steps=1', '--warmup=0', '--variants=baseline,decode',
+                           *tiny, '--batch_size=2', '--sample_batch=1', '--steps=1', '--warmup=0', '--variants=baseline,decode', '--in_process',
                            f'--out={out}'], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(out.read_text())
