@@ -173,6 +173,18 @@ def _significant(eigenvalues: np.ndarray) -> np.ndarray:
     return np.where(eigenvalues > largest * len(eigenvalues) * np.finfo(np.float64).eps, eigenvalues, 0.0)
 
 
+def _checked_statistics(mu1, sigma1, mu2, sigma2) -> tuple:
+    """The four as float64 arrays; UserError when their sizes differ, ValueError when one is not finite."""
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
+        raise UserError(f'FID statistics of different sizes: {mu1.shape[0]} vs {mu2.shape[0]} features '
+                        '(were they computed with the same Inception block?)')
+    if not all(np.isfinite(x).all() for x in (mu1, sigma1, mu2, sigma2)):
+        raise ValueError('FID statistics hold NaN or infinite values')
+    return mu1, sigma1, mu2, sigma2
+
+
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2): |mu1 - mu2|^2 + tr(sigma1 + sigma2) -
     2 tr (sigma1 sigma2)^(1/2).
@@ -183,14 +195,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     singular covariances of fewer samples than features, where ``sqrtm`` needs pytorch-fid's epsilon fix-up and
     can raise 'Imaginary component'. On non-singular statistics the two agree to 1e-6 (tests/test_fid.py).
     """
-    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
-    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
-    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
-        raise UserError(f'FID statistics of different sizes: {mu1.shape[0]} vs {mu2.shape[0]} features '
-                        '(were they computed with the same Inception block?)')
-    if not (np.isfinite(mu1).all() and np.isfinite(mu2).all() and np.isfinite(sigma1).all()
-            and np.isfinite(sigma2).all()):
-        raise ValueError('FID statistics hold NaN or infinite values')
+    mu1, sigma1, mu2, sigma2 = _checked_statistics(mu1, sigma1, mu2, sigma2)
     w, v = np.linalg.eigh((sigma1 + sigma1.T) / 2)
     root1 = (v * np.sqrt(_significant(w))) @ v.T
     inner = root1 @ sigma2 @ root1
@@ -210,12 +215,7 @@ def frechet_distance_of_activations(acts: np.ndarray, mu2, sigma2) -> float:
     mu1, sigma1 = activation_statistics(acts)  # validates the shape
     if acts.shape[0] > acts.shape[1]:
         return frechet_distance(mu1, sigma1, mu2, sigma2)
-    mu2, sigma2 = np.atleast_1d(np.asarray(mu2, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
-    if mu2.shape != mu1.shape or sigma2.shape != sigma1.shape:
-        raise UserError(f'FID statistics of different sizes: {mu1.shape[0]} vs {mu2.shape[0]} features '
-                        '(were they computed with the same Inception block?)')
-    if not (np.isfinite(acts).all() and np.isfinite(mu2).all() and np.isfinite(sigma2).all()):
-        raise ValueError('FID statistics hold NaN or infinite values')
+    mu1, sigma1, mu2, sigma2 = _checked_statistics(mu1, sigma1, mu2, sigma2)
     a = (acts - mu1) / np.sqrt(acts.shape[0] - 1)
     inner = a @ sigma2 @ a.T
     trace_root = np.sqrt(_significant(np.linalg.eigvalsh((inner + inner.T) / 2))).sum()
