@@ -20,8 +20,9 @@ def plot(record: dict, out: str) -> None:
         values = []
         for algorithm, row in grid.items():
             nfes = sorted(int(n) for n in row)
-            values += [row[str(n)][metric] for n in nfes]
-            ax.plot(nfes, [row[str(n)][metric] for n in nfes], marker='o', label=algorithm)
+            scores = [row[str(n)][metric] for n in nfes]
+            values += scores
+            ax.plot(nfes, scores, marker='o', label=algorithm)
         ax.set_xscale('log')
         positive = [v for v in values if v is not None and v > 0]
         if len(positive) == len(values) and max(positive) > 10 * min(positive):

@@ -26,6 +26,12 @@ PREDICTIONS = ('noise', 'x0', 'v')
 CONFIG_PREDICTIONS = {'noise_pred': 'noise', 'x0_pred': 'x0', 'v_pred': 'v'}
 
 
+def broadcast_scales(schedule, t, x, dtype):
+    """alpha(t), sigma(t) in ``dtype``, shaped (B, 1, ..., 1) to broadcast against x."""
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    return schedule.alpha(t).to(dtype).view(shape), schedule.sigma(t).to(dtype).view(shape)
+
+
 class Denoiser:
     """Wraps ``nnet`` (outputs eps if prediction == 'noise', x0 if 'x0', alpha eps - sigma x0 if 'v') with
     ``schedule``.
@@ -50,9 +56,7 @@ class Denoiser:
         return t
 
     def _scales(self, x, t, dtype):
-        """alpha(t), sigma(t) shaped (B, 1, ..., 1) to broadcast against x."""
-        shape = (-1,) + (1,) * (x.ndim - 1)
-        return self.schedule.alpha(t).to(dtype).view(shape), self.schedule.sigma(t).to(dtype).view(shape)
+        return broadcast_scales(self.schedule, t, x, dtype)
 
     def output(self, x, t, **cond):
         """The raw network output (eps or x0, per ``prediction``), cast to at least float32."""
@@ -162,9 +166,7 @@ class GaussianFramework(Framework):
             return noise
         if self.prediction == 'x0':
             return x0
-        shape = (-1,) + (1,) * (x0.ndim - 1)
-        alpha = self.schedule.alpha(t).to(x0.dtype).view(shape)
-        sigma = self.schedule.sigma(t).to(x0.dtype).view(shape)
+        alpha, sigma = broadcast_scales(self.schedule, t, x0, x0.dtype)
         return alpha * noise - sigma * x0
 
     def loss(self, nnet, x0, cond=None, generator=None):

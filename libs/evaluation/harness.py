@@ -90,6 +90,10 @@ def write_record(accelerator, directory: str, name: str, record: dict) -> str:
     return path
 
 
+# The keys of a result record that are not the result: what write_result and write_record put around it.
+RECORD_KEYS = ('mode', 'weights', 'ema', 'dataset', 'n', 'settings', 'provenance')
+
+
 def write_result(accelerator, weights: str, ema: bool, mode: str, dataset: str, n: int, tags, settings: dict,
                  result: dict, **extra) -> str:
     """The record of one result (``extra``: e.g. the training step) as JSON beside ``weights``; returns its path."""
@@ -97,6 +101,19 @@ def write_result(accelerator, weights: str, ema: bool, mode: str, dataset: str, 
               'settings': settings, **result}
     return write_record(accelerator, os.path.dirname(os.path.abspath(weights)),
                         result_name(mode, dataset, n, tags, ema), record)
+
+
+def read_result(path: str, weights: str, ema: bool, settings: dict):
+    """The result in the record at ``path`` (as write_result wrote it, without ``extra``) if it was computed from
+    these weights with exactly these settings; None when it was not, or is missing or unreadable."""
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if record.get('weights') != weights or record.get('ema') != ema or record.get('settings') != json_safe(settings):
+        return None
+    return {k: v for k, v in record.items() if k not in RECORD_KEYS}
 
 
 def broadcast_dict(accelerator, result: dict) -> dict:

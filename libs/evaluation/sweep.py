@@ -7,12 +7,11 @@ Every point is written as the ``sample`` mode writes it (its own JSON with its f
 differences between points are the sampler's, not the draw's. A point whose JSON is already there with the same
 settings and weights is read, not sampled again, so a stopped sweep continues where it stopped.
 """
-import json
 import os
 
 from libs.errors import UserError
 from libs.evaluation.generation import score_samples
-from libs.evaluation.harness import EvalRun, json_safe, sample_settings, sample_tags
+from libs.evaluation.harness import EvalRun, read_result, sample_settings, sample_tags
 from libs.fileio import atomic_open
 
 
@@ -42,23 +41,13 @@ def markdown_table(metric_names, grid: dict, nfes) -> str:
     return '\n'.join(lines)
 
 
-RECORD_KEYS = ('mode', 'weights', 'ema', 'dataset', 'n', 'settings', 'provenance')
-
-
 def finished_point(run: EvalRun, sample_cfg, ref_stats: str):
     """The score of a point already written with these exact settings and weights, or None."""
     n, metric = run.config.sample.n_samples, run.config.eval.metric
     result = None
-    path = run.path(run.stem('sample', n, *sample_tags(sample_cfg, metric)) + '.json')
-    if run.accelerator.is_main_process and os.path.isfile(path):
-        try:
-            with open(path) as f:
-                record = json.load(f)
-        except (OSError, ValueError):
-            record = {}  # unreadable: sample it again
-        if (record.get('weights') == run.weights and record.get('ema') == run.ema
-                and record.get('settings') == json_safe(sample_settings(sample_cfg, n, metric, ref_stats))):
-            result = {k: v for k, v in record.items() if k not in RECORD_KEYS}
+    if run.accelerator.is_main_process:
+        path = run.path(run.stem('sample', n, *sample_tags(sample_cfg, metric)) + '.json')
+        result = read_result(path, run.weights, run.ema, sample_settings(sample_cfg, n, metric, ref_stats))
     return run.broadcast({'result': result})['result']
 
 

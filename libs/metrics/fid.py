@@ -173,16 +173,25 @@ def _significant(eigenvalues: np.ndarray) -> np.ndarray:
     return np.where(eigenvalues > largest * len(eigenvalues) * np.finfo(np.float64).eps, eigenvalues, 0.0)
 
 
-def _checked_statistics(mu1, sigma1, mu2, sigma2) -> tuple:
-    """The four as float64 arrays; UserError when their sizes differ, ValueError when one is not finite."""
-    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
-    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
-    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
-        raise UserError(f'FID statistics of different sizes: {mu1.shape[0]} vs {mu2.shape[0]} features '
+def _checked_gaussian(mu, sigma, dim: int) -> tuple:
+    """``mu`` (dim,) and ``sigma`` (dim, dim) as float64; UserError when their size is not ``dim``, ValueError when
+    they are not finite."""
+    mu, sigma = np.atleast_1d(np.asarray(mu, np.float64)), np.atleast_2d(np.asarray(sigma, np.float64))
+    if mu.shape != (dim,) or sigma.shape != (dim, dim):
+        raise UserError(f'FID statistics of different sizes: {dim} vs {mu.shape[0]} features '
                         '(were they computed with the same Inception block?)')
-    if not all(np.isfinite(x).all() for x in (mu1, sigma1, mu2, sigma2)):
+    _check_finite(mu, sigma)
+    return mu, sigma
+
+
+def _check_finite(*arrays) -> None:
+    if not all(np.isfinite(x).all() for x in arrays):
         raise ValueError('FID statistics hold NaN or infinite values')
-    return mu1, sigma1, mu2, sigma2
+
+
+def _trace_sqrt(psd: np.ndarray) -> float:
+    """tr(M^(1/2)) of a symmetric PSD matrix M (symmetrised against rounding first)."""
+    return float(np.sqrt(_significant(np.linalg.eigvalsh((psd + psd.T) / 2))).sum())
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
@@ -195,13 +204,12 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     singular covariances of fewer samples than features, where ``sqrtm`` needs pytorch-fid's epsilon fix-up and
     can raise 'Imaginary component'. On non-singular statistics the two agree to 1e-6 (tests/test_fid.py).
     """
-    mu1, sigma1, mu2, sigma2 = _checked_statistics(mu1, sigma1, mu2, sigma2)
+    mu1, sigma1 = _checked_gaussian(mu1, sigma1, np.atleast_1d(np.asarray(mu1)).shape[0])
+    mu2, sigma2 = _checked_gaussian(mu2, sigma2, mu1.shape[0])
     w, v = np.linalg.eigh((sigma1 + sigma1.T) / 2)
     root1 = (v * np.sqrt(_significant(w))) @ v.T
-    inner = root1 @ sigma2 @ root1
-    trace_root = np.sqrt(_significant(np.linalg.eigvalsh((inner + inner.T) / 2))).sum()
     diff = mu1 - mu2
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_root)
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * _trace_sqrt(root1 @ sigma2 @ root1))
 
 
 def frechet_distance_of_activations(acts: np.ndarray, mu2, sigma2) -> float:
@@ -210,17 +218,16 @@ def frechet_distance_of_activations(acts: np.ndarray, mu2, sigma2) -> float:
     With no more samples than features (a training-time score of 1000 samples against 2048 features) the sample
     covariance is ``a^T a`` for the centred, scaled activations ``a`` (N, D), and ``sigma1^(1/2) sigma2 sigma1^(1/2)``
     has the nonzero eigenvalues of the N x N matrix ``a sigma2 a^T``: one small eigendecomposition instead of two of
-    D x D, the same number."""
+    D x D, and no D x D covariance of the samples, for the same number."""
     acts = np.asarray(acts, dtype=np.float64)
-    mu1, sigma1 = activation_statistics(acts)  # validates the shape
-    if acts.shape[0] > acts.shape[1]:
-        return frechet_distance(mu1, sigma1, mu2, sigma2)
-    mu1, sigma1, mu2, sigma2 = _checked_statistics(mu1, sigma1, mu2, sigma2)
+    if acts.ndim != 2 or not 2 <= acts.shape[0] <= acts.shape[1]:  # bad shapes fail in activation_statistics
+        return frechet_distance(*activation_statistics(acts), mu2, sigma2)
+    _check_finite(acts)
+    mu2, sigma2 = _checked_gaussian(mu2, sigma2, acts.shape[1])
+    mu1 = acts.mean(axis=0)
     a = (acts - mu1) / np.sqrt(acts.shape[0] - 1)
-    inner = a @ sigma2 @ a.T
-    trace_root = np.sqrt(_significant(np.linalg.eigvalsh((inner + inner.T) / 2))).sum()
     diff = mu1 - mu2
-    return float(diff @ diff + np.sum(a * a) + np.trace(sigma2) - 2.0 * trace_root)
+    return float(diff @ diff + np.sum(a * a) + np.trace(sigma2) - 2.0 * _trace_sqrt(a @ sigma2 @ a.T))
 
 
 def save_stats(path: str, mu: np.ndarray, sigma: np.ndarray) -> None:

@@ -371,10 +371,10 @@ class Trainer:
         """Score the EMA weights of checkpoint ``ckpt`` and write the JSON beside them; skipped with one log line
         when FID files, the autoencoder (latent models) or validation prompts (text-to-image) are missing. A score
         never ends training: any other failure is logged on one line and the result is empty."""
-        config, acc = self.config, self.accelerator
-        metric, ref_stats = config.eval.metric, config.eval.ref_stats or self.spec.fid_stats
         if n_samples <= 0:  # scoring switched off
             return {}
+        config, acc = self.config, self.accelerator
+        metric, ref_stats = config.eval.metric, config.eval.ref_stats or self.spec.fid_stats
         try:
             # seeded: building the scorers (Inception, the digit classifier) and the autoencoder draws from the
             # global RNG, which must not move the training run's random streams (a resumed run would not repeat it)
