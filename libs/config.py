@@ -32,6 +32,16 @@ def defaults() -> ml_collections.ConfigDict:
         min_snr_gamma=0.0,               # Gaussian framework: Min-SNR-gamma loss weighting (e.g. 5); 0: plain L_simple
         mixed_precision='',              # '', 'no', 'fp16', 'bf16'; '' keeps what `accelerate launch` says
         log_with='tensorboard',          # 'tensorboard', 'wandb' or 'none'
+        edm=d(                           # config.framework='edm' (libs/diffusion/edm.py; Karras et al. 2022)
+            precond='edm',               # 'edm', 'vp' or 've': a column of EDM's Table 1
+            sigma_data=0.5,
+            p_mean=-1.2,                 # training noise levels: ln sigma ~ N(p_mean, p_std^2) (precond 'edm')
+            p_std=1.2,
+            sigma_min=0.002,             # the sampling range and rho-grid
+            sigma_max=80.0,
+            rho=7.0,
+            augment_prob=0.0,            # EDM's non-leaking augmentation (DDAE's EDM_ddpmpp_aug: 0.12)
+        ),
         train=d(
             n_steps=500000,
             batch_size=128,              # global batch per optimizer step, over all processes
@@ -85,6 +95,12 @@ def defaults() -> ml_collections.ConfigDict:
             method='',                   # '' : the algorithm's default ('singlestep' / 'multistep')
             skip_type='',                # '' : the algorithm's default step grid
             t_end=0.0,                   # 0 : the algorithm's default end time
+            eta=0.0,                     # ddim: 0 deterministic, 1 the ancestral sampler's variance
+            rho=7.0,                     # heun: EDM's rho-grid
+            s_churn=0.0,                 # heun: EDM's churn (0: deterministic) between noise levels s_min..s_max
+            s_min=0.0,
+            s_max=1e9,
+            s_noise=1.0,
         ),
         eval=d(
             metric='fid',                # 'fid' (Inception) or 'digits' (the offline digit classifier)
@@ -95,6 +111,32 @@ def defaults() -> ml_collections.ConfigDict:
             train_sample_steps=50,
             sweep_algorithms='dpm_solver,dpm_solver++',  # eval.py --eval=sweep: samplers (comma-separated)
             sweep_nfes='5,10,15,25,50',  # eval.py --eval=sweep: numbers of network evaluations
+        ),
+        probe=d(                         # eval.py --eval=linear_probe / contrastive / noisy_clf (DDAE; features.py)
+            layers='',                   # feature layer(s), comma-separated (the backbone's feature_layers())
+            level=0,                     # noise-level index (DDAE: 11 of 1000 for DDPM, 4 of EDM's 18 levels)
+            grid=False,                  # linear_probe: one probe per (layer, level) of grid_layers x grid_levels
+            grid_layers='',              # '' : every feature layer (also contrastive's layers)
+            grid_levels='',              # e.g. '1,11,21' (DDAE's DDPM grid) or '3,4,5' (its EDM grid)
+            epochs=15,                   # DDAE's linear probe: Adam, lr 1e-3, cosine, 15 epochs, batch 128
+            batch_size=128,
+            lr=1e-3,
+            augment='none',              # 'flip_crop': DDAE's flip + shift, training features recomputed each epoch
+            n_train=0,                   # images of the train / test split (0: all)
+            n_test=0,
+        ),
+        contrastive=d(n_images=10000),   # eval.py --eval=contrastive: training images (0: all)
+        noisy_clf=d(                     # eval.py --eval=noisy_clf: probe.layers[0], probe.lr / batch_size / n_*
+            test_levels='',              # '' : the framework's (DDPM: 1, 51, ..., 951; EDM: 1..18)
+            mlp_epochs=15,
+            perturbation='vp',           # the WideResNet's inputs: 'vp' alpha (x0 + sigma n) or 've' x0 + sigma n
+            wrn_depth=28,                # DDAE's noise-conditional WideResNet (their 28-10; WRN-28-2 is enough)
+            wrn_widen=2,
+            wrn_epochs=200,
+            wrn_lr=0.1,                  # SGD, momentum 0.9, linear warm-up then cosine decay
+            wrn_warmup_epochs=5,
+            wrn_weight_decay=5e-4,
+            wrn_batch_size=128,
         ),
         clf_eval=d(                      # eval.py --eval=test_clf/gen/nll/cali/ood/attack (libs/evaluation/)
             n_test=0,                    # images of the test split and of each OOD set; 0: all

@@ -84,7 +84,10 @@ def run_evaluation(script_kinds: tuple) -> None:
     config_flags.DEFINE_config_file('config', None, 'Configuration file (configs/*.py).', lock_config=False)
     flags.DEFINE_string('nnet_path', None, 'Weights file (.pth / .safetensors) or a training checkpoint directory.')
     flags.DEFINE_bool('ema', True, 'The weights are EMA weights (in a checkpoint directory: use nnet_ema.pth).')
-    flags.DEFINE_string('eval', 'sample', 'What to evaluate: sample, test_clf, gen, nll, cali, ood, attack or sweep.')
+    flags.DEFINE_string('eval', 'sample', 'What to evaluate: sample, test_clf, gen, nll, cali, ood, attack, sweep, '
+                        'linear_probe, contrastive or noisy_clf.')
+    flags.DEFINE_bool('grid', False, '--eval=linear_probe: one probe per (layer, noise level) of '
+                      'config.probe.grid_layers x grid_levels (sets config.probe.grid).')
     flags.mark_flags_as_required(['config', 'nnet_path'])
 
     def main(_):
@@ -92,6 +95,8 @@ def run_evaluation(script_kinds: tuple) -> None:
         from libs.evaluation import run_eval_mode
         cli.setup_logging()
         config = resolve(FLAGS.config)
+        if FLAGS.grid:
+            config.probe.grid = True
         check_kind(config, script_kinds, EVAL_SCRIPTS)
         run_eval_mode(config, FLAGS.eval, FLAGS.nnet_path, FLAGS.ema)
 

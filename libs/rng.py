@@ -29,6 +29,15 @@ EVAL_RANK_STRIDE = 1000003         # eval_process_seed: seed * 1000003 + rank
 SAMPLE_SEED_STRIDE = 2654435761
 
 
+FEATURE_STREAM_STRIDE = 15485863   # feature_seed: the noise of feature evaluation pass k (epoch, view, ...)
+
+
+def feature_seed(seed: int, stream: int) -> int:
+    """The seed of one pass of a feature evaluation (libs/evaluation/features.py): its images' noise then comes from
+    ``SampleRandom(feature_seed(seed, stream), image indices)``, whatever the number of processes."""
+    return seed + FEATURE_STREAM_STRIDE * (stream + 1)
+
+
 def training_seed(seed: int, rank: int, step: int = 0) -> int:
     return seed + TRAINING_RANK_STRIDE * rank + TRAINING_STEP_STRIDE * step
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from libs.config import load_config_file
+from libs.diffusion import build_framework
 from libs.nets import build_nnet, count_parameters
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,6 +23,9 @@ def test_config_resolves_and_builds(path):
         nnet = build_nnet(config.nnet)
     assert count_parameters(nnet) > 0
     assert config.train.batch_size > 0 and config.sample.sample_steps > 0
+    framework = build_framework(config)
+    framework.check_backbone(nnet)
+    assert callable(framework.build_sampler(config.sample))
 
 
 @pytest.mark.parametrize('name', ['cifar10_uvit_small', 'celeba64_uvit_small', 'imagenet64_uvit_mid',
@@ -37,3 +41,37 @@ def test_paper_configs_have_the_released_networks(name):
     assert {k: list(v.shape) for k, v in nnet.state_dict().items()} == released['keys']
     for key, value in released['nnet'].items():
         assert config.nnet[key] == value, key
+
+
+# DDAE's release (config/*.yaml): parameters of its UNet, epochs x 50,000 / batch steps, warm-up epochs, EMA
+DDAE = {
+    'cifar10_ddpm_unet': (35_746_307, 'gaussian', 128, 2000, 13, 0.9999, 0.1, 0.0, 'out_6', 11),
+    'cifar10_edm_unet': (35_746_307, 'edm', 128, 2000, 200, 0.9993, 0.13, 0.0, 'out_7', 4),
+    'cifar10_ddpm_ddpmpp': (56_524_291, 'gaussian', 64, 2000, 13, 0.9999, 0.1, 0.0, 'out_6', 11),
+    'cifar10_edm_ddpmpp': (56_524_291, 'edm', 64, 2000, 200, 0.9993, 0.13, 0.0, 'out_7', 4),
+    'cifar10_edm_ddpmpp_aug': (56_525_443, 'edm', 64, 4000, 200, 0.9993, 0.13, 0.12, 'out_7', 4),
+}
+
+
+@pytest.mark.parametrize('name', sorted(DDAE))
+def test_ddae_configs_have_the_releases_networks_and_hyperparameters(name):
+    params, framework, batch, epochs, warm, ema, dropout, augment, layer, level = DDAE[name]
+    config = load_config_file(os.path.join(ROOT, 'configs', f'{name}.py'))
+    with torch.device('meta'):
+        nnet = build_nnet(config.nnet)
+    assert count_parameters(nnet) == params
+    assert config.framework == framework and config.train.batch_size == batch
+    steps_per_epoch = 50_000 / batch
+    assert config.train.n_steps == round(epochs * steps_per_epoch)
+    assert config.lr_scheduler.warmup_steps == round(warm * steps_per_epoch) and config.lr_scheduler.name == 'customized'
+    assert (config.optimizer.name, config.optimizer.lr, config.optimizer.weight_decay) == ('adam', 1e-4, 0.0)
+    assert config.train.ema_rate == ema and config.train.grad_clip == 1.0 and config.dataset.random_flip
+    assert config.nnet.dropout == dropout and config.edm.augment_prob == augment
+    assert (config.probe.layers, config.probe.level, config.probe.epochs, config.probe.lr) == (layer, level, 15, 1e-3)
+    assert layer in nnet.feature_layers()
+    if framework == 'edm':
+        assert (config.sample.algorithm, config.sample.sample_steps) == ('heun', 35)
+        assert (config.edm.p_mean, config.edm.p_std, config.edm.sigma_data) == (-1.2, 1.2, 0.5)
+    else:
+        assert (config.sample.algorithm, config.sample.sample_steps, config.sample.eta) == ('ddim', 100, 0.0)
+        assert build_framework(config).schedule.model_time(torch.tensor(0.5)).item() == 0.5   # DDAE's n / N

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from libs.diffusion.samplers import TIME_GRIDS, ddpm_steps, singlestep_grid, time_grid
-from libs.diffusion.samplers.grids import log_snr_grid, time_quadratic_grid, time_uniform_grid
+from libs.diffusion.samplers.grids import karras_grid, log_snr_grid, time_quadratic_grid, time_uniform_grid
 from libs.diffusion.schedules import DiscreteSchedule, VPSDE
 from libs.errors import UserError
 
@@ -18,12 +18,13 @@ UNIFORM_IN = {
     'logSNR': lambda schedule, t: schedule.log_snr(torch.tensor(t, dtype=F64)).numpy(),
     'time_uniform': lambda schedule, t: np.asarray(t),
     'time_quadratic': lambda schedule, t: np.sqrt(t),
+    'karras': lambda schedule, t: schedule.ve_sigma(torch.tensor(t, dtype=F64)).numpy() ** (1 / 7),
 }
 
 
-def test_the_registry_names_the_three_grids():
+def test_the_registry_names_the_four_grids():
     assert TIME_GRIDS == {'logSNR': log_snr_grid, 'time_uniform': time_uniform_grid,
-                          'time_quadratic': time_quadratic_grid}
+                          'time_quadratic': time_quadratic_grid, 'karras': karras_grid}
 
 
 @pytest.mark.parametrize('skip_type', list(TIME_GRIDS))

@@ -389,9 +389,9 @@ def test_build_sampler_presets():
 def test_build_sampler_errors():
     schedule = VPSDE()
     assert set(SAMPLERS) == {'dpm_solver', 'dpm_solver++', 'euler_maruyama_sde', 'euler_maruyama_ode', 'unipc',
-                             'unipc_bh1', 'ddpm_ancestral', 'ddpm_ancestral_beta_tilde'}
+                             'unipc_bh1', 'ddpm_ancestral', 'ddpm_ancestral_beta_tilde', 'ddim', 'heun'}
     with pytest.raises(UserError, match='known: dpm_solver, dpm_solver\\+\\+, euler_maruyama_sde'):
-        build_sampler(ml_collections.ConfigDict({'algorithm': 'ddim', 'sample_steps': 10}), schedule)
+        build_sampler(ml_collections.ConfigDict({'algorithm': 'plms', 'sample_steps': 10}), schedule)
     with pytest.raises(UserError, match='sample_steps'):
         build_sampler(ml_collections.ConfigDict({'algorithm': 'dpm_solver'}), schedule)
     with pytest.raises(UserError, match='known: 1, 2, 3'):

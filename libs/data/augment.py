@@ -19,11 +19,19 @@ def random_shift(x: torch.Tensor, pad: int, generator: torch.Generator = None) -
     """
     if pad == 0:
         return x
+    side = 2 * pad + 1
+    choice = torch.randint(0, side * side, (x.shape[0],), generator=generator,
+                           device=generator.device if generator is not None else x.device)
+    return shifted(x, pad, choice)
+
+
+def shifted(x: torch.Tensor, pad: int, choice: torch.Tensor) -> torch.Tensor:
+    """Image i translated by shift ``choice[i]`` of the (2 pad + 1)^2 shifts (row-major, dy then dx; the middle one
+    is no shift); the border is filled with -1 (black)."""
     b, _, h, w = x.shape
     side = 2 * pad + 1
     padded = F.pad(x, (pad, pad, pad, pad), value=-1.0)
-    choice = torch.randint(0, side * side, (b,), generator=generator,
-                           device=generator.device if generator is not None else x.device).to(x.device)
+    choice = choice.to(x.device)
     dy, dx = choice // side, choice % side
     rows = (dy[:, None] + torch.arange(h, device=x.device)[None])          # (B, H)
     cols = (dx[:, None] + torch.arange(w, device=x.device)[None])          # (B, W)

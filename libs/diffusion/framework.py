@@ -32,6 +32,10 @@ class Framework:
         """What the backbone is called with at time t, (B,)."""
         raise NotImplementedError
 
+    def network_input(self, x_t, t):
+        """What the backbone is called with at the corrupted data x_t (x_t itself, or a preconditioned input)."""
+        raise NotImplementedError
+
     def corrupt(self, x0, generator=None):
         """(t, noise, x_t): a training time per sample, the noise drawn and the corrupted data."""
         raise NotImplementedError
@@ -43,7 +47,7 @@ class Framework:
     def loss(self, nnet, x0, cond=None, generator=None):
         """(B,) float32 training loss: corrupt, call the backbone once, score its output."""
         t, noise, x_t = self.corrupt(x0, generator)
-        output = nnet(x_t, self.model_time(t), **(cond or {}))
+        output = nnet(self.network_input(x_t, t), self.model_time(t), **(cond or {}))
         return self.loss_of_output(output, x0, noise, x_t, t)
 
     def denoiser(self, nnet):

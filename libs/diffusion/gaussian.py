@@ -7,7 +7,7 @@ a discrete DDPM / Stable Diffusion schedule placed in continuous time; libs/diff
   (v = alpha eps - sigma x_0, Salimans & Ho 2022: like x0 at high noise, like eps at low noise); the ``Denoiser``
   turns it into both predictions, and L_simple is the squared error of the output against its own target,
   optionally weighted by Min-SNR-gamma (``min_snr_gamma``). EDM's preconditioning (c_skip, c_out, c_in, c_noise;
-  VP, VE and EDM variants, F-prediction) is the next entry: see docs/ARCHITECTURE.md.
+  VP, VE and EDM variants, F-prediction) is a subclass: libs/diffusion/edm.py.
 - Time: the backbone sees ``schedule.model_time(t)`` (999 t for the VP SDE, as the released checkpoints expect).
 - Prior: N(0, I). Samplers: libs/diffusion/samplers (DPM-Solver, Euler-Maruyama, DDPM ancestral), over the
   noise prediction. Guidance: classifier-free, in eps (libs/diffusion/guidance.py).
@@ -71,6 +71,10 @@ class Denoiser:
     def data(self, x, t, **cond):
         """x0 prediction, same shape as x."""
         return self._predict('x0', x, t, cond)
+
+    def features(self, x, t, layers, **cond):
+        """The backbone's pooled features of ``layers`` at (x, t) (libs/nets/protocol.py)."""
+        return self.nnet.features(x, self.schedule.model_time(self._times(x, t)), layers, **cond)
 
     def _predict(self, target, x, t, cond):
         """The ``target`` ('noise' or 'x0') prediction from the output, with x = alpha x0 + sigma eps."""
@@ -144,6 +148,9 @@ class GaussianFramework(Framework):
     def model_time(self, t):
         return self.schedule.model_time(t)
 
+    def network_input(self, x_t, t):
+        return x_t
+
     def corrupt(self, x0, generator=None):
         return noised(self.schedule, x0, generator)
 
@@ -188,3 +195,20 @@ class GaussianFramework(Framework):
 
     def build_sampler(self, sample_cfg):
         return build_sampler(sample_cfg, self.schedule)
+
+    def level_range(self) -> tuple:
+        """The noise-level indices (DDAE's "timestep"): step n in 1..N of a discrete N-step chain, or n / 1000 of
+        continuous time otherwise."""
+        return 1, getattr(self.schedule, 'num_steps', 1000)
+
+    def level_time(self, index: int) -> float:
+        """The time of noise-level ``index`` (see ``level_range``)."""
+        low, high = self.level_range()
+        if not isinstance(index, int) or isinstance(index, bool) or not low <= index <= high:
+            raise UserError(f'a noise level of this framework is an integer in {low}..{high}, got {index!r}')
+        return index / high
+
+    def default_levels(self) -> list:
+        """DDAE's test levels of the noise-conditional classifiers: 20 levels, 1, 51, ..., 951 of 1000."""
+        high = self.level_range()[1]
+        return list(range(1, high + 1, max(1, high // 20)))

@@ -79,6 +79,15 @@ class NoiseSchedule:
         lam = _as_time(lam)
         return self.t_from_log_alpha(-0.5 * torch.nn.functional.softplus(-2.0 * lam))
 
+    def ve_sigma(self, t):
+        """The noise level of the equivalent variance-exploding process x / alpha = x_0 + (sigma / alpha) eps:
+        sigma / alpha = exp(-lambda(t)) (EDM's sigma; 0 at t = 0)."""
+        return torch.exp(-self.log_snr(t))
+
+    def t_from_ve_sigma(self, ve_sigma):
+        """Inverse of ``ve_sigma``."""
+        return self.t_from_log_snr(-torch.log(_as_time(ve_sigma)))
+
     def sde_coefficients(self, t):
         """(f(t), g^2(t)) of the forward SDE dx = f x dt + g dW; for a VP process g^2 = -2 f."""
         f = self.d_log_alpha_dt(t)
@@ -132,11 +141,12 @@ class DiscreteSchedule(NoiseSchedule):
     piecewise-linear interpolation of log(alphas_cumprod) / 2 over the knots t_n together with t_0 = 0,
     log_alpha = 0 (clean data). So below t_1 = 1/N the schedule follows the straight line to (0, 0), which keeps
     alpha <= 1; above t = 1 the last segment is extrapolated. The network sees N t (the integer n at t = n / N, as
-    the released text-to-image code calls it with steps 1..N); training times are n / N with n uniform in 1..N.
+    the released text-to-image code calls it with steps 1..N), or ``time_scale`` t (DDAE's UNets see n / N:
+    ``time_scale=1``); training times are n / N with n uniform in 1..N.
     `t_min` = 1 / N.
     """
 
-    def __init__(self, betas):
+    def __init__(self, betas, time_scale=None):
         betas = torch.as_tensor(betas, dtype=torch.float64).cpu()
         if betas.ndim != 1 or betas.numel() < 2 or not bool(((betas > 0) & (betas < 1)).all()):
             raise UserError('DiscreteSchedule needs a 1-D sequence of at least 2 betas, each in (0, 1)')
@@ -144,6 +154,7 @@ class DiscreteSchedule(NoiseSchedule):
         self.num_steps = betas.numel()
         self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
         self.t_min = 1.0 / self.num_steps
+        self.time_scale = float(self.num_steps if time_scale is None else time_scale)
         zero = torch.zeros(1, dtype=torch.float64)
         self._t_knots = torch.arange(self.num_steps + 1, dtype=torch.float64) / self.num_steps
         self._log_alpha_knots = torch.cat([zero, 0.5 * torch.log(self.alphas_cumprod)])
@@ -161,22 +172,23 @@ class DiscreteSchedule(NoiseSchedule):
         return f'DiscreteSchedule(N={self.num_steps})'
 
     @classmethod
-    def linear(cls, N=1000, beta_start=1e-4, beta_end=0.02):
+    def linear(cls, N=1000, beta_start=1e-4, beta_end=0.02, time_scale=None):
         """DDPM (Ho et al. 2020): betas linear from beta_start to beta_end."""
-        return cls(torch.linspace(beta_start, beta_end, N, dtype=torch.float64))
+        return cls(torch.linspace(beta_start, beta_end, N, dtype=torch.float64), time_scale)
 
     @classmethod
-    def scaled_linear(cls, N=1000, beta_start=0.00085, beta_end=0.012):
+    def scaled_linear(cls, N=1000, beta_start=0.00085, beta_end=0.012, time_scale=None):
         """Stable Diffusion: betas = linspace(sqrt(beta_start), sqrt(beta_end), N)^2."""
-        return cls(torch.linspace(math.sqrt(beta_start), math.sqrt(beta_end), N, dtype=torch.float64) ** 2)
+        return cls(torch.linspace(math.sqrt(beta_start), math.sqrt(beta_end), N, dtype=torch.float64) ** 2,
+                   time_scale)
 
     @classmethod
-    def cosine(cls, N=1000, s=0.008):
+    def cosine(cls, N=1000, s=0.008, time_scale=None):
         """Nichol & Dhariwal 2021: alphas_cumprod(t) = cos((t + s) / (1 + s) pi / 2)^2, normalised; betas <= 0.999."""
         t = torch.arange(N + 1, dtype=torch.float64) / N
         f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
         betas = 1.0 - f[1:] / f[:-1]
-        return cls(betas.clamp(max=0.999))
+        return cls(betas.clamp(max=0.999), time_scale)
 
     def log_alpha(self, t):
         t = _as_time(t)
@@ -192,11 +204,57 @@ class DiscreteSchedule(NoiseSchedule):
         return _interp(log_alpha, log_alpha_knots.flip(0), t_knots.flip(0))[0]
 
     def model_time(self, t):
-        return self.num_steps * t
+        return self.time_scale * t
 
     def sample_train_t(self, n, device, generator=None):
         steps = torch.randint(1, self.num_steps + 1, (n,), device=device, generator=generator)
         return steps.to(torch.float32) / self.num_steps
+
+
+class KarrasSchedule(NoiseSchedule):
+    """EDM's noise levels (Karras et al. 2022) as a variance-preserving schedule in t in [0, 1].
+
+    The variance-exploding level is sigma_ve(t) = sigma_max t^rho, so alpha = 1 / sqrt(1 + sigma_ve^2) and
+    log_alpha(t) = -log1p(sigma_ve^2) / 2. Uniform steps in t from 1 down to t_min = (sigma_min / sigma_max)^(1/rho)
+    are exactly EDM's rho-grid, and every sampler of the suite (DPM-Solver, UniPC, Heun) integrates the same ODE.
+    The network never sees t: EDM's preconditioning (libs/diffusion/edm.py) calls it with c_noise(sigma_ve);
+    ``model_time`` is EDM's c_noise = ln(sigma_ve) / 4. Training levels come from the preconditioning's
+    distribution, not from here (``sample_train_t`` draws EDM's log-normal levels for completeness).
+    """
+
+    def __init__(self, sigma_min=0.002, sigma_max=80.0, rho=7.0):
+        if not 0 < sigma_min < sigma_max or rho <= 0:
+            raise UserError(f'KarrasSchedule needs 0 < sigma_min < sigma_max and rho > 0, got sigma_min={sigma_min}, '
+                            f'sigma_max={sigma_max}, rho={rho}')
+        self.sigma_min, self.sigma_max, self.rho = float(sigma_min), float(sigma_max), float(rho)
+        self.t_min = (self.sigma_min / self.sigma_max) ** (1.0 / self.rho)
+
+    def __repr__(self):
+        return f'KarrasSchedule(sigma_min={self.sigma_min}, sigma_max={self.sigma_max}, rho={self.rho})'
+
+    def ve_sigma(self, t):
+        return self.sigma_max * _as_time(t) ** self.rho
+
+    def t_from_ve_sigma(self, ve_sigma):
+        return (_as_time(ve_sigma) / self.sigma_max) ** (1.0 / self.rho)
+
+    def log_alpha(self, t):
+        return -0.5 * torch.log1p(self.ve_sigma(t) ** 2)
+
+    def d_log_alpha_dt(self, t):
+        t = _as_time(t)
+        sigma = self.ve_sigma(t)
+        return -sigma ** 2 * self.rho / (t * (1.0 + sigma ** 2))
+
+    def t_from_log_alpha(self, log_alpha):
+        return self.t_from_ve_sigma(torch.sqrt(torch.expm1(-2.0 * _as_time(log_alpha))))
+
+    def model_time(self, t):
+        return torch.log(self.ve_sigma(t)) / 4.0
+
+    def sample_train_t(self, n, device, generator=None):
+        log_sigma = torch.randn(n, device=device, generator=generator) * 1.2 - 1.2
+        return self.t_from_ve_sigma(torch.exp(log_sigma))
 
 
 SCHEDULES = {
@@ -204,6 +262,7 @@ SCHEDULES = {
     'ddpm_linear': DiscreteSchedule.linear,
     'stable_diffusion': DiscreteSchedule.scaled_linear,
     'cosine': DiscreteSchedule.cosine,
+    'karras': KarrasSchedule,
 }
 
 

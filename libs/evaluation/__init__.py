@@ -5,12 +5,15 @@
 - ``test_clf``, ``cali``, ``attack``: accuracy, calibration, PGD robustness of a classifying network
   (classification.py);
 - ``nll``, ``ood``: the DDPM bound in bits/dim, out-of-distribution AUROC (likelihood.py);
-- ``sweep``: the sample score over samplers x NFE, to choose a sampler (sweep.py).
+- ``sweep``: the sample score over samplers x NFE, to choose a sampler (sweep.py);
+- ``linear_probe`` (``--grid``), ``contrastive``, ``noisy_clf``: DDAE's evaluations of the network's features
+  (features.py).
 
 Adding a mode: a function ``mode(config, nnet_path, ema) -> dict`` built on ``EvalRun``, and one line in MODES.
 """
 from libs.errors import UserError
 from libs.evaluation.classification import eval_attack, eval_cali, eval_test_clf
+from libs.evaluation.features import eval_contrastive, eval_linear_probe, eval_noisy_clf
 from libs.evaluation.generation import eval_gen, eval_sample
 from libs.evaluation.likelihood import eval_nll, eval_ood
 from libs.evaluation.sweep import eval_sweep
@@ -24,6 +27,9 @@ MODES = {
     'ood': eval_ood,
     'attack': eval_attack,
     'sweep': eval_sweep,
+    'linear_probe': eval_linear_probe,
+    'contrastive': eval_contrastive,
+    'noisy_clf': eval_noisy_clf,
 }
 
 

@@ -138,6 +138,8 @@ def gathered_order(world: int, rounds: int, mini_batch_size: int, n_samples: int
 
 def sample_settings(sample_cfg, n_samples: int, metric: str, ref_stats: str) -> dict:
     """Everything about sampling that changes a sample score."""
+    from libs.diffusion.samplers import SAMPLER_OPTIONS
+    options = {key: sample_cfg.get(key) for key in SAMPLER_OPTIONS.get(sample_cfg.algorithm, ())}
     return {
         'metric': metric,
         'n_samples': n_samples,
@@ -149,6 +151,7 @@ def sample_settings(sample_cfg, n_samples: int, metric: str, ref_stats: str) -> 
         'skip_type': sample_cfg.get('skip_type', ''),
         't_end': sample_cfg.get('t_end', 0.0),
         'reference_statistics': ref_stats,
+        **options,
     }
 
 

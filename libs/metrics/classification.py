@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from libs.errors import UserError
-from libs.fileio import atomic_open
+from libs.metrics.plots import new_figure, save_png
 
 NORMS = ('linf', 'l2')
 
@@ -78,22 +78,6 @@ def expected_calibration_error(probs, labels, n_bins: int = 15) -> float:
     return _calibration_bins(probs, labels, n_bins)['ece']
 
 
-def _new_figure(width: float = 4.5, height: float = 4.5):
-    """A matplotlib figure drawn by the Agg backend, without touching pyplot's global state."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height))
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save_png(fig, path: str) -> None:
-    fig.tight_layout()
-    with atomic_open(path) as f:
-        fig.savefig(f, format='png', dpi=100)
-
-
 def reliability_diagram(probs, labels, path: str, n_bins: int = 15, title: str = '') -> dict:
     """Write a PNG of per-bin accuracy (bars) against the diagonal, with the ECE in the title.
 
@@ -101,7 +85,7 @@ def reliability_diagram(probs, labels, path: str, n_bins: int = 15, title: str =
     (NaN for empty bins), as lists of length ``n_bins``, and ``ece``.
     """
     table = _calibration_bins(probs, labels, n_bins)
-    fig = _new_figure()
+    fig = new_figure()
     ax = fig.add_subplot(1, 1, 1)
     lower = np.asarray(table['lower'])
     width = 1.0 / n_bins
@@ -120,7 +104,7 @@ def reliability_diagram(probs, labels, path: str, n_bins: int = 15, title: str =
     ax.legend(loc='upper left', fontsize=8)
     heading = f'ECE = {table["ece"]:.4f} ({n_bins} bins)'
     ax.set_title(f'{title}\n{heading}' if title else heading)
-    _save_png(fig, path)
+    save_png(fig, path)
     return table
 
 
@@ -291,7 +275,7 @@ def plot_score_histograms(scores: dict, path: str, xlabel: str, title: str = '',
         raise UserError('plot_score_histograms got no finite scores')
     low, high = float(pooled.min()), float(pooled.max())
     edges = np.linspace(low, high if high > low else low + 1.0, bins + 1)
-    fig = _new_figure(5.5, 3.8)
+    fig = new_figure(5.5, 3.8)
     ax = fig.add_subplot(1, 1, 1)
     for i, (name, values) in enumerate(arrays.items()):
         # The first set (the in-distribution one) filled, so a set identical to it still shows both.
@@ -302,7 +286,7 @@ def plot_score_histograms(scores: dict, path: str, xlabel: str, title: str = '',
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title)
-    _save_png(fig, path)
+    save_png(fig, path)
 
 
 def plot_robustness(results: dict, path: str, title: str = '') -> None:
@@ -315,7 +299,7 @@ def plot_robustness(results: dict, path: str, title: str = '') -> None:
         raise UserError('plot_robustness needs a non-empty dict {norm: {eps: accuracy}}')
     if not isinstance(next(iter(results.values())), dict):
         results = {'': results}
-    fig = _new_figure(4.0 * len(results), 3.6)
+    fig = new_figure(4.0 * len(results), 3.6)
     for i, (norm, curve) in enumerate(results.items()):
         ax = fig.add_subplot(1, len(results), i + 1)
         eps = sorted(curve)
@@ -326,4 +310,4 @@ def plot_robustness(results: dict, path: str, title: str = '') -> None:
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
-    _save_png(fig, path)
+    save_png(fig, path)

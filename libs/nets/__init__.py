@@ -6,6 +6,7 @@ import torch
 from libs.errors import UserError
 from libs.fileio import load_state_file
 from libs.nets.genvit import GenViT
+from libs.nets.unet import UNet
 from libs.nets.uvit import UViT
 from libs.nets.uvit_t2i import UViT as UViTT2I
 
@@ -13,6 +14,7 @@ NNETS = {
     'uvit': UViT,
     'uvit_t2i': UViTT2I,
     'genvit': GenViT,
+    'unet': UNet,
 }
 
 # Prefixes that wrappers add to parameter names (DistributedDataParallel, torch.compile).

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from libs.nets.layers import Block, PatchEmbed, init_vit_weights, timestep_embedding, unpatchify
-from libs.nets.protocol import OUTPUT_IMAGE, SquareImageInput
+from libs.nets.protocol import OUTPUT_IMAGE, SquareImageInput, check_feature_layers
 
 
 class TokenTimeModulation(nn.Module):
@@ -106,24 +106,52 @@ class GenViT(SquareImageInput, nn.Module):
     def no_weight_decay(self):
         return {'pos_embed', 'cls_token'}
 
-    def _tokens(self, x, emb):
-        """Run the transformer on [class, patches]; ``emb`` (B, time_dim) or None for no time input -> (B, L, D)."""
+    def _embed(self, x):
+        """(B, C, H, W) -> (B, L, D) positioned tokens [class, patches]."""
         x = self.patch_embed(x)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
         if x.shape[1] != self.pos_embed.shape[1]:
             raise ValueError(f'got {x.shape[1] - 1} patches, the model has positions for '
                              f'{self.pos_embed.shape[1] - 1} (img_size={self.img_size}, patch_size={self.patch_size})')
-        x = x + self.pos_embed
+        return x + self.pos_embed
+
+    def _tokens(self, x, emb):
+        """Run the transformer on [class, patches]; ``emb`` (B, time_dim) or None for no time input -> (B, L, D)."""
+        x = self._embed(x)
         for mod, blk in zip(self.time_mods, self.blocks):
             if emb is not None:
                 x = mod(x, emb)
             x = blk(x)
         return x
 
+    def _time(self, timesteps, x):
+        return self.time_embed(timestep_embedding(timesteps, self.embed_dim).to(x.dtype))
+
     def forward(self, x, timesteps, y=None):
-        emb = self.time_embed(timestep_embedding(timesteps, self.embed_dim).to(x.dtype))
-        tokens = self._tokens(x, emb)
+        tokens = self._tokens(x, self._time(timesteps, x))
         return unpatchify(self.decoder_pred(tokens[:, 1:]), self.in_chans)
+
+    def feature_layers(self) -> list:
+        """``block_0``, ``block_1``, ...: the transformer blocks in execution order."""
+        return [f'block_{i}' for i in range(len(self.blocks))]
+
+    def features(self, x, timesteps, layers, y=None) -> dict:
+        """{``block_k``: (B, embed_dim) float32}: block k's output (with the time input, as in ``forward``) averaged
+        over the patch tokens, the class token left out; runs only as far as the deepest requested block. ``y`` is
+        ignored, as in ``forward``."""
+        wanted = set(check_feature_layers(self, layers))
+        found = {}
+        if not wanted:
+            return found
+        emb = self._time(timesteps, x)
+        h = self._embed(x)
+        for index, (mod, blk) in enumerate(zip(self.time_mods, self.blocks)):
+            h = blk(mod(h, emb))
+            if f'block_{index}' in wanted:
+                found[f'block_{index}'] = h[:, 1:].float().mean(dim=1)
+                if len(found) == len(wanted):
+                    break
+        return found
 
     def classify(self, x):
         return self.head(self.norm(self._tokens(x, None)[:, 0]))

@@ -13,8 +13,14 @@ schedules: the framework (libs/diffusion) chooses ``model_time`` and reads ``out
   parameterisation says), ``'image+variance'`` (2C channels, a learned variance as DiT's) or ``'logits'``
   ((B, C, H, W, S) over S states, the discrete framework).
 - ``input_shape``: (C, H, W), the data it takes.
-- Feature outputs for the DDAE probes (#12) will be ``features(x, model_time, layer, **cond)`` with
-  ``feature_layers()`` listing the layer names.
+
+Backbones that serve DDAE's probes (#12) also give intermediate features: ``feature_layers()`` lists the layer
+names, in execution order, and ``features(x, model_time, layers, **cond)`` returns ``{name: (B, channels) float32}``
+for each requested name -- that layer's output averaged over space (the UNet: over H x W) or over the patch tokens
+(the ViTs: condition, time and class tokens left out). A backbone may stop once the deepest requested layer is
+computed. An unknown name is a ``UserError`` listing the valid ones (``check_feature_layers``). Names: the UNet's are
+DDAE's, ``out_1``, ``out_2``, ... for the blocks of its up path; the ViTs' are ``block_0``, ``block_1``, ... for
+their transformer blocks.
 """
 from libs.errors import UserError
 
@@ -67,3 +73,15 @@ class SquareImageInput:
     @property
     def input_shape(self):
         return self.in_chans, self.img_size, self.img_size
+
+
+def check_feature_layers(nnet, layers) -> list:
+    """The requested feature names as a list (one name may be given as a string); an unknown one is a UserError
+    whose one line lists the valid names."""
+    valid = list(nnet.feature_layers())
+    names = [layers] if isinstance(layers, str) else list(layers)
+    unknown = [name for name in names if name not in valid]
+    if unknown:
+        raise UserError(f'{type(nnet).__name__} has no feature layer {unknown[0]!r}; valid names: '
+                        f'{", ".join(valid)}')
+    return names

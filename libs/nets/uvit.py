@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from libs.nets.layers import Block, PatchEmbed, init_vit_weights, timestep_embedding, unpatchify
-from libs.nets.protocol import OUTPUT_IMAGE, SquareImageInput
+from libs.nets.protocol import OUTPUT_IMAGE, SquareImageInput, check_feature_layers
 
 
 class UViTTrunk(SquareImageInput, nn.Module):
@@ -73,14 +73,41 @@ class UViTTrunk(SquareImageInput, nn.Module):
         """(B,) timesteps -> (B, 1, D) time token."""
         return self.time_embed(timestep_embedding(timesteps, self.embed_dim).to(dtype)).unsqueeze(1)
 
-    def trunk(self, tokens):
-        """(B, extras + L, D) tokens (condition tokens first, patch tokens last) -> (B, C, H, W) prediction."""
+    def positioned(self, tokens):
+        """(B, extras + L, D) tokens (condition tokens first, patch tokens last) plus their positions."""
         if tokens.shape[1] != self.pos_embed.shape[1]:
             raise ValueError(f'got {tokens.shape[1]} tokens, the model has positions for {self.pos_embed.shape[1]} '
                              f'(is the condition given exactly when the model has one?)')
-        x = self.stack(tokens + self.pos_embed)
+        return tokens + self.pos_embed
+
+    def trunk(self, tokens):
+        """(B, extras + L, D) tokens (condition tokens first, patch tokens last) -> (B, C, H, W) prediction."""
+        x = self.stack(self.positioned(tokens))
         x = self.decoder_pred(self.norm(x))[:, self.extras:, :]
         return self.final_layer(unpatchify(x, self.in_chans))
+
+    def feature_layers(self) -> list:
+        """``block_0``, ``block_1``, ...: the transformer blocks in execution order (in, mid, out blocks)."""
+        return [f'block_{i}' for i in range(len(self.in_blocks) + 1 + len(self.out_blocks))]
+
+    def stack_features(self, tokens, layers) -> dict:
+        """(B, extras + L, D) tokens -> {name: (B, D) float32}, each named block's output averaged over the patch
+        tokens; the stack runs only as far as the deepest requested block."""
+        names = check_feature_layers(self, layers)
+        wanted = set(names)
+        found = {}
+        blocks = [(blk, False) for blk in self.in_blocks] + [(self.mid_block, False)]
+        blocks += [(blk, True) for blk in self.out_blocks]
+        x, skips = self.positioned(tokens), []
+        for index, (blk, takes_skip) in enumerate(blocks):
+            if len(found) == len(wanted):
+                break
+            x = blk(x, skips.pop()) if takes_skip else blk(x)
+            if index < len(self.in_blocks):
+                skips.append(x)
+            if f'block_{index}' in wanted:
+                found[f'block_{index}'] = x[:, self.extras:].float().mean(dim=1)
+        return found
 
     def stack(self, x):
         """The U-shaped stack: (B, N, D) positioned tokens -> (B, N, D), any number of tokens N."""
@@ -151,12 +178,21 @@ class UViT(UViTTrunk):
     def no_weight_decay(self):
         return super().no_weight_decay() | ({'classifier.cls_token'} if self.classifies else set())
 
-    def forward(self, x, timesteps, y=None):
+    def token_sequence(self, x, timesteps, y=None):
+        """The token sequence [label?, time, patches], before the positions."""
         x = self.patch_embed(x)
         tokens = [self.time_token(timesteps, x.dtype), x]
         if y is not None:
             tokens.insert(0, self.label_emb(y).unsqueeze(1))
-        return self.trunk(torch.cat(tokens, dim=1))
+        return torch.cat(tokens, dim=1)
+
+    def forward(self, x, timesteps, y=None):
+        return self.trunk(self.token_sequence(x, timesteps, y))
+
+    def features(self, x, timesteps, layers, y=None) -> dict:
+        """{``block_k``: (B, embed_dim) float32}: block k's output tokens averaged over the patch tokens (the
+        feature protocol of libs/nets/protocol.py; ``feature_layers()`` lists the names)."""
+        return self.stack_features(self.token_sequence(x, timesteps, y), layers)
 
     def classify(self, x):
         if not self.classifies:

@@ -69,7 +69,8 @@ class Hybrid(Diffusion):
         if (labels < 0).any():
             raise UserError("config.objective.name='hybrid' needs labelled data; the dataset has unlabelled images")
         t, noise, x_t = self.framework.corrupt(x)   # drawn first, as the framework's loss draws them
-        out, logits = module(x_t, self.framework.model_time(t), self.augment(x), **cond)
+        out, logits = module(self.framework.network_input(x_t, t), self.framework.model_time(t), self.augment(x),
+                             **cond)
         if labels.max() >= logits.shape[1]:
             raise UserError(f'the dataset has a label {int(labels.max())} but the classification head has '
                             f'{logits.shape[1]} classes: set config.nnet.num_classes (genvit) or '

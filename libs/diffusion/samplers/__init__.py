@@ -6,16 +6,21 @@ their step grid as an argument (grids.py builds the grids), and the config-name 
 SAMPLERS), ``sample_steps`` (required), for the DPM-Solver and UniPC names the optional overrides ``order``,
 ``method`` (UniPC: only 'multistep'), ``skip_type``; ``t_end`` for the continuous-time ones; ``progress`` (bool). An
 override that is missing, None, 0 or '' means the preset's default. The ``ddpm_ancestral`` names need a discrete
-schedule and take ``sample_steps`` <= its N (N: the full chain of Ho et al.). ``noise(x)`` gives the stochastic
-samplers' N(0, I) draws (libs.rng).
+schedule and take ``sample_steps`` <= its N (N: the full chain of Ho et al.); so does ``ddim``, with ``eta``.
+``heun`` (EDM's sampler, on EDM's rho-grid of ``rho``) takes ``sample_steps`` evaluations exactly: 18 noise levels
+for 35, as EDM; with an even count the last two steps are Euler steps. Its churn options are ``s_churn``, ``s_min``,
+``s_max``, ``s_noise``. ``noise(x)`` gives the stochastic samplers' N(0, I) draws (libs.rng).
 
 Adding a sampler: write its function here (one file), then one line in SAMPLERS with a preset that builds its
 grid from the config.
 """
-from libs.diffusion.samplers.ancestral import check_options as check_ancestral_options, ddpm_ancestral
+from libs.diffusion.samplers.ancestral import (check_options as check_ancestral_options, ddpm_ancestral,
+                                               require_discrete)
 from libs.diffusion.samplers.dpm_solver import check_options, dpm_solver, singlestep_grid, singlestep_orders
+from libs.diffusion.samplers.ddim import ddim
 from libs.diffusion.samplers.euler_maruyama import euler_grid, euler_maruyama
-from libs.diffusion.samplers.grids import TIME_GRIDS, ddpm_steps, time_grid
+from libs.diffusion.samplers.grids import TIME_GRIDS, ddpm_steps, karras_grid, time_grid
+from libs.diffusion.samplers.heun import heun
 from libs.diffusion.samplers.unipc import check_options as check_unipc_options, unipc
 from libs.errors import UserError
 
@@ -131,6 +136,45 @@ def _ancestral_preset(variance):
     return build
 
 
+def _ddim_preset(sample_cfg, schedule):
+    require_discrete(schedule, 'ddim')
+    steps_grid = ddpm_steps(schedule.num_steps, _sample_steps(sample_cfg))
+    eta = float(sample_cfg.get('eta', 0.0))
+    progress = bool(sample_cfg.get('progress', False))
+
+    def sampler(eps_fn, x_T, noise=None):
+        return ddim(eps_fn, schedule, x_T, steps_grid, eta=eta, noise=noise, progress=progress)
+
+    return sampler
+
+
+def _heun_preset(sample_cfg, schedule):
+    """EDM's grid: ``levels`` noise levels from t = 1 down to t_end on the rho-grid, then 0; NFE = sample_steps."""
+    nfe = _sample_steps(sample_cfg)
+    euler_steps = 1 if nfe % 2 else 2
+    steps = (nfe + euler_steps) // 2
+    t_end = _override(sample_cfg, 't_end')
+    t_end = max(DPM_SOLVER_T_END, schedule.t_min) if not t_end else float(t_end)
+    if not 0.0 < t_end < 1.0:
+        raise UserError(f'Heun needs 0 < sample.t_end < 1, got {t_end}')
+    rho = float(sample_cfg.get('rho', 7.0) or 7.0)
+    timesteps = (karras_grid(schedule, steps - 1, 1.0, t_end, rho) if steps > 1 else [1.0]) + [0.0]
+    options = {key: float(sample_cfg.get(key, default)) for key, default in HEUN_CHURN.items()}
+    progress = bool(sample_cfg.get('progress', False))
+
+    def sampler(eps_fn, x_T, noise=None):
+        return heun(eps_fn, schedule, x_T, timesteps, euler_steps=euler_steps, noise=noise, progress=progress,
+                    **options)
+
+    return sampler
+
+
+# Heun's churn options and their defaults (deterministic; DDAE's configs set s_min 0.01, s_max 1, s_noise 1.007).
+HEUN_CHURN = {'s_churn': 0.0, 's_min': 0.0, 's_max': 1e9, 's_noise': 1.0}
+
+# Options beyond the common ones that change a sampler's samples (recorded with every score).
+SAMPLER_OPTIONS = {'ddim': ('eta',), 'heun': ('rho',) + tuple(HEUN_CHURN)}
+
 SAMPLERS = {
     # The U-ViT release's sampler: DPM-Solver-3 singlestep, noise prediction, uniform in log-SNR.
     'dpm_solver': _dpm_solver_preset(order=3, method='singlestep', algorithm_type='dpmsolver', skip_type='logSNR'),
@@ -145,6 +189,10 @@ SAMPLERS = {
     # Ho et al. 2020's ancestral sampling, sigma_n^2 = beta_n (their CIFAR-10 choice) or the posterior variance.
     'ddpm_ancestral': _ancestral_preset('beta'),
     'ddpm_ancestral_beta_tilde': _ancestral_preset('beta_tilde'),
+    # DDIM on evenly spaced steps of the chain; eta = 0: deterministic.
+    'ddim': _ddim_preset,
+    # EDM's second-order sampler (Karras et al. 2022, Algorithm 2) on its rho-grid.
+    'heun': _heun_preset,
 }
 
 
@@ -156,5 +204,6 @@ def build_sampler(sample_cfg, schedule):
     return SAMPLERS[algorithm](sample_cfg, schedule)
 
 
-__all__ = ['SAMPLERS', 'TIME_GRIDS', 'build_sampler', 'ddpm_ancestral', 'ddpm_steps', 'dpm_solver', 'euler_grid',
-           'euler_maruyama', 'singlestep_grid', 'singlestep_orders', 'time_grid', 'unipc']
+__all__ = ['SAMPLERS', 'SAMPLER_OPTIONS', 'TIME_GRIDS', 'build_sampler', 'ddim', 'ddpm_ancestral', 'ddpm_steps',
+           'dpm_solver', 'euler_grid', 'euler_maruyama', 'heun', 'karras_grid', 'singlestep_grid',
+           'singlestep_orders', 'time_grid', 'unipc']

@@ -20,12 +20,30 @@ from libs.errors import UserError
 
 def check_options(schedule, steps, variance) -> list:
     """UserError for a continuous schedule, a step count outside 1..N or an unknown variance; else the grid."""
-    if not isinstance(schedule, DiscreteSchedule):
-        raise UserError(f'ddpm_ancestral needs a discrete schedule (config.schedule.name linear, cosine, ...), '
-                        f'got {schedule!r}')
+    require_discrete(schedule, 'ddpm_ancestral')
     if variance not in VARIANCES:
         raise UserError(f'unknown ancestral variance {variance!r}; known: {", ".join(VARIANCES)}')
     return ddpm_steps(schedule.num_steps, schedule.num_steps if steps is None else steps)
+
+
+def require_discrete(schedule, sampler: str) -> None:
+    if not isinstance(schedule, DiscreteSchedule):
+        raise UserError(f'{sampler} needs a discrete schedule (config.schedule.name ddpm_linear, cosine, ...), '
+                        f'got {schedule!r}')
+
+
+def check_grid(schedule, steps_grid, sampler: str = 'ddpm_ancestral') -> list:
+    """The visited steps as ints (all N of the chain if None); UserError unless they decrease within 1..N of a
+    discrete schedule."""
+    require_discrete(schedule, sampler)
+    if steps_grid is None:
+        return ddpm_steps(schedule.num_steps, schedule.num_steps)
+    grid = [int(n) for n in steps_grid]
+    if not grid or any(not 1 <= n <= schedule.num_steps for n in grid) or \
+            any(a <= b for a, b in zip(grid[:-1], grid[1:])):
+        raise UserError(f'a discrete sampler needs a decreasing grid of steps in 1..{schedule.num_steps}, '
+                        f'got {grid[:5]}{"..." if len(grid) > 5 else ""}')
+    return grid
 
 
 def ddpm_ancestral(eps_fn, schedule, x, steps_grid=None, variance='beta', noise=None, progress=False):
@@ -35,13 +53,8 @@ def ddpm_ancestral(eps_fn, schedule, x, steps_grid=None, variance='beta', noise=
     steps_grid: the visited steps (``grids.ddpm_steps``; None: all N). noise: ``noise(x)`` -> N(0, I) shaped like
     x (libs.rng; the global RNG if None). Returns x_0 in x's dtype (not clamped).
     """
-    grid = check_options(schedule, None, variance)
-    if steps_grid is not None:
-        grid = [int(n) for n in steps_grid]
-        if not grid or any(not 1 <= n <= schedule.num_steps for n in grid) or \
-                any(a <= b for a, b in zip(grid[:-1], grid[1:])):
-            raise UserError(f'ancestral sampling needs a decreasing grid of steps in 1..{schedule.num_steps}, '
-                            f'got {grid[:5]}{"..." if len(grid) > 5 else ""}')
+    check_options(schedule, None, variance)
+    grid = check_grid(schedule, steps_grid)
     noise = noise or torch.randn_like
     big_n = schedule.num_steps
     abar = schedule.alphas_cumprod.tolist()

@@ -5,10 +5,12 @@ in float64 on the CPU, with both ends exact:
 
 - ``logSNR``: uniform in lambda(t) = log(alpha / sigma) (DPM-Solver's default);
 - ``time_uniform``: uniform in t;
-- ``time_quadratic``: uniform in sqrt(t).
+- ``time_quadratic``: uniform in sqrt(t);
+- ``karras``: EDM's rho-grid (Karras et al. 2022, rho = 7): uniform in sigma_ve^(1/rho), where sigma_ve = sigma /
+  alpha is the noise level of the equivalent variance-exploding process. On ``KarrasSchedule`` it is the
+  ``time_uniform`` grid.
 
-``ddpm_steps`` is the integer grid of a discrete N-step chain. EDM's Karras rho-grid over noise levels comes with
-the EDM parameterisation (docs/ARCHITECTURE.md).
+``ddpm_steps`` is the integer grid of a discrete N-step chain.
 """
 import math
 
@@ -39,10 +41,20 @@ def time_quadratic_grid(schedule, n: int, t_start: float, t_end: float) -> list:
     return _exact_ends(t, t_start, t_end)
 
 
+KARRAS_RHO = 7.0
+
+
+def karras_grid(schedule, n: int, t_start: float, t_end: float, rho: float = KARRAS_RHO) -> list:
+    start, end = (schedule.ve_sigma(torch.tensor(t, dtype=torch.float64)) ** (1.0 / rho) for t in (t_start, t_end))
+    sigmas = (start + torch.linspace(0.0, 1.0, n + 1, dtype=torch.float64) * (end - start)) ** rho
+    return _exact_ends(schedule.t_from_ve_sigma(sigmas), t_start, t_end)
+
+
 TIME_GRIDS = {
     'logSNR': log_snr_grid,
     'time_uniform': time_uniform_grid,
     'time_quadratic': time_quadratic_grid,
+    'karras': karras_grid,
 }
 
 
