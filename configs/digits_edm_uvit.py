@@ -17,7 +17,7 @@ def get_config():
     config = default_run_config()
     config.framework = 'edm'     # config.schedule and config.pred are not read: EDM's preconditioning decides
     config.edm.update(precond='edm', sigma_data=0.5, p_mean=-1.2, p_std=1.2, sigma_min=0.002, sigma_max=80.0, rho=7.0)
-    config.sample.update(algorithm='heun', sample_steps=35)
+    config.sample.update(algorithm='heun', sample_steps=35, scale=1.0)
     config.eval.update(train_algorithm='heun', train_sample_steps=35)
     config.probe.update(layers='block_2', level=4, grid_levels='1,2,3,4,5,6,8,10', epochs=100, lr=0.01)
     config.noisy_clf.update(mlp_epochs=30, wrn_depth=16, wrn_widen=2, wrn_epochs=30, wrn_warmup_epochs=2)

@@ -1,4 +1,4 @@
-"""Shared test set-up: two CPU threads (the CI machine has 2 cores), the repository root on sys.path, and
+"""Shared test set-up: the CPU threads (the CI machine has 2 cores), the repository root on sys.path, and
 fixtures that several test modules use."""
 import os
 import sys
@@ -11,7 +11,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-torch.set_num_threads(2)
+# Two intra-op threads on the 2-core CI machine; under pytest-xdist (``-n auto``: a worker per core) one per worker,
+# and the subprocesses a worker starts inherit one through OMP_NUM_THREADS.
+THREADS = 1 if os.environ.get('PYTEST_XDIST_WORKER') else 2
+if THREADS == 1:
+    os.environ.setdefault('OMP_NUM_THREADS', '1')
+torch.set_num_threads(THREADS)
 
 
 @pytest.fixture

@@ -37,8 +37,6 @@ def tiny_config(**probe):
 def run_dir(tmp_path_factory):
     """ckpts/0.ckpt: the randomly initialised network; ckpts/300.ckpt: the same network after 300 steps of EDM's
     loss on the digits (unconditional), as a run's checkpoints lay out their weights."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
     root = tmp_path_factory.mktemp('edm_run')
     torch.manual_seed(0)
     net = build_nnet(TINY)
@@ -54,7 +52,6 @@ def run_dir(tmp_path_factory):
         optimizer.step()
     (root / 'ckpts' / f'{TRAIN_STEPS}.ckpt').mkdir()
     torch.save(net.state_dict(), root / 'ckpts' / f'{TRAIN_STEPS}.ckpt' / 'nnet_ema.pth')
-    torch.set_num_threads(threads)
     return root
 
 
