@@ -63,7 +63,8 @@ def test_ddae_configs_have_the_releases_networks_and_hyperparameters(name):
     assert config.framework == framework and config.train.batch_size == batch
     steps_per_epoch = 50_000 / batch
     assert config.train.n_steps == round(epochs * steps_per_epoch)
-    assert config.lr_scheduler.warmup_steps == round(warm * steps_per_epoch) and config.lr_scheduler.name == 'customized'
+    assert config.lr_scheduler.warmup_steps == round(warm * steps_per_epoch)
+    assert config.lr_scheduler.name == 'customized'
     assert (config.optimizer.name, config.optimizer.lr, config.optimizer.weight_decay) == ('adam', 1e-4, 0.0)
     assert config.train.ema_rate == ema and config.train.grad_clip == 1.0 and config.dataset.random_flip
     assert config.nnet.dropout == dropout and config.edm.augment_prob == augment

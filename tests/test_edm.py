@@ -241,3 +241,18 @@ def test_framework_from_config():
     assert framework.schedule.sigma_min == 0.01 and framework.augment is None
     t = torch.tensor([0.5])
     assert framework.model_time(t).item() == pytest.approx(math.log(framework.schedule.ve_sigma(t).item() / 2))
+
+
+def test_augmentation_needs_a_backbone_that_takes_its_labels():
+    from libs.config import d, resolve
+    from libs.nets import build_nnet
+    config = resolve(d(framework='edm', edm=d(augment_prob=0.12)))
+    framework = build_framework(config)
+    uvit = build_nnet(d(name='uvit', img_size=8, patch_size=2, in_chans=1, embed_dim=16, depth=1, num_heads=1))
+    with pytest.raises(UserError, match='gives the backbone 9 augmentation labels; UViT takes 0'):
+        framework.check_backbone(uvit)
+    unet = build_nnet(d(name='unet', image_shape=(1, 8, 8), n_channels=32, ch_mults=(1,), is_attn=(False,),
+                        n_blocks=1, augment_dim=9))
+    framework.check_backbone(unet)
+    loss = framework.loss(unet, torch.rand(4, 1, 8, 8) * 2 - 1)
+    assert loss.shape == (4,) and torch.isfinite(loss).all()

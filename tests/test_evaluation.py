@@ -100,7 +100,7 @@ def test_gathered_samples_are_put_back_in_file_name_order():
       '--config.eval.inception_path=/nowhere/inception.pth'], 'error: FID reference statistics not found'),
     (['--config.eval.metric=fid'], 'error: no FID reference statistics are set for this dataset: set '
                                    'config.eval.ref_stats to an .npz file'),
-    (['--config.sample.algorithm=heun'], "error: unknown sample.algorithm 'heun'; known: dpm_solver, dpm_solver++"),
+    (['--config.sample.algorithm=plms'], "error: unknown sample.algorithm 'plms'; known: dpm_solver, dpm_solver++"),
     (['--config.nnet.embed_dim=48'], "does not fit the model: 'pos_embed' has shape (1, 18, 32), the model "
                                      "expects (1, 18, 48)"),
 ])

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import ml_collections
 import pytest
 import torch
 
@@ -61,8 +62,21 @@ def test_loss_falls_over_30_digits_steps(tmp_path):
     assert json.loads((tmp_path / 'config.json').read_text())['nnet']['embed_dim'] == 32
 
 
-def test_resume_after_sigterm_equals_uninterrupted(tmp_path, monkeypatch):
-    config = tiny_config(n_steps=8, save_interval=100)
+def edm_unet_config(**train):
+    """EDM with a small DDAE UNet and EDM's augmentation (its labels reach the network), unconditional."""
+    config = tiny_config(**train)
+    config.framework = 'edm'
+    config.edm.augment_prob = 0.5
+    config.train.update(mode='uncond', p_uncond=0.0, grid_size=4)
+    config.sample.scale = 0.0
+    config.nnet = ml_collections.ConfigDict(dict(name='unet', image_shape=(1, 8, 8), n_channels=32, ch_mults=(1,),
+                                                 is_attn=(False,), n_blocks=1, dropout=0.1, augment_dim=9))
+    return config
+
+
+@pytest.mark.parametrize('make_config', [tiny_config, edm_unet_config], ids=['uvit', 'edm_unet_augmented'])
+def test_resume_after_sigterm_equals_uninterrupted(tmp_path, monkeypatch, make_config):
+    config = make_config(n_steps=8, save_interval=100)
     straight = Trainer(config, str(tmp_path / 'a'))
     straight.fit()
 

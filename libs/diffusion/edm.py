@@ -7,11 +7,10 @@ In EDM's variance-exploding coordinates y = x_0 + s n (s: the noise level sigma_
 
 with F the backbone. The three columns of their Table 1 (``PRECONDITIONINGS``):
 
-| kind  | c_skip                  | c_out                      | c_in                   | c_noise            | training s          |
-|-------|-------------------------|----------------------------|------------------------|--------------------|---------------------|
-| vp    | 1                       | -s                         | 1 / sqrt(s^2 + 1)      | (M - 1) t_vp(s)    | t ~ U(eps_t, 1)     |
-| ve    | 1                       | s                          | 1                      | ln(s / 2)          | ln s ~ U(ln .02, ln 100) |
-| edm   | sd^2 / (s^2 + sd^2)     | s sd / sqrt(s^2 + sd^2)    | 1 / sqrt(s^2 + sd^2)   | ln(s) / 4          | ln s ~ N(P_mean, P_std^2) |
+    kind  c_skip               c_out                     c_in                 c_noise          training s
+    vp    1                    -s                        1 / sqrt(s^2 + 1)    (M - 1) t_vp(s)  t ~ U(eps_t, 1)
+    ve    1                    s                         1                    ln(s / 2)        ln s ~ U(ln .02, ln 100)
+    edm   sd^2 / (s^2 + sd^2)  s sd / sqrt(s^2 + sd^2)   1 / sqrt(s^2 + sd^2) ln(s) / 4        ln s ~ N(P_mean, P_std^2)
 
 (sd = sigma_data; vp: the VP SDE with beta_d = 19.9, beta_min = 0.1, M = 1000, eps_t = 1e-5), and the loss
 lambda(s) |D(y; s) - x_0|^2 with lambda = 1 / s^2 (vp, ve) or (s^2 + sd^2) / (s sd)^2 (edm): in every column
@@ -173,6 +172,13 @@ class EDMFramework(GaussianFramework):
 
     def __repr__(self):
         return f'EDMFramework({self.precond!r}, {self.schedule!r}, p_mean={self.p_mean}, p_std={self.p_std})'
+
+    def check_backbone(self, nnet) -> None:
+        super().check_backbone(nnet)
+        if self.augment is not None and getattr(nnet, 'augment_dim', 0) != self.augment.label_dim:
+            raise UserError(f'config.edm.augment_prob > 0 gives the backbone {self.augment.label_dim} augmentation '
+                            f'labels; {type(nnet).__name__} takes {getattr(nnet, "augment_dim", 0)} (use '
+                            f'nnet.name=unet with augment_dim={self.augment.label_dim})')
 
     def denoiser(self, nnet) -> EDMDenoiser:
         return EDMDenoiser(nnet, self.schedule, self.precond)

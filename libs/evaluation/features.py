@@ -422,7 +422,8 @@ def eval_noisy_clf(config, nnet_path: str, ema: bool = True) -> dict:
         run.write('noisy_clf', n, [layer], settings, result)
         run.print('index  sigma      mlp_on_features  wideresnet')
         for row in curves:
-            run.print(f"{row['index']:<6} {row['sigma']:<10.4g} {row['mlp_on_features']:<16.4f} {row['wideresnet']:.4f}")
+            run.print(f"{row['index']:<6} {row['sigma']:<10.4g} {row['mlp_on_features']:<16.4f} "
+                      f"{row['wideresnet']:.4f}")
     return run.broadcast(result)
 
 
