@@ -56,10 +56,6 @@ class Level:
     t: float
     sigma: float
 
-    @property
-    def key(self) -> str:
-        return f'sigma={self.sigma:.4g} (index {self.index})'
-
 
 def levels_of(framework, indices) -> list:
     out = []
@@ -184,7 +180,7 @@ def default_layers_and_levels(run, cfg, grid: bool, all_layers: bool = False):
     """The (layers, levels) a probe mode evaluates: in a grid (or with ``all_layers``) ``grid_layers``, '' meaning
     every feature layer of the backbone; else ``layers`` at ``level``."""
     features_layers = list(run.nnet.feature_layers()) if hasattr(run.nnet, 'feature_layers') else []
-    layers = parse_list(cfg.grid_layers) or features_layers if grid or all_layers else parse_list(cfg.layers)
+    layers = (parse_list(cfg.grid_layers) or features_layers) if grid or all_layers else parse_list(cfg.layers)
     indices = parse_list(cfg.grid_levels, int) if grid else [i for i in parse_list(cfg.level, int) if i]
     if not layers or not indices:
         raise UserError('set config.probe.layers and config.probe.level (or grid_layers / grid_levels with --grid): '
