@@ -9,6 +9,10 @@ recipe (configs/_ddae_recipe.py) shrunk to the digits.
   gradients clipped to 1, EMA 0.995.
 - Sampling: DDIM, 100 steps, deterministic (DDAE's FID sampler).
 - Probes: ``out_2`` at step 11 (DDAE's DDPM level); grids over steps 1..201.
+
+Measured on the 2-core first-generation AMD EPYC: 12 min 3 s (the UNet trains at about 3 steps/s here, the default
+U-ViT at 6.5), Frechet distance 15.4 on 1000 samples; linear probe 0.930 at out_2 / step 11 (0.786 for the same
+network untrained).
 """
 from libs.config import d, resolve
 

@@ -159,6 +159,18 @@ def test_build_nnet_knows_the_unet():
     assert isinstance(net, UNet) and net.output == 'image'
 
 
+def block_outputs(net, blocks, *args):
+    """The outputs of ``blocks`` in one forward pass ``net(*args)``, captured by hooks that are removed after."""
+    outputs, handles = [], [blk.register_forward_hook(lambda m, i, o: outputs.append(o)) for blk in blocks]
+    try:
+        with torch.no_grad():
+            net(*args)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return outputs
+
+
 @pytest.mark.parametrize('use_res_for_updown', [False, True])
 def test_features_are_the_pooled_outputs_of_the_up_path_blocks(use_res_for_updown):
     net = digits_unet(use_res_for_updown=use_res_for_updown).eval()
@@ -166,16 +178,8 @@ def test_features_are_the_pooled_outputs_of_the_up_path_blocks(use_res_for_updow
     assert names == ['out_1', 'out_2', 'out_3', 'out_4']  # 2 resolutions x (n_blocks + 1), upsamplers not counted
     blocks = [m for m in net.up if isinstance(m, ResAttBlock)]
     assert len(blocks) == 4 and len(net.up) == 5
-    captured = {}
-    handles = [blk.register_forward_hook(lambda m, i, o, k=k: captured.__setitem__(f'out_{k}', o))
-               for k, blk in enumerate(blocks, 1)]
     x, t = torch.randn(2, 1, 8, 8), torch.tensor([0.3, 0.9])
-    try:
-        with torch.no_grad():
-            net(x, t)
-    finally:
-        for handle in handles:
-            handle.remove()
+    captured = dict(zip(names, block_outputs(net, blocks, x, t)))
     with torch.no_grad():
         features = net.features(x, t, names)
         deepest = net.features(x, t, ['out_2'])
@@ -240,9 +244,6 @@ def test_noise_conditional_wrn_on_small_single_channel_images():
         assert torch.equal(wrn(x, 0.3), wrn(x, torch.full((2,), 0.3)))
 
 
-def capture_block_outputs(blocks):
-    outputs, handles = [], [blk.register_forward_hook(lambda m, i, o: outputs.append(o)) for blk in blocks]
-    return outputs, handles
 
 
 @pytest.mark.parametrize('num_classes', [-1, 11])
@@ -254,13 +255,7 @@ def test_uvit_features_are_block_outputs_averaged_over_the_patch_tokens(num_clas
     assert names == ['block_0', 'block_1', 'block_2', 'block_3', 'block_4']  # 2 in, the mid, 2 out
     x, t = torch.randn(2, 1, 8, 8), torch.tensor([10.0, 500.0])
     y = torch.tensor([3, 10]) if num_classes > 0 else None
-    outputs, handles = capture_block_outputs([*net.in_blocks, net.mid_block, *net.out_blocks])
-    try:
-        with torch.no_grad():
-            net(x, t, y)
-    finally:
-        for handle in handles:
-            handle.remove()
+    outputs = block_outputs(net, [*net.in_blocks, net.mid_block, *net.out_blocks], x, t, y)
     extras = 2 if num_classes > 0 else 1  # [label?, time] come before the 16 patch tokens
     with torch.no_grad():
         features = net.features(x, t, names, y=y)
@@ -281,13 +276,7 @@ def test_genvit_features_are_block_outputs_averaged_over_the_patch_tokens():
     names = net.feature_layers()
     assert names == ['block_0', 'block_1', 'block_2']
     x, t = torch.randn(2, 1, 8, 8), torch.tensor([10.0, 500.0])
-    outputs, handles = capture_block_outputs(net.blocks)
-    try:
-        with torch.no_grad():
-            net(x, t)
-    finally:
-        for handle in handles:
-            handle.remove()
+    outputs = block_outputs(net, net.blocks, x, t)
     with torch.no_grad():
         features = net.features(x, t, names)
         only = net.features(x, t, 'block_1')

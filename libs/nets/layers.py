@@ -24,6 +24,16 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
     return emb
 
 
+def per_sample(value, x: torch.Tensor, name: str) -> torch.Tensor:
+    """A per-sample conditioning input (times, noise levels) as a (B,) tensor on x's device; a scalar is broadcast."""
+    value = torch.as_tensor(value, device=x.device)
+    if value.ndim == 0:
+        value = value.expand(x.shape[0])
+    if value.shape != (x.shape[0],):
+        raise ValueError(f'{name} has shape {tuple(value.shape)}; expected ({x.shape[0]},) or a scalar')
+    return value
+
+
 def patchify(imgs: torch.Tensor, patch_size: int) -> torch.Tensor:
     """(B, C, H, W) -> (B, L, p*p*C) with patches in row-major order."""
     return einops.rearrange(imgs, 'B C (h p1) (w p2) -> B (h w) (p1 p2 C)', p1=patch_size, p2=patch_size)

@@ -5,8 +5,8 @@ schedules: the framework (libs/diffusion) chooses ``model_time`` and reads ``out
 
 - ``condition``: what it is conditioned on, and so the keyword it takes --
   ``'none'`` (nothing), ``'labels'`` (``y``: (B,) int64, possibly with an extra "no class" label) or ``'text'``
-  (``context``: (B, L, D) text-encoder features). EDM's augmentation labels (``augment_labels``: (B, A) floats, the
-  non-leaking augmentation of #12) will be one more declared keyword.
+  (``context``: (B, L, D) text-encoder features). A backbone with ``augment_dim`` A > 0 (the UNet) also takes EDM's
+  augmentation labels, ``augment_labels``: (B, A) floats (libs/data/edm_augment.py; None: not augmented).
 - ``num_classes``: the size of the label embedding when ``condition == 'labels'``.
 - ``classifies``: True when it has a classification head, ``classify(x) -> (B, K)`` logits of clean images.
 - ``output``: the layout of its output -- ``'image'`` (shaped like x; eps, x0 or EDM's F as the framework's

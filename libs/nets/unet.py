@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from libs.nets.layers import per_sample
 from libs.nets.protocol import OUTPUT_IMAGE, check_feature_layers
 
 
@@ -273,18 +274,10 @@ class UNet(nn.Module):
         count = sum(isinstance(m, ResAttBlock) for m in self.up)
         return [f'out_{i}' for i in range(1, count + 1)]
 
-    def _times(self, timesteps, x) -> torch.Tensor:
-        t = torch.as_tensor(timesteps, device=x.device)
-        if t.ndim == 0:
-            t = t.expand(x.shape[0])
-        if t.shape != (x.shape[0],):
-            raise ValueError(f'timesteps has shape {tuple(t.shape)}; expected ({x.shape[0]},) or a scalar')
-        return t
-
     def _run(self, x, timesteps, augment_labels, wanted=None):
         """The network; with ``wanted`` (a set of feature names) it stops after the last of them and returns
         (None, features), else (output, {})."""
-        emb = self.time_emb(self._times(timesteps, x), augment_labels)
+        emb = self.time_emb(per_sample(timesteps, x, 'timesteps'), augment_labels)
         h = self.image_proj(x)
         skips = [h]
         for module in self.down:

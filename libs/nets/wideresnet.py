@@ -29,6 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from libs.nets.layers import per_sample
+
 EMBED_FREQUENCIES = 128   # Gaussian Fourier frequencies: 256 features
 EMBED_SCALE = 16.0        # their standard deviation
 NOISE_CHANNELS = 512      # width of the noise embedding
@@ -144,21 +146,13 @@ class NoiseConditionalWideResNet(nn.Module):
             if isinstance(module, (nn.Linear, nn.Conv2d)):
                 nn.init.kaiming_normal_(module.weight)
 
-    def _sigmas(self, noise_level, x) -> torch.Tensor:
-        sigma = torch.as_tensor(noise_level, device=x.device)
-        if sigma.ndim == 0:
-            sigma = sigma.expand(x.shape[0])
-        if sigma.shape != (x.shape[0],):
-            raise ValueError(f'noise_level has shape {tuple(sigma.shape)}; expected ({x.shape[0]},) or a scalar')
-        return sigma.float()
-
     def forward(self, x, noise_level):
         n = x[0].numel()
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         std = x.std(dim=(1, 2, 3), keepdim=True).clamp_min(1.0 / math.sqrt(n))
         x = (x - mean) / std
 
-        emb = self.time_emb_mlp(self.time_emb(self._sigmas(noise_level, x).log()).to(x.dtype))
+        emb = self.time_emb_mlp(self.time_emb(per_sample(noise_level, x, 'noise_level').float().log()).to(x.dtype))
         h = self.init_conv(x)
         h = self.group3(self.group2(self.group1(h, emb), emb), emb)
         h = self.pre_pool_bn(h).mean(dim=(2, 3))
