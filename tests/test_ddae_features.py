@@ -93,7 +93,7 @@ def test_grid_has_one_entry_per_layer_and_level_and_a_heat_map(run_dir, fresh_ac
 def test_unknown_layer_is_one_line_naming_the_valid_ones(run_dir, fresh_accelerate_state):
     with pytest.raises(UserError, match="no feature layer 'out_7'; valid names: block_0, block_1, block_2"):
         eval_linear_probe(tiny_config(layers='out_7'), trained(run_dir))
-    with pytest.raises(UserError, match=r'noise level of the EDM framework is an integer in 1\.\.18'):
+    with pytest.raises(UserError, match=r"noise level is an integer in 1\.\.18 \(DDAE's index into EDM's 18-level"):
         eval_linear_probe(tiny_config(level=19), trained(run_dir))
 
 

@@ -215,14 +215,12 @@ class EDMFramework(GaussianFramework):
         18 = sigma_max (DDAE's linear probe uses 4: sigma = 0.06)."""
         return 1, LEVEL_STEPS
 
+    LEVELS = f"DDAE's index into EDM's {LEVEL_STEPS}-level grid, 1 = sigma_min"
+
     def level_time(self, index: int) -> float:
-        low, high = self.level_range()
-        if not isinstance(index, int) or isinstance(index, bool) or not low <= index <= high:
-            raise UserError(f'a noise level of the EDM framework is an integer in {low}..{high} (DDAE: an index of '
-                            f'the {high}-level grid, 1 = sigma_min), got {index!r}')
         schedule = self.schedule
-        grid = karras_grid(schedule, high - 1, 1.0, schedule.t_min, schedule.rho)
-        return grid[high - index]
+        grid = karras_grid(schedule, LEVEL_STEPS - 1, 1.0, schedule.t_min, schedule.rho)
+        return grid[LEVEL_STEPS - self.check_level(index)]
 
     def default_levels(self) -> list:
         return list(range(1, LEVEL_STEPS + 1))

@@ -201,12 +201,17 @@ class GaussianFramework(Framework):
         continuous time otherwise."""
         return 1, getattr(self.schedule, 'num_steps', 1000)
 
-    def level_time(self, index: int) -> float:
-        """The time of noise-level ``index`` (see ``level_range``)."""
+    LEVELS = 'step n of the N-step chain, or n / 1000 of continuous time'
+
+    def check_level(self, index) -> int:
         low, high = self.level_range()
         if not isinstance(index, int) or isinstance(index, bool) or not low <= index <= high:
-            raise UserError(f'a noise level of this framework is an integer in {low}..{high}, got {index!r}')
-        return index / high
+            raise UserError(f'a noise level is an integer in {low}..{high} ({self.LEVELS}), got {index!r}')
+        return index
+
+    def level_time(self, index: int) -> float:
+        """The time of noise-level ``index`` (see ``level_range``)."""
+        return self.check_level(index) / self.level_range()[1]
 
     def default_levels(self) -> list:
         """DDAE's test levels of the noise-conditional classifiers: 20 levels, 1, 51, ..., 951 of 1000."""

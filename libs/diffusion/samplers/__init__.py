@@ -149,7 +149,8 @@ def _ddim_preset(sample_cfg, schedule):
 
 
 def _heun_preset(sample_cfg, schedule):
-    """EDM's grid: ``levels`` noise levels from t = 1 down to t_end on the rho-grid, then 0; NFE = sample_steps."""
+    """EDM's grid: (sample_steps + 1) // 2 noise levels (+1 for an even count) from t = 1 down to t_end on the
+    rho-grid, then 0; exactly sample_steps evaluations."""
     nfe = _sample_steps(sample_cfg)
     euler_steps = 1 if nfe % 2 else 2
     steps = (nfe + euler_steps) // 2
