@@ -178,8 +178,8 @@ def test_wrapper_prefixes_from_ddp_and_compile_are_accepted(tmp_path):
 
 
 def test_unknown_nnet_and_bad_arguments_are_user_errors():
-    with pytest.raises(UserError, match="unknown nnet name 'dit' in config.nnet; known: uvit, uvit_t2i, genvit"):
-        build_nnet(dict(name='dit'))
+    with pytest.raises(UserError, match="unknown nnet name 'vit' in config.nnet; known: uvit, uvit_t2i, genvit"):
+        build_nnet(dict(name='vit'))
     with pytest.raises(UserError, match='config.nnet does not fit UViT'):
         build_nnet(dict(name='uvit', img_size=8, patch_size=2, embed_dimm=3))
 

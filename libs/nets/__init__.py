@@ -5,6 +5,7 @@ import torch
 
 from libs.errors import UserError
 from libs.fileio import load_state_file
+from libs.nets.dit import DiT
 from libs.nets.genvit import GenViT
 from libs.nets.unet import UNet
 from libs.nets.uvit import UViT
@@ -15,6 +16,7 @@ NNETS = {
     'uvit_t2i': UViTT2I,
     'genvit': GenViT,
     'unet': UNet,
+    'dit': DiT,
 }
 
 # Prefixes that wrappers add to parameter names (DistributedDataParallel, torch.compile).

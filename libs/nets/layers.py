@@ -63,12 +63,12 @@ class PatchEmbed(nn.Module):
 
 
 class Mlp(nn.Module):
-    """Two linear layers with GELU between them."""
+    """Two linear layers with GELU between them (``approximate='tanh'``: DiT's GELU)."""
 
-    def __init__(self, in_features: int, hidden_features: int):
+    def __init__(self, in_features: int, hidden_features: int, approximate: str = 'none'):
         super().__init__()
         self.fc1 = nn.Linear(in_features, hidden_features)
-        self.act = nn.GELU()
+        self.act = nn.GELU(approximate=approximate)
         self.fc2 = nn.Linear(hidden_features, in_features)
 
     def forward(self, x):
