@@ -210,3 +210,20 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
 
 def to_json(config: ml_collections.ConfigDict) -> str:
     return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)
+
+
+def parse_list(value, what: str, kind=str, allow_empty: bool = False) -> list:
+    """A list-valued config field: 'a,b', a tuple or a single number -> [kind(a), kind(b)]; UserError naming
+    ``what`` when malformed, or empty unless ``allow_empty``."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        items = [value]
+    else:
+        items = [v.strip() for v in value.split(',')] if isinstance(value, str) else list(value)
+    items = [v for v in items if v != '']
+    try:
+        items = [kind(v) for v in items]
+    except ValueError:
+        raise UserError(f'{what} must be a comma-separated list of {kind.__name__} values, got {value!r}') from None
+    if not items and not allow_empty:
+        raise UserError(f'{what} is empty')
+    return items

@@ -28,6 +28,7 @@ from libs.diffusion.gaussian import Denoiser, GaussianFramework, squared_error
 from libs.diffusion.samplers.grids import karras_grid
 from libs.diffusion.schedules import VPSDE, KarrasSchedule
 from libs.errors import UserError
+from libs.rng import generator_noise
 
 PRECONDITIONINGS = ('vp', 've', 'edm')
 
@@ -119,14 +120,17 @@ class EDMDenoiser(Denoiser):
     def _network_input(self, x, t):
         return network_input(self.schedule, self.precond, x, self._times(x, t))
 
-    def output(self, x, t, **cond):
-        _, _, net_in, c_noise = self._network_input(x, t)
+    def _evaluate(self, x, t, cond):
+        """(y, s, the raw F cast to at least float32): one network call, its inputs computed once."""
+        y, s, net_in, c_noise = self._network_input(x, t)
         out = self.nnet(net_in, c_noise, **cond)
-        return out.to(torch.promote_types(out.dtype, torch.float32))
+        return y, s, out.to(torch.promote_types(out.dtype, torch.float32))
+
+    def output(self, x, t, **cond):
+        return self._evaluate(x, t, cond)[2]
 
     def _predict(self, target, x, t, cond):
-        y, s, _, _ = self._network_input(x, t)
-        out = self.output(x, t, **cond)
+        y, s, out = self._evaluate(x, t, cond)
         y = y.to(out.dtype)
         denoised = self.precond.denoised(y, s, out)
         return denoised if target == 'x0' else (y - denoised) / _column(s, out).to(out.dtype)
@@ -193,8 +197,7 @@ class EDMFramework(GaussianFramework):
         """s from the preconditioning's training distribution, mapped to t; x_t = alpha x_0 + sigma eps."""
         s = self.precond.sample_train_sigma(x0.shape[0], x0.device, self.p_mean, self.p_std, generator)
         t = self.schedule.t_from_ve_sigma(s)
-        eps = torch.randn_like(x0) if generator is None else \
-            torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        eps = generator_noise(generator)(x0)
         alpha = _column(self.schedule.alpha(t), x0).to(x0.dtype)
         return t, eps, alpha * (x0 + _column(s, x0).to(x0.dtype) * eps)
 

@@ -19,6 +19,7 @@ from libs.diffusion.guidance import classifier_free_guidance
 from libs.diffusion.samplers import SAMPLERS, build_sampler
 from libs.diffusion.schedules import build_schedule
 from libs.errors import UserError
+from libs.rng import generator_noise
 
 PREDICTIONS = ('noise', 'x0', 'v')
 
@@ -102,13 +103,8 @@ def noised(schedule, x0, generator=None):
     resume reproduces the losses exactly.
     """
     t = schedule.sample_train_t(x0.shape[0], x0.device, generator=generator)
-    if generator is None:
-        eps = torch.randn_like(x0)
-    else:
-        eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    shape = (-1,) + (1,) * (x0.ndim - 1)
-    alpha = schedule.alpha(t).to(x0.dtype).view(shape)
-    sigma = schedule.sigma(t).to(x0.dtype).view(shape)
+    eps = generator_noise(generator)(x0)
+    alpha, sigma = broadcast_scales(schedule, t, x0, x0.dtype)
     return t, eps, alpha * x0 + sigma * eps
 
 

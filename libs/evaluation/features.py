@@ -22,8 +22,9 @@ sigma / alpha, comparable across frameworks) with the native index beside it.
   warm-up and cosine decay); both trained at uniformly drawn levels, tested at ``noisy_clf.test_levels``. One plot,
   one JSON.
 
-Feature extraction is split across processes (``EvalRun.per_image``); the small heads train on the main process
-from the gathered features, and every process returns the same numbers.
+Feature extraction is split across processes (``EvalRun.per_image``); every process trains the same small heads
+on the gathered features (the WideResNet, a network of its own, trains on the main process alone), and every
+process returns the main process's numbers.
 """
 import dataclasses
 import glob
@@ -35,6 +36,8 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
+from libs.config import parse_list
+from libs.diffusion.gaussian import broadcast_scales
 from libs.errors import UserError
 from libs.evaluation.classification import limited
 from libs.evaluation.harness import EvalRun, result_name, write_record
@@ -64,15 +67,6 @@ def levels_of(framework, indices) -> list:
         sigma = float(framework.schedule.ve_sigma(torch.tensor(t, dtype=torch.float64)))
         out.append(Level(int(index), t, sigma))
     return out
-
-
-def parse_list(value, kind=str) -> list:
-    """'a,b' / a tuple / a number -> a list of ``kind``."""
-    if isinstance(value, (list, tuple)):
-        return [kind(v) for v in value]
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return [kind(value)]
-    return [kind(v.strip()) for v in str(value).split(',') if v.strip()]
 
 
 class Indexed(Dataset):
@@ -138,6 +132,20 @@ class Features:
         from libs.nets.protocol import check_feature_layers
         return check_feature_layers(self.run.nnet, layers)
 
+    def chosen(self, cfg, grid: bool, all_layers: bool = False):
+        """The (layers, levels) a mode evaluates, checked: in a grid (or with ``all_layers``) ``cfg.grid_layers``,
+        '' meaning every feature layer of the backbone; else ``cfg.layers``; at ``cfg.grid_levels`` in a grid, else
+        at ``cfg.level``."""
+        layers = (parse_list(cfg.grid_layers, 'config.probe.grid_layers', allow_empty=True) or self.layers) \
+            if grid or all_layers else parse_list(cfg.layers, 'config.probe.layers', allow_empty=True)
+        indices = parse_list(cfg.grid_levels, 'config.probe.grid_levels', int, allow_empty=True) if grid else \
+            [i for i in parse_list(cfg.level, 'config.probe.level', int, allow_empty=True) if i]
+        if not layers or not indices:
+            raise UserError('set config.probe.layers and config.probe.level (or grid_layers / grid_levels with '
+                            f'--grid): the feature layers of this network are {", ".join(self.layers)}; noise '
+                            f'levels are integers in {"..".join(map(str, self.run.framework.level_range()))}')
+        return self.check_layers(layers), levels_of(self.run.framework, indices)
+
     def _cond(self, x):
         return {} if self.null_label is None else {'y': torch.full((x.shape[0],), self.null_label, device=x.device)}
 
@@ -148,9 +156,8 @@ class Features:
         random = SampleRandom(feature_seed(self.seed, stream), image_index.tolist(), x0.device)
         eps = random.randn(x0.shape[1:], x0.dtype)
         t = torch.as_tensor(t, dtype=torch.float32, device=x0.device).expand(x0.shape[0])
-        schedule = self.run.framework.schedule
-        shape = (-1,) + (1,) * (x0.ndim - 1)
-        x_t = schedule.alpha(t).view(shape) * x0 + schedule.sigma(t).view(shape) * eps
+        alpha, sigma = broadcast_scales(self.run.framework.schedule, t, x0, x0.dtype)
+        x_t = alpha * x0 + sigma * eps
         with self.run.accelerator.autocast():
             feats = self.denoiser.features(x_t, t, layers, **self._cond(x0))
         return {name: value.float() for name, value in feats.items()}
@@ -176,19 +183,6 @@ def probe_settings(cfg, layers, levels) -> dict:
             'n_train': cfg.n_train, 'n_test': cfg.n_test}
 
 
-def default_layers_and_levels(run, cfg, grid: bool, all_layers: bool = False):
-    """The (layers, levels) a probe mode evaluates: in a grid (or with ``all_layers``) ``grid_layers``, '' meaning
-    every feature layer of the backbone; else ``layers`` at ``level``."""
-    features_layers = list(run.nnet.feature_layers()) if hasattr(run.nnet, 'feature_layers') else []
-    layers = (parse_list(cfg.grid_layers) or features_layers) if grid or all_layers else parse_list(cfg.layers)
-    indices = parse_list(cfg.grid_levels, int) if grid else [i for i in parse_list(cfg.level, int) if i]
-    if not layers or not indices:
-        raise UserError('set config.probe.layers and config.probe.level (or grid_layers / grid_levels with --grid): '
-                        f'the feature layers of this network are {", ".join(features_layers)}; noise levels are '
-                        f'integers in {"..".join(map(str, run.framework.level_range()))}')
-    return layers, levels_of(run.framework, indices)
-
-
 def linear_heads(train: dict, keys, num_classes: int) -> dict:
     """One linear classifier per key, on that key's feature width."""
     return {key: nn.Linear(train[key].shape[1], num_classes) for key in keys}
@@ -209,8 +203,7 @@ def eval_linear_probe(config, nnet_path: str, ema: bool = True) -> dict:
         raise UserError(f"config.probe.augment must be 'none' or 'flip_crop', got {cfg.augment!r}")
     run = EvalRun.load(config, nnet_path, ema, mode='linear_probe')
     features = Features(run)
-    layers, levels = default_layers_and_levels(run, cfg, bool(cfg.grid))
-    features.check_layers(layers)
+    layers, levels = features.chosen(cfg, bool(cfg.grid))
     train_set, test_set = split(config, 'train', cfg.n_train), split(config, 'test', cfg.n_test)
     pad = round(AUGMENT_PAD * run.spec.data_shape[-1] / AUGMENT_PAD_SIDE) if cfg.augment == 'flip_crop' else 0
     test = features.table(test_set, layers, levels, TEST_PASS, 'probe: test features')
@@ -238,7 +231,7 @@ def write_probe(run, config, layers, levels, accuracies, n_test, n_train) -> dic
     grid = [{'layer': name, 'index': level.index, 'sigma': level.sigma, 'accuracy': accuracies[f'{name}@{level.index}']}
             for name in layers for level in levels]
     best = max(grid, key=lambda row: row['accuracy'])
-    result = {'accuracy': best['accuracy'] if not cfg.grid else None, 'best': best, 'grid': grid,
+    result = {'accuracy': None if cfg.grid else grid[0]['accuracy'], 'best': best, 'grid': grid,
               'n_train': n_train}
     tags = ['grid'] if cfg.grid else [layers[0], f'level{levels[0].index}']
     stem = run.stem('linear_probe', n_test, *tags)
@@ -247,8 +240,6 @@ def write_probe(run, config, layers, levels, accuracies, n_test, n_train) -> dic
         if run.accelerator.is_main_process:
             plot_heatmap(grid, layers, levels, result['heatmap'],
                          f'linear probe, {config.dataset.name} test ({n_test})')
-    else:
-        result['accuracy'] = grid[0]['accuracy']
     run.write('linear_probe', n_test, tags, probe_settings(cfg, layers, levels), result)
     for row in grid:
         run.print(f"{row['layer']:<10} sigma={row['sigma']:<9.4g} index={row['index']:<5} "
@@ -275,8 +266,9 @@ def plot_heatmap(grid, layers, levels, path: str, title: str) -> None:
     save_png(fig, path)
 
 
-def checkpoints_of_run(path: str) -> list:
-    """(step, checkpoint directory) of every ``<step>.ckpt`` under a run's workdir or its ckpts/ folder, by step."""
+def checkpoints_of_run(path: str) -> tuple:
+    """(the ckpts/ folder, [(step, checkpoint directory), ...] of every ``<step>.ckpt`` in it, by step) of a run's
+    workdir or its ckpts/ folder."""
     root = os.path.join(path, 'ckpts') if os.path.isdir(os.path.join(path, 'ckpts')) else path
     found = []
     for folder in glob.glob(os.path.join(root, '*.ckpt')):
@@ -298,8 +290,7 @@ def eval_contrastive(config, nnet_path: str, ema: bool = True) -> dict:
     for step, folder in checkpoints:
         run = EvalRun.load(config, folder, ema, mode='contrastive')
         features = Features(run)
-        layers, (level,) = default_layers_and_levels(run, cfg, grid=False, all_layers=True)
-        features.check_layers(layers)
+        layers, (level,) = features.chosen(cfg, grid=False, all_layers=True)
         views = [features.table(images, layers, [level], VIEW_PASS + v, f'contrastive: step {step}, view {v + 1}')
                  for v in range(2)]
         for name in layers:
@@ -365,9 +356,10 @@ def eval_noisy_clf(config, nnet_path: str, ema: bool = True) -> dict:
         raise UserError(f"config.noisy_clf.perturbation must be 'vp' or 've', got {ncfg.perturbation!r}")
     run = EvalRun.load(config, nnet_path, ema, mode='noisy_clf')
     features = Features(run)
-    layer = features.check_layers(parse_list(cfg.layers)[:1] or [''])[0]
+    layer = features.check_layers(parse_list(cfg.layers, 'config.probe.layers', allow_empty=True)[:1] or [''])[0]
     low, high = run.framework.level_range()
-    test_levels = levels_of(run.framework, parse_list(ncfg.test_levels, int) or run.framework.default_levels())
+    test_levels = levels_of(run.framework, parse_list(ncfg.test_levels, 'config.noisy_clf.test_levels', int,
+                                                      allow_empty=True) or run.framework.default_levels())
     train_set, test_set = split(config, 'train', cfg.n_train), split(config, 'test', cfg.n_test)
     all_times = torch.tensor([run.framework.level_time(k) for k in range(low, high + 1)])
 

@@ -9,23 +9,10 @@ settings and weights is read, not sampled again, so a stopped sweep continues wh
 """
 import os
 
-from libs.errors import UserError
+from libs.config import parse_list
 from libs.evaluation.generation import score_samples
 from libs.evaluation.harness import EvalRun, read_result, sample_settings, sample_tags
 from libs.fileio import atomic_open
-
-
-def parse_list(value, what: str, kind=str) -> list:
-    """'a,b' or a tuple -> [kind(a), kind(b)]; UserError naming ``what`` when empty or malformed."""
-    items = [v.strip() for v in value.split(',')] if isinstance(value, str) else list(value)
-    items = [v for v in items if v != '']
-    try:
-        items = [kind(v) for v in items]
-    except ValueError:
-        raise UserError(f'{what} must be a comma-separated list of {kind.__name__} values, got {value!r}') from None
-    if not items:
-        raise UserError(f'{what} is empty')
-    return items
 
 
 def markdown_table(metric_names, grid: dict, nfes) -> str:

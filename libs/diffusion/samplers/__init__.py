@@ -46,6 +46,16 @@ def _override(sample_cfg, key):
     return None if value is None or value == '' or value == 0 else value
 
 
+def _t_end(sample_cfg, schedule, default: float, name: str) -> float:
+    """The config's ``t_end``, or ``default`` (never below the schedule's t_min) when unset; UserError outside
+    (0, 1)."""
+    t_end = _override(sample_cfg, 't_end')
+    t_end = max(default, schedule.t_min) if not t_end else float(t_end)
+    if not 0.0 < t_end < 1.0:
+        raise UserError(f'{name} needs 0 < sample.t_end < 1, got {t_end}')
+    return t_end
+
+
 def _options(preset, sample_cfg, schedule, name):
     """(steps, options, skip_type, t_end): the preset's options with the config's `order`, `method`, `skip_type`
     and `t_end` overrides applied, the grid options checked."""
@@ -58,11 +68,7 @@ def _options(preset, sample_cfg, schedule, name):
     skip_type = options.pop('skip_type')
     if skip_type not in TIME_GRIDS:
         raise UserError(f'unknown {name} skip_type {skip_type!r}; known: {", ".join(TIME_GRIDS)}')
-    t_end = _override(sample_cfg, 't_end')
-    t_end = max(DPM_SOLVER_T_END, schedule.t_min) if not t_end else float(t_end)
-    if not 0.0 < t_end < 1.0:
-        raise UserError(f'{name} needs 0 < sample.t_end < 1, got {t_end}')
-    return steps, options, skip_type, t_end
+    return steps, options, skip_type, _t_end(sample_cfg, schedule, DPM_SOLVER_T_END, name)
 
 
 def _dpm_solver_preset(**preset):
@@ -107,11 +113,7 @@ def _unipc_preset(**preset):
 
 def _euler_preset(ode):
     def build(sample_cfg, schedule):
-        t_end = _override(sample_cfg, 't_end')
-        t_end = max(EULER_T_END, schedule.t_min) if not t_end else float(t_end)
-        if not 0.0 < t_end < 1.0:
-            raise UserError(f'sample.t_end must be in (0, 1), got {t_end}')
-        timesteps = euler_grid(_sample_steps(sample_cfg), t_end)
+        timesteps = euler_grid(_sample_steps(sample_cfg), _t_end(sample_cfg, schedule, EULER_T_END, 'Euler-Maruyama'))
         progress = bool(sample_cfg.get('progress', False))
 
         def sampler(eps_fn, x_T, noise=None):
@@ -154,10 +156,7 @@ def _heun_preset(sample_cfg, schedule):
     nfe = _sample_steps(sample_cfg)
     euler_steps = 1 if nfe % 2 else 2
     steps = (nfe + euler_steps) // 2
-    t_end = _override(sample_cfg, 't_end')
-    t_end = max(DPM_SOLVER_T_END, schedule.t_min) if not t_end else float(t_end)
-    if not 0.0 < t_end < 1.0:
-        raise UserError(f'Heun needs 0 < sample.t_end < 1, got {t_end}')
+    t_end = _t_end(sample_cfg, schedule, DPM_SOLVER_T_END, 'Heun')
     rho = float(sample_cfg.get('rho', 7.0) or 7.0)
     timesteps = (karras_grid(schedule, steps - 1, 1.0, t_end, rho) if steps > 1 else [1.0]) + [0.0]
     options = {key: float(sample_cfg.get(key, default)) for key, default in HEUN_CHURN.items()}

@@ -21,9 +21,13 @@ from libs.errors import UserError
 def check_options(schedule, steps, variance) -> list:
     """UserError for a continuous schedule, a step count outside 1..N or an unknown variance; else the grid."""
     require_discrete(schedule, 'ddpm_ancestral')
+    check_variance(variance)
+    return ddpm_steps(schedule.num_steps, schedule.num_steps if steps is None else steps)
+
+
+def check_variance(variance) -> None:
     if variance not in VARIANCES:
         raise UserError(f'unknown ancestral variance {variance!r}; known: {", ".join(VARIANCES)}')
-    return ddpm_steps(schedule.num_steps, schedule.num_steps if steps is None else steps)
 
 
 def require_discrete(schedule, sampler: str) -> None:
@@ -46,6 +50,21 @@ def check_grid(schedule, steps_grid, sampler: str = 'ddpm_ancestral') -> list:
     return grid
 
 
+def chain_visits(schedule, grid: list, x, desc: str, progress: bool):
+    """The steps of a discrete sampler over ``grid``: for each visited step n, (n's time as a (B,) tensor of x's
+    dtype, abar_n, abar_p of the next visited step (1 after the last), whether it is the last step), with a
+    progress bar named ``desc`` when ``progress``."""
+    abar = schedule.alphas_cumprod.tolist()
+    visits = range(len(grid))
+    if progress:
+        from tqdm.auto import tqdm
+        visits = tqdm(visits, desc=desc)
+    for k in visits:
+        n, last = grid[k], k + 1 == len(grid)
+        t = torch.full((x.shape[0],), n / schedule.num_steps, dtype=x.dtype, device=x.device)
+        yield t, abar[n - 1], 1.0 if last else abar[grid[k + 1] - 1], last
+
+
 def ddpm_ancestral(eps_fn, schedule, x, steps_grid=None, variance='beta', noise=None, progress=False):
     """Sample from x ~ N(0, I) at n = N down to n = 0, one evaluation of eps_fn(x, t) per visited step.
 
@@ -53,21 +72,13 @@ def ddpm_ancestral(eps_fn, schedule, x, steps_grid=None, variance='beta', noise=
     steps_grid: the visited steps (``grids.ddpm_steps``; None: all N). noise: ``noise(x)`` -> N(0, I) shaped like
     x (libs.rng; the global RNG if None). Returns x_0 in x's dtype (not clamped).
     """
-    check_options(schedule, None, variance)
     grid = check_grid(schedule, steps_grid)
+    check_variance(variance)
     noise = noise or torch.randn_like
-    big_n = schedule.num_steps
-    abar = schedule.alphas_cumprod.tolist()
-    visits = range(len(grid))
-    if progress:
-        from tqdm.auto import tqdm
-        visits = tqdm(visits, desc='DDPM ancestral')
-    for k in visits:
-        n = grid[k]
-        abar_n = abar[n - 1]
-        step = posterior_step(abar_n, abar[grid[k + 1] - 1] if k + 1 < len(grid) else 1.0)
-        eps = eps_fn(x, torch.full((x.shape[0],), n / big_n, dtype=x.dtype, device=x.device)).to(x.dtype)
+    for t, abar_n, abar_p, last in chain_visits(schedule, grid, x, 'DDPM ancestral', progress):
+        step = posterior_step(abar_n, abar_p)
+        eps = eps_fn(x, t).to(x.dtype)
         x = (x - step.beta / math.sqrt(1.0 - abar_n) * eps) / math.sqrt(step.alpha)
-        if k + 1 < len(grid):
+        if not last:
             x = x + math.sqrt(step.variance(variance)) * noise(x)
     return x

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from libs.diffusion.samplers.ancestral import check_grid
+from libs.diffusion.samplers.ancestral import chain_visits, check_grid
 from libs.errors import UserError
 
 
@@ -25,16 +25,7 @@ def ddim(eps_fn, schedule, x, steps_grid, eta=0.0, noise=None, progress=False):
         raise UserError(f'DDIM needs sample.eta >= 0 (0: deterministic), got {eta}')
     grid = check_grid(schedule, steps_grid, 'ddim')
     noise = noise or torch.randn_like
-    abar = schedule.alphas_cumprod.tolist()
-    visits = range(len(grid))
-    if progress:
-        from tqdm.auto import tqdm
-        visits = tqdm(visits, desc='DDIM')
-    for k in visits:
-        n = grid[k]
-        abar_n = abar[n - 1]
-        abar_p = abar[grid[k + 1] - 1] if k + 1 < len(grid) else 1.0
-        t = torch.full((x.shape[0],), n / schedule.num_steps, dtype=x.dtype, device=x.device)
+    for t, abar_n, abar_p, _ in chain_visits(schedule, grid, x, 'DDIM', progress):
         eps = eps_fn(x, t).to(x.dtype)
         x0 = (x - math.sqrt(1.0 - abar_n) * eps) / math.sqrt(abar_n)
         c = eta * math.sqrt((1.0 - abar_p) / (1.0 - abar_n) * (1.0 - abar_n / abar_p))
