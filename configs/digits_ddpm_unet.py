@@ -6,8 +6,8 @@ recipe (configs/_ddae_recipe.py) shrunk to the digits.
 - DDPM: 1000 linear betas 1e-4..0.02, noise prediction, the network sees n / 1000 (as DDAE's); unconditional, so
   the digit score is the Frechet distance alone (no labels to check).
 - 1000 steps of batch 64, Adam at 2e-3 (DDAE's 1e-4 is for 35M parameters and 780k steps) with a short warm-up,
-  gradients clipped to 1, EMA 0.995: the conv UNet runs at about 4.3 steps/s on the slowest 2-core CPU (the U-ViT at 6.5),
-  so 1000 steps keep the run within the digits' 10-minute budget.
+  gradients clipped to 1, EMA 0.995: the conv UNet runs at about 4.3 steps/s on the slowest 2-core CPU (the U-ViT
+  at 6.5), so 1000 steps keep the run within the digits' 10-minute budget.
 - Sampling: DDIM, 50 steps, deterministic (DDAE samples CIFAR-10 with 100).
 - Probes: ``out_2`` at step 11 (DDAE's DDPM level); grids over steps 1..201.
 
