@@ -316,9 +316,9 @@ def test_image_folder_errors(tmp_path):
 
 def test_unknown_name_and_split(tmp_path):
     with pytest.raises(UserError) as e:
-        build_dataset(cfg(name='mnist'))
+        build_dataset(cfg(name='fashion_mnist'))
     msg = str(e.value)
-    assert "'mnist'" in msg and '\n' not in msg
+    assert "'fashion_mnist'" in msg and '\n' not in msg
     assert all(name in msg for name in DATASETS)
     with pytest.raises(UserError, match="no split 'val'; known splits: train, test"):
         build_dataset(cfg(name='digits'), 'val')
