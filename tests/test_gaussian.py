@@ -205,8 +205,8 @@ def test_the_framework_from_config_and_its_backbone_check():
     assert (denoiser.schedule, denoiser.prediction) == (framework.schedule, 'x0')
     with pytest.raises(UserError, match="config.pred must be one of noise_pred, x0_pred, v_pred, got 'eps_pred'"):
         GaussianFramework.from_config(d(pred='eps_pred', schedule=d(name='vpsde')))
-    with pytest.raises(UserError, match="unknown config.framework 'ctmc'"):
-        build_framework(d(framework='ctmc', pred='noise_pred', schedule=d(name='vpsde')))
+    with pytest.raises(UserError, match="unknown config.framework 'flow_matching'"):
+        build_framework(d(framework='flow_matching', pred='noise_pred', schedule=d(name='vpsde')))
     with pytest.raises(UserError, match='known: noise, x0, v'):
         GaussianFramework(VPSDE(), 'score')
 

@@ -389,7 +389,8 @@ def test_build_sampler_presets():
 def test_build_sampler_errors():
     schedule = VPSDE()
     assert set(SAMPLERS) == {'dpm_solver', 'dpm_solver++', 'euler_maruyama_sde', 'euler_maruyama_ode', 'unipc',
-                             'unipc_bh1', 'ddpm_ancestral', 'ddpm_ancestral_beta_tilde', 'ddim', 'heun'}
+                             'unipc_bh1', 'ddpm_ancestral', 'ddpm_ancestral_beta_tilde', 'ddpm_ancestral_learned',
+                             'ddim', 'heun'}
     with pytest.raises(UserError, match='known: dpm_solver, dpm_solver\\+\\+, euler_maruyama_sde'):
         build_sampler(ml_collections.ConfigDict({'algorithm': 'plms', 'sample_steps': 10}), schedule)
     with pytest.raises(UserError, match='sample_steps'):

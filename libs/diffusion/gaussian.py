@@ -8,16 +8,28 @@ a discrete DDPM / Stable Diffusion schedule placed in continuous time; libs/diff
   turns it into both predictions, and L_simple is the squared error of the output against its own target,
   optionally weighted by Min-SNR-gamma (``min_snr_gamma``). EDM's preconditioning (c_skip, c_out, c_in, c_noise;
   VP, VE and EDM variants, F-prediction) is a subclass: libs/diffusion/edm.py.
+- Learned variance (``learned_variance``; DiT, Nichol & Dhariwal 2021): the backbone declares 'image+variance'
+  and returns 2C channels, the prediction then the variance output v in [-1, 1] (libs/diffusion/ddpm.py). The loss
+  is DiT's hybrid L_simple + vlb_lambda N L_n: L_n is the variational bound's term at the training step n in bits
+  per dimension (KL(q(x_{n-1} | x_n, x_0) || p(x_{n-1} | x_n)), at n = 1 the discretised decoder's NLL), computed
+  with the prediction detached so that it trains only the variance. DiT's code adds it unweighted (loss type MSE)
+  with N = 1000: vlb_lambda = 0.001 is that loss, and the lambda of Nichol & Dhariwal for one term of the sum over
+  N steps. Needs a discrete schedule. Samplers see the eps half; ``ddpm_ancestral_learned`` the variance too.
 - Time: the backbone sees ``schedule.model_time(t)`` (999 t for the VP SDE, as the released checkpoints expect).
 - Prior: N(0, I). Samplers: libs/diffusion/samplers (DPM-Solver, Euler-Maruyama, DDPM ancestral), over the
-  noise prediction. Guidance: classifier-free, in eps (libs/diffusion/guidance.py).
+  noise prediction. Guidance: classifier-free, in eps (libs/diffusion/guidance.py), optionally of the first
+  ``sample.guided_channels`` channels only (DiT's convention).
 """
+import math
+
 import torch
 
+from libs.diffusion.ddpm import (discretized_gaussian_log_likelihood, learned_log_variance, normal_kl,
+                                 posterior_step)
 from libs.diffusion.framework import Framework
 from libs.diffusion.guidance import classifier_free_guidance
-from libs.diffusion.samplers import SAMPLERS, build_sampler
-from libs.diffusion.schedules import build_schedule
+from libs.diffusion.samplers import NOISE_AND_VARIANCE, SAMPLERS, build_sampler
+from libs.diffusion.schedules import DiscreteSchedule, build_schedule
 from libs.errors import UserError
 from libs.rng import generator_noise
 
@@ -33,6 +45,18 @@ def broadcast_scales(schedule, t, x, dtype):
     return schedule.alpha(t).to(dtype).view(shape), schedule.sigma(t).to(dtype).view(shape)
 
 
+def convert_prediction(prediction, target, out, x, alpha, sigma):
+    """The ``target`` ('noise' or 'x0') prediction from an output of kind ``prediction`` at x = alpha x0 + sigma eps
+    (alpha, sigma broadcast against x)."""
+    if prediction == target:
+        return out
+    x = x.to(out.dtype)
+    if prediction == 'v':  # eps = sigma x + alpha v, x0 = alpha x - sigma v (alpha^2 + sigma^2 = 1)
+        return sigma * x + alpha * out if target == 'noise' else alpha * x - sigma * out
+    known, other = (alpha, sigma) if target == 'noise' else (sigma, alpha)  # out is x0 or eps
+    return (x - known * out) / other
+
+
 class Denoiser:
     """Wraps ``nnet`` (outputs eps if prediction == 'noise', x0 if 'x0', alpha eps - sigma x0 if 'v') with
     ``schedule``.
@@ -41,14 +65,17 @@ class Denoiser:
     network is called with (``schedule.model_time(t)``) and its output to either prediction.
     x: (B, ...) noisy inputs; t: (B,) tensor or a number (the same time for the whole batch).
     Outputs are at least float32 (a half-precision output under autocast is cast up; float64 stays float64).
+    With ``learned_variance`` the network returns 2C channels: ``noise`` and ``data`` read the first C (the
+    prediction), ``variance`` the last C (v in [-1, 1]) and ``noise_and_variance`` both from one call.
     """
 
-    def __init__(self, nnet, schedule, prediction='noise'):
+    def __init__(self, nnet, schedule, prediction='noise', learned_variance=False):
         if prediction not in PREDICTIONS:
             raise UserError(f'unknown prediction type {prediction!r}; known: {", ".join(PREDICTIONS)}')
         self.nnet = nnet
         self.schedule = schedule
         self.prediction = prediction
+        self.learned_variance = bool(learned_variance)
 
     def _times(self, x, t):
         if not torch.is_tensor(t) or t.ndim == 0:
@@ -60,7 +87,8 @@ class Denoiser:
         return broadcast_scales(self.schedule, t, x, dtype)
 
     def output(self, x, t, **cond):
-        """The raw network output (eps or x0, per ``prediction``), cast to at least float32."""
+        """The raw network output (eps or x0, per ``prediction``; then the variance output with
+        ``learned_variance``), cast to at least float32."""
         t = self._times(x, t)
         out = self.nnet(x, self.schedule.model_time(t), **cond)
         return out.to(torch.promote_types(out.dtype, torch.float32))
@@ -77,18 +105,38 @@ class Denoiser:
         """The backbone's pooled features of ``layers`` at (x, t) (libs/nets/protocol.py)."""
         return self.nnet.features(x, self.schedule.model_time(self._times(x, t)), layers, **cond)
 
+    def variance(self, x, t, **cond):
+        """The learned variance output v in [-1, 1], same shape as x."""
+        self._require_variance()
+        return self._split(self.output(x, t, **cond))[1]
+
+    def noise_and_variance(self, x, t, **cond):
+        """(B, 2C): the eps prediction, then the variance output, from one network call."""
+        self._require_variance()
+        t = self._times(x, t)
+        out, v = self._split(self.output(x, t, **cond))
+        return torch.cat([self._convert('noise', out, x, t), v], dim=1)
+
+    def _require_variance(self):
+        if not self.learned_variance:
+            raise UserError('this model has no learned variance (config.learned_variance=False); sample it with '
+                            'ddpm_ancestral or another sampler of the noise prediction')
+
+    def _split(self, out):
+        """(prediction, variance output or None) of a raw output."""
+        if not self.learned_variance:
+            return out, None
+        return out.chunk(2, dim=1)
+
+    def _convert(self, target, out, x, t):
+        if self.prediction == target:
+            return out
+        return convert_prediction(self.prediction, target, out, x, *self._scales(x, t, out.dtype))
+
     def _predict(self, target, x, t, cond):
         """The ``target`` ('noise' or 'x0') prediction from the output, with x = alpha x0 + sigma eps."""
         t = self._times(x, t)
-        out = self.output(x, t, **cond)
-        if self.prediction == target:
-            return out
-        alpha, sigma = self._scales(x, t, out.dtype)
-        x = x.to(out.dtype)
-        if self.prediction == 'v':  # eps = sigma x + alpha v, x0 = alpha x - sigma v (alpha^2 + sigma^2 = 1)
-            return sigma * x + alpha * out if target == 'noise' else alpha * x - sigma * out
-        known, other = (alpha, sigma) if target == 'noise' else (sigma, alpha)  # out is x0 or eps
-        return (x - known * out) / other
+        return self._convert(target, self._split(self.output(x, t, **cond))[0], x, t)
 
 
 def squared_error(prediction, target):
@@ -109,37 +157,60 @@ def noised(schedule, x0, generator=None):
 
 
 class GaussianFramework(Framework):
-    """The framework of the U-ViT release: a VP schedule, eps or x0 prediction, L_simple."""
+    """The framework of the U-ViT release: a VP schedule, eps or x0 prediction, L_simple; with
+    ``learned_variance``, DiT's: a variance head trained by the variational bound (the module docstring)."""
 
     name = 'gaussian'
     samplers = SAMPLERS
 
-    def __init__(self, schedule, prediction: str = 'noise', min_snr_gamma: float = 0.0):
+    def __init__(self, schedule, prediction: str = 'noise', min_snr_gamma: float = 0.0,
+                 learned_variance: bool = False, vlb_lambda: float = 0.001):
         if prediction not in PREDICTIONS:
             raise UserError(f'unknown prediction type {prediction!r}; known: {", ".join(PREDICTIONS)}')
         if min_snr_gamma < 0:
             raise UserError(f'config.min_snr_gamma must be >= 0 (0: plain L_simple), got {min_snr_gamma}')
+        if learned_variance and not isinstance(schedule, DiscreteSchedule):
+            raise UserError(f'config.learned_variance=True needs a discrete schedule (config.schedule.name '
+                            f'ddpm_linear, cosine, ...), got {schedule!r}')
+        if vlb_lambda < 0:
+            raise UserError(f'config.vlb_lambda must be >= 0, got {vlb_lambda}')
         self.schedule = schedule
         self.prediction = prediction
         self.min_snr_gamma = float(min_snr_gamma)
+        self.learned_variance = bool(learned_variance)
+        self.vlb_lambda = float(vlb_lambda)
+        self._tables = {}
 
     @classmethod
     def from_config(cls, config) -> 'GaussianFramework':
-        """``config.schedule`` and ``config.pred`` ('noise_pred' / 'x0_pred')."""
+        """``config.schedule``, ``config.pred`` ('noise_pred' / 'x0_pred' / 'v_pred'), ``min_snr_gamma``,
+        ``learned_variance`` and ``vlb_lambda``."""
         if config.pred not in CONFIG_PREDICTIONS:
             raise UserError(f"config.pred must be one of {', '.join(CONFIG_PREDICTIONS)}, got {config.pred!r}")
         return cls(build_schedule(config.schedule), CONFIG_PREDICTIONS[config.pred],
-                   float(config.get('min_snr_gamma', 0.0)))
+                   float(config.get('min_snr_gamma', 0.0)), bool(config.get('learned_variance', False)),
+                   float(config.get('vlb_lambda', 0.001)))
 
     def __repr__(self):
-        return f'GaussianFramework({self.schedule!r}, prediction={self.prediction!r})'
+        learned = ', learned_variance=True' if self.learned_variance else ''
+        return f'GaussianFramework({self.schedule!r}, prediction={self.prediction!r}{learned})'
 
     def check_backbone(self, nnet) -> None:
-        from libs.nets.protocol import OUTPUT_IMAGE, backbone_output
+        from libs.nets.protocol import OUTPUT_IMAGE, OUTPUT_IMAGE_AND_VARIANCE, backbone_output
         output = backbone_output(nnet)
-        if output != OUTPUT_IMAGE:
-            raise UserError(f'the Gaussian framework needs a backbone whose output is shaped like its input '
-                            f'({OUTPUT_IMAGE!r}); {type(nnet).__name__} declares {output!r}')
+        expected = OUTPUT_IMAGE_AND_VARIANCE if self.learned_variance else OUTPUT_IMAGE
+        if output == expected:
+            return
+        name = type(nnet).__name__
+        if output == OUTPUT_IMAGE_AND_VARIANCE:
+            raise UserError(f"{name} declares 'image+variance' (a learned variance): set config.learned_variance="
+                            f"True, or build it without the variance head (DiT: nnet.learn_sigma=False)")
+        if self.learned_variance:
+            raise UserError(f'config.learned_variance=True needs a backbone with a variance head '
+                            f'({OUTPUT_IMAGE_AND_VARIANCE!r}, DiT with nnet.learn_sigma=True); {name} declares '
+                            f'{output!r}')
+        raise UserError(f'the Gaussian framework needs a backbone whose output is shaped like its input '
+                        f'({OUTPUT_IMAGE!r}); {name} declares {output!r}')
 
     def model_time(self, t):
         return self.schedule.model_time(t)
@@ -151,8 +222,51 @@ class GaussianFramework(Framework):
         return noised(self.schedule, x0, generator)
 
     def loss_of_output(self, output, x0, noise, x_t, t):
-        error = squared_error(output, self.target(x0, noise, t))
-        return error if not self.min_snr_gamma else error * self.min_snr_weight(t)
+        prediction, v = output.chunk(2, dim=1) if self.learned_variance else (output, None)
+        error = squared_error(prediction, self.target(x0, noise, t))
+        if self.min_snr_gamma:
+            error = error * self.min_snr_weight(t)
+        if v is None:
+            return error
+        weight = self.vlb_lambda * self.schedule.num_steps
+        return error + weight * self.vlb_term(prediction.detach(), v, x0, x_t, t)
+
+    def _chain_tables(self, device) -> dict:
+        """Per step n = 1..N (index n - 1), float64 on ``device``: the posterior's x0 and x_n coefficients, its
+        log variance, and log beta; beta_tilde_1 = 0 is clipped to beta_tilde_2 (Nichol & Dhariwal's clipping)."""
+        if device not in self._tables:
+            abar = [1.0] + self.schedule.alphas_cumprod.tolist()
+            steps = [posterior_step(abar[n], abar[n - 1], beta) for n, beta in
+                     zip(range(1, self.schedule.num_steps + 1), self.schedule.betas.tolist())]
+            tilde = [step.posterior_variance for step in steps]
+            tilde[0] = tilde[1]
+            table = lambda values: torch.tensor(values, dtype=torch.float64, device=device)  # noqa: E731
+            self._tables[device] = {'x0_coef': table([s.x0_coef for s in steps]),
+                                    'xt_coef': table([s.xt_coef for s in steps]),
+                                    'log_beta_tilde': torch.log(table(tilde)),
+                                    'log_beta': torch.log(table([s.beta for s in steps]))}
+        return self._tables[device]
+
+    def vlb_term(self, prediction, v, x0, x_t, t):
+        """(B,) float32: the variational bound's term at each sample's step n = N t, in bits per dimension (mean over
+        dimensions / ln 2): KL(q(x_{n-1} | x_n, x_0) || N(mu, sigma^2)) for n >= 2, the discretised Gaussian
+        decoder's -log p(x_0 | x_1) at n = 1. mu: the posterior mean at the x0 of ``prediction``; log sigma^2:
+        ``learned_log_variance`` of ``v``. Differentiable in both (the loss detaches the prediction)."""
+        tables = self._chain_tables(x0.device)
+        index = torch.round(t.double() * self.schedule.num_steps).long().clamp(1, self.schedule.num_steps) - 1
+        shape = (-1,) + (1,) * (x0.ndim - 1)
+        column = {key: value[index].view(shape) for key, value in tables.items()}
+        alpha, sigma = broadcast_scales(self.schedule, t, x_t, torch.float64)
+        x0_hat = convert_prediction(self.prediction, 'x0', prediction.double(), x_t.double(), alpha, sigma)
+        x0, x_t = x0.double(), x_t.double()
+        model_mean = column['x0_coef'] * x0_hat + column['xt_coef'] * x_t
+        model_log_var = learned_log_variance(v.double(), column['log_beta'], column['log_beta_tilde'])
+        true_mean = column['x0_coef'] * x0 + column['xt_coef'] * x_t
+        kl = normal_kl(true_mean, column['log_beta_tilde'], model_mean, model_log_var)
+        decoder = -discretized_gaussian_log_likelihood(x0, model_mean, torch.exp(0.5 * model_log_var))
+        first = (index == 0).view(shape)
+        nats = torch.where(first, decoder, kl).flatten(1).mean(1)
+        return (nats / math.log(2.0)).float()
 
     def min_snr_weight(self, t):
         """(B,) float32: Min-SNR-gamma (Hang et al. 2023, arXiv 2303.09556) weighs the x0 error by min(SNR, gamma),
@@ -173,24 +287,41 @@ class GaussianFramework(Framework):
         return alpha * noise - sigma * x0
 
     def loss(self, nnet, x0, cond=None, generator=None):
-        """L_simple: (B,) float32, one mean squared error per sample, through the ``Denoiser``."""
+        """L_simple (+ the learned variance's term): (B,) float32 per sample, through the ``Denoiser``."""
         t, eps, x_t = self.corrupt(x0, generator)
         output = self.denoiser(nnet).output(x_t, t, **(cond or {}))
         return self.loss_of_output(output, x0, eps, x_t, t)
 
     def denoiser(self, nnet) -> Denoiser:
-        return Denoiser(nnet, self.schedule, self.prediction)
+        return Denoiser(nnet, self.schedule, self.prediction, self.learned_variance)
 
     def prior(self, shape, noise):
         return noise.randn(tuple(shape))
 
-    def guided(self, denoiser, cond: dict, null_cond: dict = None, scale: float = 0.0):
+    def guided(self, denoiser, cond: dict, null_cond: dict = None, scale: float = 0.0, channels: int = 0,
+               with_variance: bool = False):
         """eps_fn(x, t): the noise prediction conditioned on ``cond``; with scale > 0, eps_c + scale (eps_c - eps_u)
-        in one batched call."""
-        return classifier_free_guidance(denoiser.noise, cond, null_cond, scale)
+        in one batched call, of the first ``channels`` channels only when > 0 (the rest conditional). With
+        ``with_variance``: (B, 2C), eps then the (conditional) learned variance output; ``channels`` (1..C) must
+        then be given, so that the variance is never guided."""
+        if with_variance:
+            if not channels:
+                raise ValueError('guidance of eps and variance needs the number of eps channels to guide')
+            return classifier_free_guidance(denoiser.noise_and_variance, cond, null_cond, scale, channels)
+        return classifier_free_guidance(denoiser.noise, cond, null_cond, scale, channels)
 
     def build_sampler(self, sample_cfg):
         return build_sampler(sample_cfg, self.schedule)
+
+    def sample(self, denoiser, sampler, shape, cond: dict, random, null_cond: dict = None, scale: float = 0.0):
+        """The interface's ``sample``, with the guided channels and model function the sampler declares."""
+        channels = getattr(sampler, 'guided_channels', 0)
+        if channels > shape[0]:
+            raise UserError(f'sample.guided_channels={channels} is more than the {shape[0]} channels of the data')
+        with_variance = getattr(sampler, 'consumes', None) == NOISE_AND_VARIANCE
+        channels = channels or (shape[0] if with_variance else 0)
+        x_T = self.prior(shape, random)
+        return sampler(self.guided(denoiser, cond, null_cond, scale, channels, with_variance), x_T, noise=random)
 
     def level_range(self) -> tuple:
         """The noise-level indices (DDAE's "timestep"): step n in 1..N of a discrete N-step chain, or n / 1000 of

@@ -27,12 +27,16 @@ def _concat(cond, uncond):
     return merged
 
 
-def classifier_free_guidance(noise_fn, cond, uncond, scale):
+def classifier_free_guidance(noise_fn, cond, uncond, scale, channels: int = 0):
     """eps_fn(x, t) = eps_c + scale (eps_c - eps_u), the U-ViT paper's convention (scale 0: no guidance).
 
     cond / uncond: dicts of keyword arguments for noise_fn; tensors are (B, ...) and get concatenated along dim 0,
     other values must be equal in both. Each call of eps_fn makes ONE call of noise_fn on the 2B batch
-    [cond; uncond] (with scale 0, one call on the conditional batch alone).
+    [cond; uncond] (with scale 0, one call on the conditional batch alone). ``channels`` > 0 guides only the first
+    ``channels`` channels (dim 1) and takes the others from the conditional branch, as DiT's ``forward_with_cfg``
+    does with 3 of its 4 latent channels and the variance; 0 guides them all.
+
+    DiT's scale s means eps_u + s (eps_c - eps_u), which is this convention's scale s - 1.
     """
     scale = float(scale)
     if scale == 0.0:
@@ -42,6 +46,9 @@ def classifier_free_guidance(noise_fn, cond, uncond, scale):
     def eps_fn(x, t):
         t_cat = torch.cat([t, t]) if torch.is_tensor(t) and t.ndim > 0 else t
         eps_c, eps_u = noise_fn(torch.cat([x, x]), t_cat, **merged).chunk(2)
-        return eps_c + scale * (eps_c - eps_u)
+        if not channels:
+            return eps_c + scale * (eps_c - eps_u)
+        guided = eps_c[:, :channels] + scale * (eps_c[:, :channels] - eps_u[:, :channels])
+        return torch.cat([guided, eps_c[:, channels:]], dim=1)
 
     return eps_fn

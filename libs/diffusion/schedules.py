@@ -142,11 +142,12 @@ class DiscreteSchedule(NoiseSchedule):
     log_alpha = 0 (clean data). So below t_1 = 1/N the schedule follows the straight line to (0, 0), which keeps
     alpha <= 1; above t = 1 the last segment is extrapolated. The network sees N t (the integer n at t = n / N, as
     the released text-to-image code calls it with steps 1..N), or ``time_scale`` t (DDAE's UNets see n / N:
-    ``time_scale=1``); training times are n / N with n uniform in 1..N.
+    ``time_scale=1``), plus ``time_offset`` (DiT's released checkpoints see the step index n - 1 in 0..N-1:
+    ``time_offset=-1``); training times are n / N with n uniform in 1..N.
     `t_min` = 1 / N.
     """
 
-    def __init__(self, betas, time_scale=None):
+    def __init__(self, betas, time_scale=None, time_offset=0.0):
         betas = torch.as_tensor(betas, dtype=torch.float64).cpu()
         if betas.ndim != 1 or betas.numel() < 2 or not bool(((betas > 0) & (betas < 1)).all()):
             raise UserError('DiscreteSchedule needs a 1-D sequence of at least 2 betas, each in (0, 1)')
@@ -155,6 +156,7 @@ class DiscreteSchedule(NoiseSchedule):
         self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
         self.t_min = 1.0 / self.num_steps
         self.time_scale = float(self.num_steps if time_scale is None else time_scale)
+        self.time_offset = float(time_offset)
         zero = torch.zeros(1, dtype=torch.float64)
         self._t_knots = torch.arange(self.num_steps + 1, dtype=torch.float64) / self.num_steps
         self._log_alpha_knots = torch.cat([zero, 0.5 * torch.log(self.alphas_cumprod)])
@@ -172,23 +174,23 @@ class DiscreteSchedule(NoiseSchedule):
         return f'DiscreteSchedule(N={self.num_steps})'
 
     @classmethod
-    def linear(cls, N=1000, beta_start=1e-4, beta_end=0.02, time_scale=None):
+    def linear(cls, N=1000, beta_start=1e-4, beta_end=0.02, time_scale=None, time_offset=0.0):
         """DDPM (Ho et al. 2020): betas linear from beta_start to beta_end."""
-        return cls(torch.linspace(beta_start, beta_end, N, dtype=torch.float64), time_scale)
+        return cls(torch.linspace(beta_start, beta_end, N, dtype=torch.float64), time_scale, time_offset)
 
     @classmethod
-    def scaled_linear(cls, N=1000, beta_start=0.00085, beta_end=0.012, time_scale=None):
+    def scaled_linear(cls, N=1000, beta_start=0.00085, beta_end=0.012, time_scale=None, time_offset=0.0):
         """Stable Diffusion: betas = linspace(sqrt(beta_start), sqrt(beta_end), N)^2."""
         return cls(torch.linspace(math.sqrt(beta_start), math.sqrt(beta_end), N, dtype=torch.float64) ** 2,
-                   time_scale)
+                   time_scale, time_offset)
 
     @classmethod
-    def cosine(cls, N=1000, s=0.008, time_scale=None):
+    def cosine(cls, N=1000, s=0.008, time_scale=None, time_offset=0.0):
         """Nichol & Dhariwal 2021: alphas_cumprod(t) = cos((t + s) / (1 + s) pi / 2)^2, normalised; betas <= 0.999."""
         t = torch.arange(N + 1, dtype=torch.float64) / N
         f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
         betas = 1.0 - f[1:] / f[:-1]
-        return cls(betas.clamp(max=0.999), time_scale)
+        return cls(betas.clamp(max=0.999), time_scale, time_offset)
 
     def log_alpha(self, t):
         t = _as_time(t)
@@ -204,7 +206,7 @@ class DiscreteSchedule(NoiseSchedule):
         return _interp(log_alpha, log_alpha_knots.flip(0), t_knots.flip(0))[0]
 
     def model_time(self, t):
-        return self.time_scale * t
+        return self.time_scale * t + self.time_offset
 
     def sample_train_t(self, n, device, generator=None):
         steps = torch.randint(1, self.num_steps + 1, (n,), device=device, generator=generator)

@@ -31,10 +31,8 @@ import math
 import torch
 
 from libs.errors import UserError
-from libs.diffusion.ddpm import VARIANCES, posterior_step
+from libs.diffusion.ddpm import VARIANCES, discretized_gaussian_log_likelihood, posterior_step
 from libs.diffusion.schedules import DiscreteSchedule
-
-BIN_HALF_WIDTH = 1.0 / 255.0
 
 
 def _check(denoiser, x0, variance):
@@ -46,31 +44,6 @@ def _check(denoiser, x0, variance):
         raise UserError('x0 must be a floating tensor (B, ...) with B >= 1')
     if bool((x0.abs() > 1.0 + 1e-6).any()):
         raise UserError('x0 must lie in [-1, 1] (the discretised decoder scores 256 levels in that range)')
-
-
-def _log_prob_in_bin(lower, upper):
-    """log(Phi(upper) - Phi(lower)) for lower < upper, accurate in both tails."""
-    flip = lower > 0  # both in the upper tail: use Phi(-lower) - Phi(-upper) instead
-    hi = torch.where(flip, -lower, upper)
-    lo = torch.where(flip, -upper, lower)
-    log_hi = torch.special.log_ndtr(hi)
-    return log_hi + torch.log(-torch.expm1(torch.special.log_ndtr(lo) - log_hi))
-
-
-def discretized_gaussian_log_likelihood(x0, mean, std):
-    """log P(bin of x0) per element under N(mean, std^2), for x0 in [-1, 1] on 256 levels; edge bins open.
-
-    All of x0, mean, std broadcast; computed in float64.
-    """
-    x0, mean = x0.double(), mean.double()
-    std = torch.as_tensor(std, dtype=torch.float64, device=x0.device)
-    level = torch.round((x0 + 1.0) * 127.5).clamp(0, 255)
-    centre = level / 127.5 - 1.0
-    lower = (centre - BIN_HALF_WIDTH - mean) / std
-    upper = (centre + BIN_HALF_WIDTH - mean) / std
-    inner = _log_prob_in_bin(lower, upper)
-    return torch.where(level == 0, torch.special.log_ndtr(upper),
-                       torch.where(level == 255, torch.special.log_ndtr(-lower), inner))
 
 
 def _repeat_cond(cond: dict, batch: int, times: int) -> dict:

@@ -7,6 +7,10 @@ SAMPLERS), ``sample_steps`` (required), for the DPM-Solver and UniPC names the o
 ``method`` (UniPC: only 'multistep'), ``skip_type``; ``t_end`` for the continuous-time ones; ``progress`` (bool). An
 override that is missing, None, 0 or '' means the preset's default. The ``ddpm_ancestral`` names need a discrete
 schedule and take ``sample_steps`` <= its N (N: the full chain of Ho et al.); so does ``ddim``, with ``eta``.
+``ddpm_ancestral_learned`` (DiT's sampler, 250 of its 1000 steps) consumes the learned variance too: its model
+function returns (B, 2C), eps then the variance output (``sampler.consumes == 'noise+variance'``; the others'
+is 'noise'). ``guided_channels`` (0: all) is read for guidance: how many leading channels of eps are guided
+(DiT: 3 of 4), carried by the sampler as ``sampler.guided_channels``.
 ``heun`` (EDM's sampler, on EDM's rho-grid of ``rho``) takes ``sample_steps`` evaluations exactly: 18 noise levels
 for 35, as EDM; with an even count the last two steps are Euler steps. Its churn options are ``s_churn``, ``s_min``,
 ``s_max``, ``s_noise``. ``noise(x)`` gives the stochastic samplers' N(0, I) draws (libs.rng).
@@ -15,7 +19,7 @@ Adding a sampler: write its function here (one file), then one line in SAMPLERS 
 grid from the config.
 """
 from libs.diffusion.samplers.ancestral import (check_options as check_ancestral_options, ddpm_ancestral,
-                                               require_discrete)
+                                               ddpm_ancestral_learned, require_discrete)
 from libs.diffusion.samplers.dpm_solver import check_options, dpm_solver, singlestep_grid, singlestep_orders
 from libs.diffusion.samplers.ddim import ddim
 from libs.diffusion.samplers.euler_maruyama import euler_grid, euler_maruyama
@@ -138,6 +142,18 @@ def _ancestral_preset(variance):
     return build
 
 
+def _learned_ancestral_preset(sample_cfg, schedule):
+    require_discrete(schedule, 'ddpm_ancestral_learned')
+    steps_grid = ddpm_steps(schedule.num_steps, _sample_steps(sample_cfg))
+    progress = bool(sample_cfg.get('progress', False))
+
+    def sampler(model_fn, x_T, noise=None):
+        return ddpm_ancestral_learned(model_fn, schedule, x_T, steps_grid, noise=noise, progress=progress)
+
+    sampler.consumes = NOISE_AND_VARIANCE
+    return sampler
+
+
 def _ddim_preset(sample_cfg, schedule):
     require_discrete(schedule, 'ddim')
     steps_grid = ddpm_steps(schedule.num_steps, _sample_steps(sample_cfg))
@@ -169,6 +185,9 @@ def _heun_preset(sample_cfg, schedule):
     return sampler
 
 
+# What a sampler's model function returns: eps, or eps and the learned variance output (2C channels).
+NOISE, NOISE_AND_VARIANCE = 'noise', 'noise+variance'
+
 # Heun's churn options and their defaults (deterministic; DDAE's configs set s_min 0.01, s_max 1, s_noise 1.007).
 HEUN_CHURN = {'s_churn': 0.0, 's_min': 0.0, 's_max': 1e9, 's_noise': 1.0}
 
@@ -189,6 +208,8 @@ SAMPLERS = {
     # Ho et al. 2020's ancestral sampling, sigma_n^2 = beta_n (their CIFAR-10 choice) or the posterior variance.
     'ddpm_ancestral': _ancestral_preset('beta'),
     'ddpm_ancestral_beta_tilde': _ancestral_preset('beta_tilde'),
+    # The same over the learned variance of Nichol & Dhariwal 2021 (DiT's sampler, on a respaced chain).
+    'ddpm_ancestral_learned': _learned_ancestral_preset,
     # DDIM on evenly spaced steps of the chain; eta = 0: deterministic.
     'ddim': _ddim_preset,
     # EDM's second-order sampler (Karras et al. 2022, Algorithm 2) on its rho-grid.
@@ -197,13 +218,21 @@ SAMPLERS = {
 
 
 def build_sampler(sample_cfg, schedule):
-    """sampler(eps_fn, x_T, noise=None) -> x_0 for config.sample (a ConfigDict, read with .get) and a schedule."""
+    """sampler(eps_fn, x_T, noise=None) -> x_0 for config.sample (a ConfigDict, read with .get) and a schedule,
+    with ``consumes`` (NOISE or NOISE_AND_VARIANCE) and ``guided_channels`` (0: all) set."""
     algorithm = sample_cfg.get('algorithm', None)
     if algorithm not in SAMPLERS:
         raise UserError(f'unknown sample.algorithm {algorithm!r}; known: {", ".join(SAMPLERS)}')
-    return SAMPLERS[algorithm](sample_cfg, schedule)
+    channels = sample_cfg.get('guided_channels', 0) or 0
+    if not isinstance(channels, int) or isinstance(channels, bool) or channels < 0:
+        raise UserError(f'sample.guided_channels must be an integer >= 0 (0: guide all channels), got {channels!r}')
+    sampler = SAMPLERS[algorithm](sample_cfg, schedule)
+    sampler.consumes = getattr(sampler, 'consumes', NOISE)
+    sampler.guided_channels = channels
+    return sampler
 
 
-__all__ = ['SAMPLERS', 'SAMPLER_OPTIONS', 'TIME_GRIDS', 'build_sampler', 'ddim', 'ddpm_ancestral', 'ddpm_steps',
+__all__ = ['NOISE', 'NOISE_AND_VARIANCE', 'SAMPLERS', 'SAMPLER_OPTIONS', 'TIME_GRIDS', 'build_sampler', 'ddim',
+           'ddpm_ancestral', 'ddpm_ancestral_learned', 'ddpm_steps',
            'dpm_solver', 'euler_grid', 'euler_maruyama', 'heun', 'karras_grid', 'singlestep_grid',
            'singlestep_orders', 'time_grid', 'unipc']

@@ -7,12 +7,16 @@ For an N-step ``DiscreteSchedule``, one step from x_n to the next visited step p
 with sigma^2 = beta (``variance='beta'``) or the posterior variance (``'beta_tilde'``); the last step (to x_0)
 adds no noise. The grid (``grids.ddpm_steps``) visits n_K = N > ... > n_1 = 1 and uses the betas of that coarser
 chain, beta = 1 - abar_n / abar_p (the respacing of Nichol & Dhariwal 2021); the full grid is exactly Algorithm 2.
+
+``ddpm_ancestral_learned`` takes a model function that also returns the learned variance (DiT's): sigma^2
+interpolates in log between that step's beta and beta_tilde of the respaced chain (libs/diffusion/ddpm.py), and the
+network is still called at the visited step's own time n / N, as the respaced sampler of Nichol & Dhariwal does.
 """
 import math
 
 import torch
 
-from libs.diffusion.ddpm import VARIANCES, posterior_step
+from libs.diffusion.ddpm import VARIANCES, learned_log_variance, posterior_step
 from libs.diffusion.samplers.grids import ddpm_steps
 from libs.diffusion.schedules import DiscreteSchedule
 from libs.errors import UserError
@@ -65,6 +69,20 @@ def chain_visits(schedule, grid: list, x, desc: str, progress: bool):
         yield t, abar[n - 1], 1.0 if last else abar[grid[k + 1] - 1], last
 
 
+def ancestral_chain(step_fn, schedule, x, grid: list, noise, desc: str, progress: bool):
+    """The ancestral update over ``grid``: ``step_fn(x, t, step, last) -> (eps, std)`` gives the noise prediction
+    and the step's standard deviation (unused at the last step, which adds no noise) for the ``PosteriorStep``
+    ``step``; x_p = (x_n - beta / sqrt(1 - abar_n) eps) / sqrt(alpha) + std z."""
+    noise = noise or torch.randn_like
+    for t, abar_n, abar_p, last in chain_visits(schedule, grid, x, desc, progress):
+        step = posterior_step(abar_n, abar_p)
+        eps, std = step_fn(x, t, step, last)
+        x = (x - step.beta / math.sqrt(1.0 - abar_n) * eps.to(x.dtype)) / math.sqrt(step.alpha)
+        if not last:
+            x = x + std * noise(x)
+    return x
+
+
 def ddpm_ancestral(eps_fn, schedule, x, steps_grid=None, variance='beta', noise=None, progress=False):
     """Sample from x ~ N(0, I) at n = N down to n = 0, one evaluation of eps_fn(x, t) per visited step.
 
@@ -74,11 +92,25 @@ def ddpm_ancestral(eps_fn, schedule, x, steps_grid=None, variance='beta', noise=
     """
     grid = check_grid(schedule, steps_grid)
     check_variance(variance)
-    noise = noise or torch.randn_like
-    for t, abar_n, abar_p, last in chain_visits(schedule, grid, x, 'DDPM ancestral', progress):
-        step = posterior_step(abar_n, abar_p)
-        eps = eps_fn(x, t).to(x.dtype)
-        x = (x - step.beta / math.sqrt(1.0 - abar_n) * eps) / math.sqrt(step.alpha)
-        if not last:
-            x = x + math.sqrt(step.variance(variance)) * noise(x)
-    return x
+
+    def step_fn(x, t, step, last):
+        return eps_fn(x, t), math.sqrt(step.variance(variance))
+
+    return ancestral_chain(step_fn, schedule, x, grid, noise, 'DDPM ancestral', progress)
+
+
+def ddpm_ancestral_learned(model_fn, schedule, x, steps_grid=None, noise=None, progress=False):
+    """``ddpm_ancestral`` with the learned variance: ``model_fn(x, t)`` -> (B, 2C), the noise prediction then the
+    variance output v in [-1, 1] (``Denoiser.noise_and_variance``); sigma^2 = exp(learned_log_variance(v, log beta,
+    log beta_tilde)) elementwise, with the beta and beta_tilde of each step of the (respaced) chain. v = -1 is
+    ``variance='beta_tilde'``, v = 1 ``'beta'``."""
+    grid = check_grid(schedule, steps_grid, 'ddpm_ancestral_learned')
+
+    def step_fn(x, t, step, last):
+        eps, v = model_fn(x, t).chunk(2, dim=1)
+        if last:   # no noise is added; beta_tilde is 0 here
+            return eps, None
+        log_variance = learned_log_variance(v.double(), math.log(step.beta), math.log(step.posterior_variance))
+        return eps, torch.exp(0.5 * log_variance).to(x.dtype)
+
+    return ancestral_chain(step_fn, schedule, x, grid, noise, 'DDPM ancestral (learned variance)', progress)
