@@ -30,6 +30,8 @@ def defaults() -> ml_collections.ConfigDict:
         framework='gaussian',            # the diffusion framework (libs/diffusion: FRAMEWORKS)
         pred='noise_pred',               # Gaussian framework: the network predicts 'noise_pred', 'x0_pred' or 'v_pred'
         min_snr_gamma=0.0,               # Gaussian framework: Min-SNR-gamma loss weighting (e.g. 5); 0: plain L_simple
+        learned_variance=False,          # Gaussian framework: the backbone also outputs a variance (DiT learn_sigma)
+        vlb_lambda=0.001,                # learned variance: L_simple + vlb_lambda N L_n, L_n in bits/dim (DiT: N=1000)
         mixed_precision='',              # '', 'no', 'fp16', 'bf16'; '' keeps what `accelerate launch` says
         log_with='tensorboard',          # 'tensorboard', 'wandb' or 'none'
         edm=d(                           # config.framework='edm' (libs/diffusion/edm.py; Karras et al. 2022)
@@ -41,6 +43,25 @@ def defaults() -> ml_collections.ConfigDict:
             sigma_max=80.0,
             rho=7.0,
             augment_prob=0.0,            # EDM's non-leaking augmentation (DDAE's EDM_ddpmpp_aug: 0.12)
+        ),
+        ctmc=d(                          # config.framework='ctmc' (libs/diffusion/ctmc.py; Campbell et al. 2022)
+            num_states=256,              # S: the values of a pixel (256 for 8-bit images, 17 for the digits)
+            rate='gaussian',             # 'uniform', 'birth_death', 'gaussian' (Gaussian target) or 'absorbing'
+            profile='exponential',       # beta(t) = time_base ln(time_exp) time_exp^t; 'constant': rate_const;
+            time_base=3.0,               # 'log_linear': B(t) = -log(1 - (1 - final_kept) t) (masked diffusion)
+            time_exp=100.0,
+            rate_const=1.0,
+            final_kept=1e-3,
+            rate_sigma=6.0,              # gaussian: the jump sizes' scale
+            Q_sigma=512.0,               # gaussian: the target's standard deviation (in states)
+            nll_time_samples=8,          # eval.py --eval=nll: stratified times per image of the bound
+        ),
+        loss=d(                          # the discrete framework's loss (the seed's names)
+            name='ct_elbo',              # 'ct_elbo', 'path_kl' (its low-variance form), 'nll' (cross-entropy), 'masked'
+            eps_ratio=1e-9,              # keeps P(t)[x0, x] away from 0 in the reverse rates' ratios
+            nll_weight=0.001,            # ct_elbo, path_kl: plus this times the direct cross-entropy
+            min_time=0.01,               # training times t ~ U(min_time, 1)
+            one_forward_pass=True,       # ct_elbo: one network call (at the jumped state) instead of two
         ),
         train=d(
             n_steps=500000,
@@ -90,7 +111,8 @@ def defaults() -> ml_collections.ConfigDict:
             mini_batch_size=500,         # per process
             algorithm='euler_maruyama_sde',
             path='',                     # keep the samples as PNG files here
-            scale=0.0,                   # classifier-free guidance scale (0: none)
+            scale=0.0,                   # classifier-free guidance scale (0: none); DiT's cfg scale s is s - 1
+            guided_channels=0,           # guide only the first this many channels of eps (DiT: 3); 0: all
             order=0,                     # 0: the algorithm's default order
             method='',                   # '' : the algorithm's default ('singlestep' / 'multistep')
             skip_type='',                # '' : the algorithm's default step grid
@@ -101,6 +123,14 @@ def defaults() -> ml_collections.ConfigDict:
             s_min=0.0,
             s_max=1e9,
             s_noise=1.0,
+            min_t=0.0,                   # discrete samplers: where the chain stops (0: config.loss.min_time)
+            eps_ratio=0.0,               # discrete samplers: 0 : config.loss.eps_ratio
+            initial_dist='stationary',   # discrete samplers: 'stationary' (the rate's), 'uniform', 'gaussian'
+            is_ordinal=True,             # tau-leaping: add jumps as displacements and clip (False: absorbing)
+            final_step='argmax',         # discrete samplers: x_0 = argmax p(x_0 | x_min_t), or 'sample'
+            num_corrector_steps=1,       # tau_leaping_pc: corrector leaps after each step below the entry time
+            corrector_step_size_multiplier=1.0,
+            corrector_entry_time=0.1,
         ),
         eval=d(
             metric='fid',                # 'fid' (Inception) or 'digits' (the offline digit classifier)

@@ -78,8 +78,9 @@ def generator_noise(generator: torch.Generator = None):
 class SampleRandom:
     """The random numbers of a batch of samples, row ``i`` drawn from the generator of sample ``indices[i]``.
 
-    Each generator lives on the CPU, so a sample is the same on any device and in any batch. ``randn(shape)`` gives
-    (B, *shape), ``randint(high)`` gives (B,) int64, and calling it with a tensor x (the samplers' ``noise``
+    Each generator lives on the CPU, so a sample is the same on any device and in any batch. ``randn(shape)`` and
+    ``rand(shape)`` give (B, *shape), ``randint(high)`` gives (B,) int64, ``poisson(rates)`` counts shaped like the
+    rates (the discrete samplers' jumps), and calling it with a tensor x (the samplers' ``noise``
     argument) gives N(0, I) noise shaped like x; each call advances every row's generator.
     """
 
@@ -94,6 +95,18 @@ class SampleRandom:
     def randn(self, shape, dtype=torch.float32) -> torch.Tensor:
         rows = [torch.randn(tuple(shape), generator=g, dtype=dtype) for g in self.generators]
         return torch.stack(rows).to(self.device)
+
+    def rand(self, shape, dtype=torch.float32) -> torch.Tensor:
+        """(B, *shape) uniform on [0, 1)."""
+        rows = [torch.rand(tuple(shape), generator=g, dtype=dtype) for g in self.generators]
+        return torch.stack(rows).to(self.device)
+
+    def poisson(self, rates: torch.Tensor) -> torch.Tensor:
+        """Poisson counts of the (B, ...) ``rates``, row i from sample i's generator (the jumps of tau-leaping)."""
+        if rates.shape[0] != len(self.generators):
+            raise ValueError(f'counts for a batch of {rates.shape[0]}, but this draws {len(self.generators)} samples')
+        cpu = rates.detach().to('cpu', torch.float64)
+        return torch.stack([torch.poisson(row, generator=g) for row, g in zip(cpu, self.generators)]).to(rates.device)
 
     def randint(self, high: int) -> torch.Tensor:
         rows = [torch.randint(0, high, (1,), generator=g) for g in self.generators]

@@ -100,9 +100,11 @@ def expand_variants(spec: str, device_type: str, latent: bool = False) -> list:
     return names
 
 
-def why_not_runnable(settings: dict, device_type: str):
+def why_not_runnable(settings: dict, device_type: str, config=None):
     """(status, note) for a variant that cannot run here, else None."""
     from libs.nets.attention import available_backends
+    if config is not None and settings['checkpointing'] and 'use_checkpoint' not in backbone_switches(config):
+        return 'unavailable', f'{config.nnet.name} has no gradient checkpointing'
     if settings['attention'] not in available_backends():
         return 'unavailable', f"attention backend {settings['attention']!r} is not installed"
     if settings['precision'] == 'fp16' and device_type == 'cpu':
@@ -130,17 +132,34 @@ def describe_device(device) -> dict:
     return dict(type='cpu', name=name, threads=torch.get_num_threads())
 
 
-def synthetic_batch(nnet, batch: int, device):
-    """Data in [-1, 1] of the network's input shape (images or latents) and its condition: random labels for a
-    class-conditional network, random CLIP contexts for a text-to-image one."""
+def synthetic_batch(nnet, batch: int, device, shape=None):
+    """Data in [-1, 1] of ``shape`` (default: the network's input shape; images or latents) and its condition:
+    random labels for a class-conditional network, random CLIP contexts for a text-to-image one."""
     import torch
-    x0 = torch.rand(batch, *nnet.input_shape, device=device) * 2 - 1
+    x0 = torch.rand(batch, *(shape or nnet.input_shape), device=device) * 2 - 1
     cond = {}
     if nnet.condition == 'labels':  # GenViT's num_classes is a classifier head, not a condition
         cond['y'] = torch.randint(0, nnet.num_classes, (batch,), device=device)
     if nnet.condition == 'text':
         cond['context'] = torch.randn(batch, nnet.num_clip_token, nnet.context_embed.in_features, device=device)
     return x0, cond
+
+
+def backbone_switches(config) -> set:
+    """Which of the benchmark's switches (attention_backend, use_checkpoint) the backbone's constructor takes."""
+    import inspect
+
+    from libs.nets import NNETS
+    parameters = inspect.signature(NNETS[config.nnet.name]).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+        return {'attention_backend', 'use_checkpoint'}
+    return {'attention_backend', 'use_checkpoint'} & set(parameters)
+
+
+def backbone_config(config, **switches) -> dict:
+    """config.nnet with those of ``switches`` that the backbone takes (DiT has no gradient checkpointing)."""
+    accepted = backbone_switches(config)
+    return dict(config.nnet, **{key: value for key, value in switches.items() if key in accepted})
 
 
 def count_flops(config) -> int:
@@ -151,7 +170,7 @@ def count_flops(config) -> int:
     from libs.nets import build_nnet
     # The 'math' backend writes attention as two matmuls, which the counter sees on every device.
     with torch.device('meta'):
-        nnet = build_nnet(dict(config.nnet, attention_backend='math', use_checkpoint=False))
+        nnet = build_nnet(backbone_config(config, attention_backend='math', use_checkpoint=False))
         x, cond = synthetic_batch(nnet, 1, 'meta')
         timesteps = torch.full((1,), 500.0)
     with FlopCounterMode(display=False) as counter:
@@ -168,8 +187,8 @@ def build(config, settings: dict, device):
     from libs.training.optim import build_optimizer
 
     torch.manual_seed(config.seed)
-    nnet = build_nnet(dict(config.nnet, attention_backend=settings['attention'],
-                           use_checkpoint=settings['checkpointing'])).to(device)
+    nnet = build_nnet(backbone_config(config, attention_backend=settings['attention'],
+                                      use_checkpoint=settings['checkpointing'])).to(device)
     optimizer = build_optimizer(config.optimizer, nnet.parameters())
     net = torch.compile(nnet) if settings['compile'] else nnet
     return build_framework(config), net, optimizer, nnet
@@ -217,7 +236,7 @@ def time_training(framework, net, optimizer, nnet, settings: dict, batch: int, s
                   device) -> dict:
     import torch
 
-    x0, cond = synthetic_batch(nnet, batch, device)
+    x0, cond = synthetic_batch(nnet, batch, device, framework.data_shape(nnet))
     scaler = torch.amp.GradScaler(device.type, enabled=settings['precision'] == 'fp16')
 
     def step():
@@ -235,19 +254,38 @@ def time_training(framework, net, optimizer, nnet, settings: dict, batch: int, s
                 train_img_per_s=batch / step_ms * 1e3, peak_memory_mib=peak_memory_mib(device))
 
 
-def time_sampling(denoiser, nnet, settings: dict, batch: int, steps: int, warmup: int, device) -> dict:
-    """One noise prediction (the network evaluation every sampler step makes) on ``batch`` inputs."""
+def sampler_call(framework, denoiser, x, cond):
+    """(call, network evaluations per call): one noise prediction (what every Gaussian sampler step evaluates), or
+    for the discrete framework one whole tau-leaping step (logits, reverse rates, Poisson jumps) and the final
+    argmax."""
     import torch
-    x, cond = synthetic_batch(nnet, batch, device)
-    t = torch.full((batch,), 0.5, device=device)
+    if framework.name != 'ctmc':
+        t = torch.full((x.shape[0],), 0.5, device=x.device)
+        return (lambda: denoiser.noise(x, t, **cond)), 1
+    from libs.diffusion.ctmc import states_of
+    from libs.diffusion.samplers.tau_leaping import tau_leaping
+    states = states_of(x, framework.num_states)
+
+    def step():
+        tau_leaping(lambda s, t: denoiser.logits(s, t, **cond), framework, states, [0.5, 0.49],
+                    ordinal=not framework.masked)
+    return step, 2
+
+
+def time_sampling(framework, denoiser, nnet, settings: dict, batch: int, steps: int, warmup: int,
+                  device) -> dict:
+    """One sampler evaluation (``sampler_call``) on ``batch`` inputs."""
+    import torch
+    x, cond = synthetic_batch(nnet, batch, device, framework.data_shape(nnet))
+    call, evaluations = sampler_call(framework, denoiser, x, cond)
 
     @torch.no_grad()
     def forward():
         with autocast(device, settings['precision']):
-            denoiser.noise(x, t, **cond)
+            call()
 
     warm, timed = time_calls(forward, steps, warmup, device)
-    forward_ms = statistics.median(timed)
+    forward_ms = statistics.median(timed) / evaluations
     per_nfe = batch / forward_ms * 1e3
     return dict(sample_forward_ms=forward_ms, sample_forward_ms_all=timed, sample_warmup_ms=warm,
                 sample_img_per_s_per_nfe=per_nfe, sample_img_per_s_50nfe_derived=per_nfe / 50)
@@ -293,7 +331,8 @@ def run_variant(config, name: str, batch: int, sample_batch: int, steps: int, wa
                   peak_memory_kind='cuda_max_allocated' if device.type == 'cuda' else 'process_peak_rss')
     result.update(time_training(framework, net, optimizer, nnet, settings, batch, steps, warmup, device))
     del optimizer
-    result.update(time_sampling(framework.denoiser(net), nnet, settings, sample_batch, steps, warmup, device))
+    result.update(time_sampling(framework, framework.denoiser(net), nnet, settings, sample_batch, steps, warmup,
+                                device))
     return result
 
 
@@ -392,7 +431,7 @@ def main(_argv):
     variants = {}
     for name in names:
         settings = variant_settings(name, device.type)
-        blocked = why_not_runnable(settings, device.type)
+        blocked = why_not_runnable(settings, device.type, config)
         if blocked:
             variants[name] = dict(status=blocked[0], note=blocked[1], settings=settings)
             continue

@@ -115,3 +115,17 @@ def test_text_to_image_latent_config_trains_on_contexts_and_times_the_decoder(tm
     assert baseline['status'] == 'ok' and baseline['train_img_per_s'] > 0
     # the context embedding alone (77 tokens, 16 -> 32) is 2 * 77 * 16 * 32 FLOPs: the text tokens are counted
     assert report['flops']['forward_per_image'] > 2 * 77 * 16 * 32
+
+
+def test_a_discrete_config_times_training_and_whole_tau_leaping_steps(tmp_path):
+    """The absorbing digits config: two input channels for one of data, and sampling timed as tau-leaping steps."""
+    out = tmp_path / 'results.json'
+    tiny = ['--config.nnet.embed_dim=32', '--config.nnet.depth=2', '--config.nnet.num_heads=2']
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    config = os.path.join(ROOT, 'configs', 'digits_discrete_uvit.py')
+    proc = subprocess.run([sys.executable, SCRIPT, f'--config={config}', *tiny, '--batch_size=4', '--sample_batch=4',
+                           '--steps=2', '--warmup=1', '--variants=baseline', '--in_process', f'--out={out}'],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    baseline = json.loads(out.read_text())['variants']['baseline']
+    assert baseline['status'] == 'ok' and baseline['train_img_per_s'] > 0 and baseline['sample_img_per_s_per_nfe'] > 0

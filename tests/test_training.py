@@ -74,7 +74,14 @@ def edm_unet_config(**train):
     return config
 
 
-@pytest.mark.parametrize('make_config', [tiny_config, edm_unet_config], ids=['uvit', 'edm_unet_augmented'])
+def discrete_config(**train):
+    """The discrete-state framework (libs/diffusion/ctmc.py) on the tiny U-ViT."""
+    from test_ctmc_training import discrete_config as tiny_discrete
+    return tiny_discrete(**train)
+
+
+@pytest.mark.parametrize('make_config', [tiny_config, edm_unet_config, discrete_config],
+                         ids=['uvit', 'edm_unet_augmented', 'ctmc_uvit'])
 def test_resume_after_sigterm_equals_uninterrupted(tmp_path, monkeypatch, make_config):
     config = make_config(n_steps=8, save_interval=100)
     straight = Trainer(config, str(tmp_path / 'a'))

@@ -1,6 +1,7 @@
 """Diffusion frameworks (framework.py: the interface the Trainer and the evaluation harness use), their schedules,
 samplers, guidance and conditioning. ``config.framework`` names the framework; adding one is a file and a line in
 FRAMEWORKS."""
+from libs.diffusion.ctmc import CTMCFramework
 from libs.diffusion.edm import EDMFramework
 from libs.diffusion.framework import Framework
 from libs.diffusion.gaussian import GaussianFramework
@@ -9,6 +10,7 @@ from libs.errors import UserError
 FRAMEWORKS = {
     'gaussian': GaussianFramework.from_config,
     'edm': EDMFramework.from_config,
+    'ctmc': CTMCFramework.from_config,
 }
 
 

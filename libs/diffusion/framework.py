@@ -28,6 +28,11 @@ class Framework:
         """UserError when the backbone's declared output (libs/nets/protocol.py) does not fit this framework."""
         raise NotImplementedError
 
+    def data_shape(self, nnet) -> tuple:
+        """(C, H, W) of the data this framework models with ``nnet``: the backbone's input shape, unless the
+        framework feeds it more than the data (the absorbing rate's mask channels)."""
+        return tuple(nnet.input_shape)
+
     def model_time(self, t):
         """What the backbone is called with at time t, (B,)."""
         raise NotImplementedError

@@ -139,13 +139,16 @@ def gathered_order(world: int, rounds: int, mini_batch_size: int, n_samples: int
 def sample_settings(sample_cfg, n_samples: int, metric: str, ref_stats: str) -> dict:
     """Everything about sampling that changes a sample score."""
     from libs.diffusion.samplers import SAMPLER_OPTIONS
-    options = {key: sample_cfg.get(key) for key in SAMPLER_OPTIONS.get(sample_cfg.algorithm, ())}
+    from libs.diffusion.samplers.tau_leaping import CTMC_SAMPLER_OPTIONS
+    known = {**SAMPLER_OPTIONS, **CTMC_SAMPLER_OPTIONS}
+    options = {key: sample_cfg.get(key) for key in known.get(sample_cfg.algorithm, ())}
     return {
         'metric': metric,
         'n_samples': n_samples,
         'algorithm': sample_cfg.algorithm,
         'nfe': sample_cfg.sample_steps,
         'guidance_scale': sample_cfg.get('scale', 0.0),
+        'guided_channels': sample_cfg.get('guided_channels', 0),
         'order': sample_cfg.get('order', 0),
         'method': sample_cfg.get('method', ''),
         'skip_type': sample_cfg.get('skip_type', ''),
@@ -156,7 +159,9 @@ def sample_settings(sample_cfg, n_samples: int, metric: str, ref_stats: str) -> 
 
 
 def sample_tags(sample_cfg, metric: str) -> list:
-    return [metric, sample_cfg.algorithm, f'nfe{sample_cfg.sample_steps}', f"scale{sample_cfg.get('scale', 0.0):g}"]
+    tags = [metric, sample_cfg.algorithm, f'nfe{sample_cfg.sample_steps}', f"scale{sample_cfg.get('scale', 0.0):g}"]
+    channels = sample_cfg.get('guided_channels', 0)
+    return tags + [f'guided{channels}'] if channels else tags   # DiT's guidance of some channels only
 
 
 @torch.no_grad()
@@ -290,7 +295,7 @@ class EvalRun:
                             f'it with --eval=sample, gen or nll')
         framework = build_framework(config)
         framework.check_backbone(nnet)
-        spec = data_spec(config.dataset, nnet.input_shape)
+        spec = data_spec(config.dataset, framework.data_shape(nnet))
         if spec.latent:  # every evaluation of a latent model decodes
             from libs.latent.spaces import build_space
             build_space(config, spec.latent, 'cpu').check_autoencoder_path()  # before the slow part

@@ -1,7 +1,8 @@
-"""Likelihood modes, for a Gaussian model on a discrete schedule: ``nll`` (bits/dim of the test split from the
-DDPM variational bound, libs/metrics/likelihood.py) and ``ood`` (AUROC of the test split against each set of
-``clf_eval.ood``, per score function of ``clf_eval.ood_scores``: px = minus the bits/dim bound, py = max softmax
-probability; in-distribution should score higher; one histogram PNG per score function).
+"""Likelihood modes, for a Gaussian model on a discrete schedule or a discrete-state model: ``nll`` (bits/dim of the
+test split from the DDPM variational bound, libs/metrics/likelihood.py, or the CTMC's bound, libs/diffusion/ctmc.py,
+in bits per pixel value) and ``ood`` (AUROC of the test split against each set of ``clf_eval.ood``, per score
+function of ``clf_eval.ood_scores``: px = minus the bits/dim bound, py = max softmax probability; in-distribution
+should score higher; one histogram PNG per score function).
 
 Out-of-distribution sets are ``clf_eval.ood`` entries ``'name'`` (a dataset at its default path) or
 ``'name=path'``; ``'interpolated'`` mixes pairs of in-distribution test images. Their test split (the only split of
@@ -37,8 +38,18 @@ def test_condition(conditioning, y) -> dict:
 def _bits_per_dim(run: EvalRun, denoiser, generator, x, cond) -> torch.Tensor:
     from libs.metrics.likelihood import bits_per_dim
     with run.accelerator.autocast():
+        if run.framework.name == 'ctmc':  # the discrete framework's own bound (libs/diffusion/ctmc.py)
+            return run.framework.nll_bound(denoiser, x, cond=cond, generator=generator,
+                                           time_samples=run.config.ctmc.nll_time_samples)
         return bits_per_dim(denoiser, x, cond=cond, generator=generator, variance=run.cfg.nll_variance,
                             steps_per_call=run.cfg.nll_steps_per_call)
+
+
+def bound_settings(run: EvalRun, denoiser) -> dict:
+    """What the bound's value depends on, for the JSON."""
+    if run.framework.name == 'ctmc':
+        return {'framework': repr(run.framework), 'time_samples': run.config.ctmc.nll_time_samples}
+    return {'variance': run.cfg.nll_variance, 'schedule_steps': denoiser.schedule.num_steps}
 
 
 def eval_nll(config, nnet_path: str, ema: bool = True) -> dict:
@@ -52,8 +63,8 @@ def eval_nll(config, nnet_path: str, ema: bool = True) -> dict:
     n = values.numel()
     result = {'bits_per_dim': float(values.mean()),
               'bits_per_dim_stderr': float(values.std() / math.sqrt(n)) if n > 1 else 0.0}
-    settings = {'variance': run.cfg.nll_variance, 'schedule_steps': denoiser.schedule.num_steps}
-    run.write('nll', n, [run.cfg.nll_variance], settings, result)
+    settings = bound_settings(run, denoiser)
+    run.write('nll', n, [settings.get('variance', 'ctmc')], settings, result)
     run.print(f"bits_per_dim={result['bits_per_dim']:.4f} +- {result['bits_per_dim_stderr']:.4f} (n={n})")
     return result
 
@@ -155,7 +166,7 @@ def eval_ood(config, nnet_path: str, ema: bool = True) -> dict:
                                   result['logp_hist'][s], labels[s], title=f'{config.dataset.name} test vs OOD')
         settings = {'scores': list(scores), 'ood': list(ood_sets)}
         if 'px' in scores:
-            settings.update(variance=run.cfg.nll_variance, schedule_steps=denoiser.schedule.num_steps)
+            settings.update(bound_settings(run, denoiser))
         run.write('ood', n, [], settings, result)
         for s in scores:
             run.print(f'auroc {s}: ' + ' '.join(f'{spec}={v:.4f}' for spec, v in result['auroc'][s].items()))

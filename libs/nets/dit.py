@@ -9,13 +9,18 @@ inside the model while training); ``learn_sigma`` doubles the output channels (t
 Constructor, call (``forward(x, t, y)``) and parameter names are the release's (``models.py``), so its
 ``DiT-XL-2-256x256.pt`` and ``DiT-XL-2-512x512.pt`` load with ``strict=True``; ``DiT_models`` holds its twelve
 configurations. The released checkpoints see the step index n - 1 in 0..999 as ``t``.
+
+This suite's additions, which leave the release's keys as they are: the discrete-state head (``num_states`` S > 0:
+(B, out_chans, H, W, S) logits for libs/diffusion/ctmc.py), gradient checkpointing (``use_checkpoint``), and the
+discrete seed's constructor names as aliases (``img_size``, ``hidden_dim``, ``dropout_attention``).
 """
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.utils.checkpoint
 
-from libs.nets.layers import Attention, Mlp, PatchEmbed, timestep_embedding, unpatchify
-from libs.nets.protocol import OUTPUT_IMAGE, OUTPUT_IMAGE_AND_VARIANCE, SquareImageInput
+from libs.nets.layers import Attention, Mlp, PatchEmbed, alias, logits_from_patches, timestep_embedding, unpatchify
+from libs.nets.protocol import OUTPUT_IMAGE, OUTPUT_IMAGE_AND_VARIANCE, OUTPUT_LOGITS, SquareImageInput
 
 FREQUENCY_EMBEDDING_SIZE = 256   # the release's sinusoidal time features
 
@@ -63,10 +68,12 @@ class LabelEmbedder(nn.Module):
 
 
 class DiTBlock(nn.Module):
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, attention_backend: str = 'sdpa'):
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, attention_backend: str = 'sdpa',
+                 attention_dropout: float = 0.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(hidden_size, num_heads=num_heads, qkv_bias=True, backend=attention_backend)
+        self.attn = Attention(hidden_size, num_heads=num_heads, qkv_bias=True, backend=attention_backend,
+                              dropout=attention_dropout)
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio), approximate='tanh')
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
@@ -91,24 +98,40 @@ class FinalLayer(nn.Module):
 
 class DiT(SquareImageInput, nn.Module):
     """The release's DiT. Declares the backbone protocol: class-conditional, output 'image+variance' with
-    ``learn_sigma`` (2C channels: eps, then the variance interpolation), else 'image'."""
+    ``learn_sigma`` (2C channels: eps, then the variance interpolation), 'logits' with ``num_states`` > 0, else
+    'image'."""
 
     condition = 'labels'
     classifies = False
 
     def __init__(self, input_size=32, patch_size=2, in_channels=4, hidden_size=1152, depth=28, num_heads=16,
                  mlp_ratio=4.0, class_dropout_prob=0.1, num_classes=1000, learn_sigma=True,
-                 attention_backend='sdpa'):
+                 attention_backend='sdpa', num_states=0, out_chans=None, use_checkpoint=False, img_size=None,
+                 hidden_dim=None, dropout_attention=0.0):
         super().__init__()
+        input_size = alias('input_size', input_size, 32, 'img_size', img_size)
+        hidden_size = alias('hidden_size', hidden_size, 1152, 'hidden_dim', hidden_dim)
         if input_size % patch_size:
             raise ValueError(f'input_size {input_size} is not divisible by patch_size {patch_size}')
+        if num_states and learn_sigma:
+            raise ValueError('the discrete head (num_states > 0) has no variance: set learn_sigma=False')
         self.learn_sigma = learn_sigma
         self.in_channels = self.in_chans = in_channels
-        self.out_channels = in_channels * 2 if learn_sigma else in_channels
+        self.num_states = num_states
+        self.out_chans = in_channels if out_chans is None else out_chans
+        if num_states:
+            self.out_channels = self.out_chans * num_states
+        else:
+            if self.out_chans != in_channels:
+                raise ValueError(f'out_chans {self.out_chans} differs from in_channels {in_channels}: only the '
+                                 f'discrete head (num_states > 0) has its own output channels')
+            self.out_channels = in_channels * 2 if learn_sigma else in_channels
         self.patch_size = patch_size
         self.num_heads = num_heads
         self.img_size = input_size
-        self.output = OUTPUT_IMAGE_AND_VARIANCE if learn_sigma else OUTPUT_IMAGE
+        self.use_checkpoint = use_checkpoint
+        self.output = (OUTPUT_LOGITS if num_states else
+                       OUTPUT_IMAGE_AND_VARIANCE if learn_sigma else OUTPUT_IMAGE)
 
         self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
         self.t_embedder = TimestepEmbedder(hidden_size)
@@ -116,7 +139,7 @@ class DiT(SquareImageInput, nn.Module):
         self.num_classes = self.y_embedder.embedding_table.num_embeddings   # the protocol's: the table's size
         grid = input_size // patch_size
         self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid, hidden_size), requires_grad=False)
-        self.blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio, attention_backend)
+        self.blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio, attention_backend, dropout_attention)
                                      for _ in range(depth)])
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
         self.initialize_weights(grid)
@@ -145,12 +168,19 @@ class DiT(SquareImageInput, nn.Module):
             nn.init.constant_(layer.bias, 0)
 
     def forward(self, x, t, y):
-        """x (B, C, H, W), t (B,) the step index, y (B,) labels -> (B, out_channels, H, W)."""
+        """x (B, C, H, W), t (B,) the step index, y (B,) labels -> (B, out_channels, H, W), or (B, out_chans, H, W,
+        S) logits with the discrete head."""
         x = self.x_embedder(x) + self.pos_embed
         c = self.t_embedder(t) + self.y_embedder(y, self.training)
         for block in self.blocks:
-            x = block(x, c)
-        return unpatchify(self.final_layer(x, c), self.out_channels)
+            if self.use_checkpoint and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(block, x, c, use_reentrant=False)
+            else:
+                x = block(x, c)
+        x = self.final_layer(x, c)
+        if self.num_states:
+            return logits_from_patches(x, self.out_chans, self.num_states)
+        return unpatchify(x, self.out_channels)
 
 
 def _config(depth, hidden_size, num_heads, patch_size):

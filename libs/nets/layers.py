@@ -48,6 +48,22 @@ def unpatchify(x: torch.Tensor, channels: int) -> torch.Tensor:
     return einops.rearrange(x, 'B (h w) (p1 p2 C) -> B C (h p1) (w p2)', h=h, p1=patch_size, p2=patch_size)
 
 
+def logits_from_patches(x: torch.Tensor, channels: int, num_states: int) -> torch.Tensor:
+    """(B, L, p*p*C*S) decoded tokens -> (B, C, H, W, S) logits over each pixel's S values (the discrete heads)."""
+    out = unpatchify(x, channels * num_states)
+    return out.view(out.shape[0], channels, num_states, *out.shape[2:]).permute(0, 1, 3, 4, 2)
+
+
+def alias(name: str, value, default, seed_name: str, seed_value):
+    """A constructor argument that may come under the discrete seed's name instead: ``seed_value`` when given
+    (then ``value`` must be its default or agree)."""
+    if seed_value is None:
+        return value
+    if value != default and value != seed_value:
+        raise ValueError(f'{name}={value!r} and its alias {seed_name}={seed_value!r} disagree')
+    return seed_value
+
+
 class PatchEmbed(nn.Module):
     """(B, C, H, W) -> (B, L, D) tokens with one strided convolution."""
 
@@ -76,21 +92,24 @@ class Mlp(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention over (B, L, D) tokens; the kernel is chosen by ``backend``."""
+    """Multi-head self-attention over (B, L, D) tokens; the kernel is chosen by ``backend``. ``dropout``: on the
+    branch's output while training (the discrete seed's ``dropout_attention``; no parameters)."""
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, qk_scale: float = None,
-                 backend: str = 'sdpa'):
+                 backend: str = 'sdpa', dropout: float = 0.0):
         super().__init__()
         self.num_heads = num_heads
         self.scale = qk_scale or (dim // num_heads) ** -0.5
         self.backend = check_backend(backend)
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
+        self.dropout = dropout
 
     def forward(self, x):
         q, k, v = einops.rearrange(self.qkv(x), 'B L (K H D) -> K B H L D', K=3, H=self.num_heads)
         x = attention(q, k, v, self.backend, self.scale)
-        return self.proj(einops.rearrange(x, 'B H L D -> B L (H D)'))
+        x = self.proj(einops.rearrange(x, 'B H L D -> B L (H D)'))
+        return nn.functional.dropout(x, self.dropout, self.training) if self.dropout else x
 
 
 class Block(nn.Module):
@@ -98,11 +117,11 @@ class Block(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = False,
                  qk_scale: float = None, skip: bool = False, use_checkpoint: bool = False,
-                 attention_backend: str = 'sdpa'):
+                 attention_backend: str = 'sdpa', attention_dropout: float = 0.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale,
-                              backend=attention_backend)
+                              backend=attention_backend, dropout=attention_dropout)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.skip_linear = nn.Linear(2 * dim, dim) if skip else None

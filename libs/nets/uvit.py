@@ -10,8 +10,9 @@ The backbone knows nothing about noise schedules: ``timesteps`` is whatever the 
 import torch
 import torch.nn as nn
 
-from libs.nets.layers import Block, PatchEmbed, init_vit_weights, timestep_embedding, unpatchify
-from libs.nets.protocol import OUTPUT_IMAGE, SquareImageInput, check_feature_layers
+from libs.nets.layers import (Block, PatchEmbed, alias, init_vit_weights, logits_from_patches, timestep_embedding,
+                              unpatchify)
+from libs.nets.protocol import OUTPUT_IMAGE, OUTPUT_LOGITS, SquareImageInput, check_feature_layers
 
 
 class UViTTrunk(SquareImageInput, nn.Module):
@@ -28,7 +29,7 @@ class UViTTrunk(SquareImageInput, nn.Module):
 
     def __init__(self, img_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio, qkv_bias, qk_scale,
                  mlp_time_embed, use_checkpoint, conv, skip, attention_backend, extras, condition_name=None,
-                 condition_module=None):
+                 condition_module=None, num_states=0, out_chans=None, attention_dropout=0.0):
         super().__init__()
         if img_size % patch_size:
             raise ValueError(f'img_size {img_size} is not divisible by patch_size {patch_size}')
@@ -37,6 +38,14 @@ class UViTTrunk(SquareImageInput, nn.Module):
         self.img_size = img_size
         self.patch_size = patch_size
         self.extras = extras
+        # the discrete head: logits over num_states values for each of out_chans channels, no final convolution
+        self.num_states = num_states
+        self.out_chans = in_chans if out_chans is None else out_chans
+        if num_states:
+            self.output = OUTPUT_LOGITS
+        elif self.out_chans != in_chans:
+            raise ValueError(f'out_chans {self.out_chans} differs from in_chans {in_chans}: only the discrete '
+                             f'head (num_states > 0) has its own output channels')
 
         self.patch_embed = PatchEmbed(patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim)
         num_patches = (img_size // patch_size) ** 2
@@ -51,16 +60,17 @@ class UViTTrunk(SquareImageInput, nn.Module):
 
         def block(skip_connection=False):
             return Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale,
-                         skip=skip_connection, use_checkpoint=use_checkpoint, attention_backend=attention_backend)
+                         skip=skip_connection, use_checkpoint=use_checkpoint, attention_backend=attention_backend,
+                         attention_dropout=attention_dropout)
 
         self.in_blocks = nn.ModuleList([block() for _ in range(depth // 2)])
         self.mid_block = block()
         self.out_blocks = nn.ModuleList([block(skip) for _ in range(depth // 2)])
 
         self.norm = nn.LayerNorm(embed_dim)
-        self.patch_dim = patch_size ** 2 * in_chans
+        self.patch_dim = patch_size ** 2 * self.out_chans * max(num_states, 1)
         self.decoder_pred = nn.Linear(embed_dim, self.patch_dim, bias=True)
-        self.final_layer = nn.Conv2d(in_chans, in_chans, 3, padding=1) if conv else nn.Identity()
+        self.final_layer = nn.Conv2d(in_chans, in_chans, 3, padding=1) if conv and not num_states else nn.Identity()
 
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         self.apply(init_vit_weights)
@@ -81,9 +91,12 @@ class UViTTrunk(SquareImageInput, nn.Module):
         return tokens + self.pos_embed
 
     def trunk(self, tokens):
-        """(B, extras + L, D) tokens (condition tokens first, patch tokens last) -> (B, C, H, W) prediction."""
+        """(B, extras + L, D) tokens (condition tokens first, patch tokens last) -> (B, C, H, W) prediction, or
+        (B, C, H, W, S) logits with the discrete head."""
         x = self.stack(self.positioned(tokens))
         x = self.decoder_pred(self.norm(x))[:, self.extras:, :]
+        if self.num_states:
+            return logits_from_patches(x, self.out_chans, self.num_states)
         return self.final_layer(unpatchify(x, self.in_chans))
 
     def feature_layers(self) -> list:
@@ -155,18 +168,28 @@ class UViT(UViTTrunk):
     created last, so the release's weights also start from the same values); with the default 0 the keys, shapes,
     order and initial values are the release's.
     ``classifies`` tells whether the network has the head (what the hybrid objective checks).
+
+    The discrete-state head (libs/diffusion/ctmc.py): ``num_states`` S > 0 makes the output (B, out_chans, H, W, S)
+    logits (``output = 'logits'``; ``out_chans`` defaults to in_chans, the absorbing rate feeds 2 x out_chans
+    input channels); no final convolution. The discrete seed's constructor names are accepted as aliases:
+    ``in_channels`` (in_chans), ``hidden_dim`` (embed_dim) and ``dropout_attention`` (dropout on each attention
+    branch's output while training).
     """
 
     def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.,
                  qkv_bias=False, qk_scale=None, norm_layer=nn.LayerNorm, mlp_time_embed=False, num_classes=-1,
-                 use_checkpoint=False, conv=True, skip=True, attention_backend='sdpa', clf_classes=0):
+                 use_checkpoint=False, conv=True, skip=True, attention_backend='sdpa', clf_classes=0, num_states=0,
+                 out_chans=None, in_channels=None, hidden_dim=None, dropout_attention=0.0):
         if norm_layer is not nn.LayerNorm:
             raise ValueError('UViT supports only nn.LayerNorm as norm_layer')
+        in_chans = alias('in_chans', in_chans, 3, 'in_channels', in_channels)
+        embed_dim = alias('embed_dim', embed_dim, 768, 'hidden_dim', hidden_dim)
         labelled = num_classes > 0
         super().__init__(img_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio, qkv_bias, qk_scale,
                          mlp_time_embed, use_checkpoint, conv, skip, attention_backend, extras=2 if labelled else 1,
                          condition_name='label_emb' if labelled else None,
-                         condition_module=nn.Embedding(num_classes, embed_dim) if labelled else None)
+                         condition_module=nn.Embedding(num_classes, embed_dim) if labelled else None,
+                         num_states=num_states, out_chans=out_chans, attention_dropout=dropout_attention)
         self.num_classes = num_classes
         self.condition = 'labels' if labelled else 'none'
         self.clf_classes = clf_classes

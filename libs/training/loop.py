@@ -168,7 +168,7 @@ class Trainer:
         nnet = build_nnet(config.nnet)
         self.framework = build_framework(config)
         self.framework.check_backbone(nnet)
-        self.spec = data_spec(config.dataset, nnet.input_shape)
+        self.spec = data_spec(config.dataset, self.framework.data_shape(nnet))
         if tuple(self.dataset.data_shape) != self.spec.data_shape:
             raise UserError(f'the network takes {self.spec.data_shape} (config.nnet), but dataset '
                             f'{config.dataset.name!r} yields {tuple(self.dataset.data_shape)}')
