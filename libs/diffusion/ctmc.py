@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from libs.diffusion.framework import Framework
 from libs.diffusion.guidance import classifier_free_guidance
 from libs.diffusion.rates import (TINY, AbsorbingRate, build_rate, draw_categorical, exact_reverse_rates,
-                                  forward_rates, reverse_rates, rows_of)
+                                  forward_rates, jump_once, reverse_rates, rows_of)
 from libs.errors import UserError
 
 LOSSES = ('ct_elbo', 'path_kl', 'nll', 'masked')
@@ -152,9 +152,14 @@ class CTMCFramework(Framework):
     def denoiser(self, nnet) -> CTMCDenoiser:
         return CTMCDenoiser(nnet, self)
 
-    def _probs(self, logits):
+    def probabilities(self, logits):
         """(B, C, H, W, S) logits -> (B, D, S) float64 probabilities."""
         return torch.softmax(logits.double().flatten(1, -2), dim=-1)
+
+    @staticmethod
+    def pixel_nll(logits, x0_states):
+        """(B, D) -log p_theta(x_0 | .) of each pixel, in the logits' precision."""
+        return F.cross_entropy(logits.flatten(1, -2).transpose(1, 2), x0_states.flatten(1), reduction='none')
 
     # --- training -------------------------------------------------------------------------------------------------
 
@@ -172,15 +177,8 @@ class CTMCFramework(Framework):
         x_t, and Z_t(x_t) (B,), the total of those rates. A state with Z = 0 stays."""
         x = x_t.flatten(1)
         out = forward_rates(self.rate, x, t)                               # (B, D, K)
-        per_pixel = out.sum(-1)
-        total = per_pixel.sum(-1)
         u = _uniform((x.shape[0], 2), generator, x.device)
-        pixel = draw_categorical(per_pixel + (total == 0).double().unsqueeze(-1), u[:, 0])
-        value = draw_categorical(out[torch.arange(x.shape[0]), pixel] + TINY, u[:, 1])
-        moved = x.clone()
-        rows = torch.arange(x.shape[0], device=x.device)
-        moved[rows, pixel] = torch.where(total > 0, value, x[rows, pixel])
-        return moved.view_as(x_t), total
+        return jump_once(x, out, u[:, 0], u[:, 1]).view_as(x_t), out.sum((1, 2))
 
     def corrupt(self, x0, generator=None):
         """(t, aux, x_net): x_net is the state the network is called at (x_t, or the jumped x' of a one-pass
@@ -200,13 +198,12 @@ class CTMCFramework(Framework):
         output = nnet(self.network_input(x_net, t), self.model_time(t), **(cond or {}))
         if self.loss_name == 'ct_elbo' and not self.one_forward_pass:
             jumped = nnet(self.network_input(aux['jumped'], t), self.model_time(t), **(cond or {}))
-            return self.ct_elbo(output, aux['x_t'], jumped, aux, t) + self.nll_weight * self.cross_entropy(output, aux)
+            return self.ct_elbo(jumped, aux, t, logits_at_x=output) + self.nll_weight * self.cross_entropy(output, aux)
         return self.loss_of_output(output, x0, aux, x_net, t)
 
     def cross_entropy(self, logits, aux):
         """(B,) mean over pixels of -log p_theta(x_0 | .)."""
-        nll = F.cross_entropy(logits.float().flatten(1, -2).transpose(1, 2), aux['x0'].flatten(1), reduction='none')
-        return nll.mean(1)
+        return self.pixel_nll(logits.float(), aux['x0']).mean(1)
 
     def loss_of_output(self, output, x0, noise, x_t, t):
         aux = noise
@@ -219,23 +216,25 @@ class CTMCFramework(Framework):
         if not self.one_forward_pass:
             raise UserError('a two-pass CT-ELBO (config.loss.one_forward_pass=False) calls the network twice; '
                             'the hybrid objective makes one call: set config.loss.one_forward_pass=True')
-        return self.ct_elbo(output, x_t, output, aux, t) + self.nll_weight * self.cross_entropy(output, aux)
+        return self.ct_elbo(output, aux, t) + self.nll_weight * self.cross_entropy(output, aux)
 
-    def ct_elbo(self, logits_reg, x_reg, logits_jumped, aux, t):
+    def ct_elbo(self, logits_jumped, aux, t, logits_at_x=None):
         """(B,) float32 Campbell et al.'s estimator per pixel: (1 - min_time) [sum_y R_hat(x_reg, y) - Z_t(x_t) log
-        R_hat(x', x_t) + c(x_t)], the first term from the call at x_reg, the second from the call at x'. The
+        R_hat(x', x_t) + c(x_t)], the second term from the call at x', the first from the call at x_t
+        (``logits_at_x``, two passes) or, in one pass, at x_reg = x' from the same call. The
         constant c = sum_y R*(x_t, y) (log R*(x_t, y) - 1) does not depend on the network; with it the expectation
         is the path-space KL of ``nll_bound`` (exactly so with two passes), so the logged loss reads as nats per
         pixel of the bound rather than a number offset by thousands."""
         x, jumped = aux['x_t'].flatten(1), aux['jumped'].flatten(1)
         transition = self.rate.transition(t.double())
-        reg = reverse_rates(self.rate, self._probs(logits_reg), x_reg.flatten(1), t, self.eps_ratio, transition)
-        back = reverse_rates(self.rate, self._probs(logits_jumped), jumped, t, self.eps_ratio, transition)
+        back = reverse_rates(self.rate, self.probabilities(logits_jumped), jumped, t, self.eps_ratio, transition)
+        reg = back if logits_at_x is None else reverse_rates(self.rate, self.probabilities(logits_at_x), x, t,
+                                                             self.eps_ratio, transition)
         changed = (x != jumped)                                            # the one pixel that jumped (or none)
         back_rate = (back.gather(-1, x.unsqueeze(-1)).squeeze(-1) * changed).sum(-1)
         moved = changed.any(-1)
         log_back = torch.where(moved, torch.log(back_rate.clamp_min(TINY)), torch.zeros_like(back_rate))
-        exact = exact_reverse_rates(self.rate, aux['x0'].flatten(1), x, t)
+        exact = exact_reverse_rates(self.rate, aux['x0'].flatten(1), x, t, transition)
         constant = torch.where(exact > 0, exact * (torch.log(exact.clamp_min(TINY)) - 1.0), torch.zeros(()))
         elbo = reg.sum((1, 2)) - aux['total'] * log_back + constant.sum((1, 2))
         return ((1.0 - self.min_time) * elbo / x.shape[1]).float()
@@ -248,8 +247,9 @@ class CTMCFramework(Framework):
     def kl_integrand(self, logits, x0_states, x_t, t):
         """(B,) float64 the path-space KL's integrand at (x_t, t) for clean states x0, summed over pixels."""
         x = x_t.flatten(1)
-        model = reverse_rates(self.rate, self._probs(logits), x, t, self.eps_ratio)
-        exact = exact_reverse_rates(self.rate, x0_states.flatten(1), x, t)
+        transition = self.rate.transition(t.double())
+        model = reverse_rates(self.rate, self.probabilities(logits), x, t, self.eps_ratio, transition)
+        exact = exact_reverse_rates(self.rate, x0_states.flatten(1), x, t, transition)
         log_ratio = torch.log(exact.clamp_min(TINY)) - torch.log(model.clamp_min(TINY))
         return (model - exact + torch.where(exact > 0, exact * log_ratio, torch.zeros_like(exact))).sum((1, 2))
 
@@ -260,7 +260,7 @@ class CTMCFramework(Framework):
         masked_fraction = -torch.expm1(-self.rate.profile.integral(t))  # 1 - e^-B
         weight = (1.0 - self.min_time) * self.rate.profile.beta(t) * kept / masked_fraction
         masked = (aux['x_t'] == self.rate.mask_state).flatten(1)
-        nll = F.cross_entropy(logits.float().flatten(1, -2).transpose(1, 2), aux['x0'].flatten(1), reduction='none')
+        nll = self.pixel_nll(logits.float(), aux['x0'])
         return (weight.float() * (nll * masked).sum(1) / masked.shape[1]).float()
 
     # --- likelihood -----------------------------------------------------------------------------------------------
@@ -287,8 +287,7 @@ class CTMCFramework(Framework):
             integral += (1.0 - self.min_time) * self.kl_integrand(logits, states, x, t) / time_samples
         t_min = torch.full((B,), self.min_time, dtype=torch.float64, device=device)
         x_min = self.noised(states, t_min, generator)
-        logits = denoiser.logits(x_min, t_min, **(cond or {})).double().flatten(1, -2)
-        decoder = -torch.log_softmax(logits, -1).gather(-1, x0_flat.unsqueeze(-1)).squeeze(-1).sum(1)
+        decoder = self.pixel_nll(denoiser.logits(x_min, t_min, **(cond or {})).double(), states).sum(1)
         return (kl_prior + integral + decoder) / (D * math.log(2.0))
 
     # --- sampling -------------------------------------------------------------------------------------------------

@@ -257,10 +257,11 @@ def reverse_rates(rate, probs: torch.Tensor, x: torch.Tensor, t: torch.Tensor, e
     return _without_current(into_current * inner, x)
 
 
-def exact_reverse_rates(rate, x0: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def exact_reverse_rates(rate, x0: torch.Tensor, x: torch.Tensor, t: torch.Tensor,
+                        transition: torch.Tensor = None) -> torch.Tensor:
     """(B, D, K) the true reverse rates given x_0 (B, D): R_t(y, x_d) P(t)[x0_d, y] / P(t)[x0_d, x_d]."""
     t = t.double()
-    p = rate.transition(t)
+    p = rate.transition(t) if transition is None else transition
     rows = rows_of(p, x0)                                               # (B, D, K): P[x0_d, .]
     ratio = rows / rows.gather(-1, x.unsqueeze(-1)).clamp_min(TINY)
     return _without_current(rows_of(rate.rate(t).transpose(1, 2), x) * ratio, x)
@@ -272,3 +273,17 @@ def draw_categorical(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor
     cdf = probs.cumsum(-1)
     target = uniform.to(cdf.dtype).unsqueeze(-1) * cdf[..., -1:]
     return torch.searchsorted(cdf, target).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+
+
+def jump_once(x: torch.Tensor, rates: torch.Tensor, u_pixel: torch.Tensor, u_value: torch.Tensor) -> torch.Tensor:
+    """x (B, D) after one jump drawn in proportion to ``rates`` (B, D, K): its pixel by each pixel's total rate,
+    its value by that pixel's rates, from the uniforms (B,) ``u_pixel`` and ``u_value``. Rows whose rates are all
+    zero stay."""
+    per_pixel = rates.sum(-1)
+    total = per_pixel.sum(-1)
+    pixel = draw_categorical(per_pixel + (total == 0).to(per_pixel.dtype).unsqueeze(-1), u_pixel)
+    rows = torch.arange(x.shape[0], device=x.device)
+    value = draw_categorical(rates[rows, pixel] + TINY, u_value)
+    moved = x.clone()
+    moved[rows, pixel] = torch.where(total > 0, value, x[rows, pixel])
+    return moved

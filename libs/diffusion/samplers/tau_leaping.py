@@ -23,7 +23,7 @@ RNG).
 import torch
 from tqdm.auto import tqdm
 
-from libs.diffusion.rates import draw_categorical, forward_rates, reverse_rates
+from libs.diffusion.rates import draw_categorical, forward_rates, jump_once, reverse_rates
 from libs.errors import UserError
 
 FINAL_STEPS = ('argmax', 'sample')
@@ -43,7 +43,7 @@ def _poisson(noise, rates: torch.Tensor) -> torch.Tensor:
 
 def _rates(framework, logits_fn, x, t, eps_ratio):
     """(B, D, K) model reverse rates at states x (B, C, H, W) and times t (B,)."""
-    return reverse_rates(framework.rate, framework._probs(logits_fn(x, t)), x.flatten(1), t, eps_ratio)
+    return reverse_rates(framework.rate, framework.probabilities(logits_fn(x, t)), x.flatten(1), t, eps_ratio)
 
 
 def leap(x, rates, h: float, noise, ordinal: bool, max_state: int, reference=None):
@@ -60,7 +60,7 @@ def leap(x, rates, h: float, noise, ordinal: bool, max_state: int, reference=Non
 
 def denoise(framework, logits_fn, x, t, final_step: str, noise):
     """The last step at t (B,): argmax or a draw of p_theta(x_0 | x_t) per pixel (unmasked pixels kept)."""
-    probs = framework._probs(logits_fn(x, t))
+    probs = framework.probabilities(logits_fn(x, t))
     flat = x.flatten(1)
     if final_step == 'argmax':
         x0 = probs.argmax(-1)
@@ -144,10 +144,7 @@ def gillespie(logits_fn, framework, x_T, t_end: float, noise=None, final_step='s
         if bool((total > bounds[k[rows]]).any()):
             raise ValueError(f'a reverse rate {float(total.max()):.4g} exceeds the Gillespie bound of its interval')
         accept = u[rows, 1] * bounds[k[rows]] < total
-        pixel = draw_categorical(rates.sum(-1) + (total == 0).double().unsqueeze(-1), u[rows, 2])
-        value = draw_categorical(rates[torch.arange(len(rows)), pixel] + 1e-300, u[rows, 3])
-        moved = x[rows].clone()
-        moved[torch.arange(len(rows)), pixel] = value
+        moved = jump_once(x[rows], rates, u[rows, 2], u[rows, 3])
         x[rows] = torch.where(accept.unsqueeze(1), moved, x[rows])
     x = x.view_as(x_T)
     return denoise(framework, logits_fn, x, _times(x, t_end), final_step, noise)
