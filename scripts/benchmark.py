@@ -1,7 +1,7 @@
 """Training and sampling speed of a config's network on this machine, one switch at a time.
 
     python scripts/benchmark.py --config=configs/cifar10_uvit_small.py [--batch_size=8] [--steps=10] [--warmup=3] \
-        [--variants=all|baseline,attention,precision,checkpointing,compile,decode] [--sample_batch=N] \
+        [--variants=all|baseline,attention,precision,checkpointing,compile,decode,repa] [--sample_batch=N] \
         [--out=results.json] [--in_process]
 
 Training: one optimizer step (the framework's loss, backward, the config's AdamW) on random data of the
@@ -11,7 +11,10 @@ Each variant runs in a fresh process of this script, so peak memory and compile 
 measures them all in one, for smoke tests, where starting processes costs more than measuring). Latent configs
 train on random latents (what the stored moments give) and, for text-to-image, random CLIP contexts; their extra
 variant ``decode`` times the Stable Diffusion autoencoder's decoder (its architecture, random weights) on
-``--sample_batch`` latents, in the variant's precision.
+``--sample_batch`` latents, in the variant's precision. A config with REPA (``config.repa.weight`` > 0; the baseline
+trains without it) has the extra variant ``repa``: the step with REPA's alignment term (the frozen encoder on the
+batch's images, the projector, the loss); when the encoder's weights are not there, a randomly initialised encoder
+of the same architecture stands in (the note says so), which costs the same time.
 
 Prints a markdown table; --out writes every number as JSON. FLOPs are counted once on one forward pass (matmuls and
 convolutions, torch.utils.flop_counter); a training step counts as 3 forward passes (recomputation under gradient
@@ -57,6 +60,7 @@ GROUPS = {
     'checkpointing': ['checkpointing'],
     'compile': ['compile'],
     'decode': ['decode'],
+    'repa': ['repa'],
 }
 COLUMNS = ('variant', 'train step ms', 'train img/s', 'peak memory MiB', 'TFLOP/s', 'sample img/s per NFE',
            'sample img/s @50 NFE (derived)', 'decode img/s', 'note')
@@ -66,7 +70,7 @@ COLUMNS = ('variant', 'train step ms', 'train img/s', 'peak memory MiB', 'TFLOP/
 
 def baseline_settings(device_type: str) -> dict:
     return dict(attention='sdpa', precision='bf16' if device_type == 'cuda' else 'fp32', checkpointing=False,
-                compile=False)
+                compile=False, repa=False)
 
 
 def variant_settings(name: str, device_type: str) -> dict:
@@ -78,15 +82,15 @@ def variant_settings(name: str, device_type: str) -> dict:
     return settings
 
 
-def expand_variants(spec: str, device_type: str, latent: bool = False) -> list:
+def expand_variants(spec: str, device_type: str, latent: bool = False, repa: bool = False) -> list:
     """Variant names for --variants; a precision group leaves out the baseline's own precision, and 'all' has
-    'decode' only for latent models."""
+    'decode' only for latent models and 'repa' only for configs with REPA."""
     baseline_precision = f"precision={baseline_settings(device_type)['precision']}"
     known = [name for names in GROUPS.values() for name in names]
     names = []
     for item in [s.strip() for s in spec.split(',') if s.strip()] or ['']:
         if item == 'all':
-            expanded = [n for n in known if latent or n != 'decode']
+            expanded = [n for n in known if (latent or n != 'decode') and (repa or n != 'repa')]
         elif item in GROUPS:
             expanded = GROUPS[item]
         elif item in known:
@@ -109,6 +113,8 @@ def why_not_runnable(settings: dict, device_type: str, config=None):
         return 'unavailable', f"attention backend {settings['attention']!r} is not installed"
     if settings['precision'] == 'fp16' and device_type == 'cpu':
         return 'skipped', 'fp16 autocast is not benchmarked on the CPU'
+    if config is not None and settings['repa'] and not config.repa.weight:
+        return 'unavailable', 'config.repa.weight is 0: benchmark a config with REPA (e.g. configs/digits_uvit_repa.py)'
     return None
 
 
@@ -179,19 +185,41 @@ def count_flops(config) -> int:
 
 
 def build(config, settings: dict, device):
-    """(framework, net, optimizer, nnet) for a variant; net is the compiled network when asked, else nnet."""
+    """(framework, objective, net, optimizer, nnet, note) for a variant: the diffusion objective, with REPA's term for
+    the 'repa' variant; net is the module trained (compiled when asked), nnet the backbone."""
     import torch
 
+    from libs.config import d
     from libs.diffusion import build_framework
     from libs.nets import build_nnet
+    from libs.training.objectives import build_objective
     from libs.training.optim import build_optimizer
 
     torch.manual_seed(config.seed)
     nnet = build_nnet(backbone_config(config, attention_backend=settings['attention'],
                                       use_checkpoint=settings['checkpointing'])).to(device)
-    optimizer = build_optimizer(config.optimizer, nnet.parameters())
-    net = torch.compile(nnet) if settings['compile'] else nnet
-    return build_framework(config), net, optimizer, nnet
+    framework = build_framework(config)
+    objective, note = build_objective(d(name='diffusion'), framework), ''
+    if settings['repa']:
+        objective, note = repa_objective(objective, config, nnet, device, settings['precision'])
+    module = objective.training_module(nnet)
+    optimizer = build_optimizer(config.optimizer, module.parameters())
+    net = torch.compile(module) if settings['compile'] else module
+    return framework, objective, net, optimizer, nnet, note
+
+
+def repa_objective(objective, config, nnet, device, precision: str):
+    """(REPA around ``objective``, note): the config's encoder, or the same architecture with random weights when its
+    weights are not here (the digits' encoder is then not trained: timing needs no training)."""
+    from libs.latent.vision_encoders import encoder_available, load_encoder, random_encoder
+    from libs.training.repa import Repa
+    cfg = config.repa
+    if encoder_available(cfg.encoder, cfg.encoder_path):
+        encoder, note = load_encoder(cfg.encoder, cfg.encoder_path, device), ''
+    else:
+        encoder, note = random_encoder(cfg.encoder, device), f'{cfg.encoder} encoder with random weights'
+    channels = 3 if config.autoencoder.pretrained_path else nnet.input_shape[0]
+    return Repa(objective, cfg, encoder, channels, lambda: autocast(device, precision)), note
 
 
 def _sync(device) -> None:
@@ -232,17 +260,22 @@ def peak_memory_mib(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def time_training(framework, net, optimizer, nnet, settings: dict, batch: int, steps: int, warmup: int,
-                  device) -> dict:
+def time_training(framework, objective, net, optimizer, nnet, settings: dict, batch: int, steps: int,
+                  warmup: int, device, resolution: int) -> dict:
+    """One optimizer step of ``objective``; REPA's encoder sees the data (pixels) or random RGB images of
+    ``resolution`` (latents)."""
     import torch
 
     x0, cond = synthetic_batch(nnet, batch, device, framework.data_shape(nnet))
+    images = x0  # pixel space: the data are the images; latents: random RGB images of the autoencoder's size
+    if resolution != x0.shape[-1]:
+        images = torch.rand(batch, 3, resolution, resolution, device=device) * 2 - 1
     scaler = torch.amp.GradScaler(device.type, enabled=settings['precision'] == 'fp16')
 
     def step():
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, settings['precision']):
-            loss = framework.loss(net, x0, cond).mean()
+            loss = objective(net, x0, cond, None, images)[0]
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
@@ -316,6 +349,7 @@ def time_decoding(config, settings: dict, batch: int, steps: int, warmup: int, d
 def run_variant(config, name: str, batch: int, sample_batch: int, steps: int, warmup: int) -> dict:
     """Measure one variant in this process (a fresh one: see measure_in_subprocess)."""
     from libs.cli import enable_tf32
+    from libs.data import LATENT_DOWNSAMPLING
     device = pick_device()
     enable_tf32(device)
     startup_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -326,13 +360,15 @@ def run_variant(config, name: str, batch: int, sample_batch: int, steps: int, wa
         result.update(time_decoding(config, settings, sample_batch, steps, warmup, device))
         return result
     settings = variant_settings(name, device.type)
-    framework, net, optimizer, nnet = build(config, settings, device)
-    result = dict(status='ok', note='', settings=settings, startup_rss_mib=startup_rss,
+    framework, objective, net, optimizer, nnet, note = build(config, settings, device)
+    result = dict(status='ok', note=note, settings=settings, startup_rss_mib=startup_rss,
                   peak_memory_kind='cuda_max_allocated' if device.type == 'cuda' else 'process_peak_rss')
-    result.update(time_training(framework, net, optimizer, nnet, settings, batch, steps, warmup, device))
+    resolution = nnet.input_shape[-1] * (LATENT_DOWNSAMPLING if config.autoencoder.pretrained_path else 1)
+    result.update(time_training(framework, objective, net, optimizer, nnet, settings, batch, steps, warmup, device,
+                                resolution))
     del optimizer
-    result.update(time_sampling(framework, framework.denoiser(net), nnet, settings, sample_batch, steps, warmup,
-                                device))
+    result.update(time_sampling(framework, framework.denoiser(objective.backbone(net)), nnet, settings, sample_batch,
+                                steps, warmup, device))
     return result
 
 
@@ -424,7 +460,8 @@ def main(_argv):
         return
 
     device = pick_device()
-    names = expand_variants(FLAGS.variants, device.type, latent=bool(config.autoencoder.pretrained_path))
+    names = expand_variants(FLAGS.variants, device.type, latent=bool(config.autoencoder.pretrained_path),
+                            repa=bool(config.repa.weight))
     with torch.device('meta'):
         parameters = count_parameters(build_nnet(config.nnet))
     forward_flops = count_flops(config)
