@@ -150,6 +150,21 @@ def test_the_projector_and_the_blocks_up_to_depth_get_the_alignment_gradient(enc
     assert all(p.grad is None for p in nnet.decoder_pred.parameters())
 
 
+def test_repa_wraps_the_hybrid_objective_too(encoder_file, one_thread):
+    framework = GaussianFramework(VPSDE(), 'noise')
+    hybrid = build_objective(d(name='hybrid', alpha=3.0, augment='none'), framework)
+    repa = Repa(hybrid, d(weight=0.25, depth=3, projector_dim=8), load_encoder('digits', encoder_file), 1)
+    torch.manual_seed(0)
+    nnet = build_nnet(dict(name='uvit', img_size=8, patch_size=2, in_chans=1, embed_dim=16, depth=2, num_heads=2,
+                           clf_classes=10))
+    module = repa.training_module(nnet)
+    assert repa.backbone(module) is nnet and module.nnet.classifies
+    images, labels = torch.rand(4, 1, 8, 8) * 2 - 1, torch.tensor([0, 1, 2, 3])
+    loss, metrics = repa(module, images, {}, labels, images)
+    assert torch.allclose(metrics['diffusion_loss'], metrics['ce'] + 3.0 * metrics['mse'])
+    assert torch.allclose(loss, metrics['diffusion_loss'] + 0.25 * metrics['repa_loss'])
+
+
 def test_an_encoder_grid_that_cannot_be_matched_is_one_line(encoder_file):
     encoder = load_encoder('digits', encoder_file)
     repa = Repa(build_objective(d(name='diffusion'), None), d(weight=0.5, depth=1, projector_dim=8), encoder, 1)

@@ -59,7 +59,8 @@ def alignment_loss(projected: torch.Tensor, target: torch.Tensor) -> torch.Tenso
 class AlignedNet(nn.Module):
     """The backbone with REPA's projector, called like the backbone: ``forward(x, model_time, **cond)`` runs
     ``nnet.forward_with_tokens`` once, returns the backbone's output and appends the projected tokens of block
-    ``depth`` (B, L, K) to ``recorded``, which the objective reads after the call. ``classify`` is the backbone's."""
+    ``depth`` (B, L, K) to ``recorded``, which the objective reads after the call. ``classify`` and the protocol's
+    declarations (``classifies``, ``condition``, ...) are the backbone's, so any objective takes it for one."""
 
     def __init__(self, nnet: nn.Module, projector: nn.Sequential, depth: int):
         super().__init__()
@@ -75,6 +76,14 @@ class AlignedNet(nn.Module):
 
     def classify(self, x):
         return self.nnet.classify(x)
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)   # parameters, buffers and submodules (the backbone, the projector)
+        except AttributeError:
+            if name == 'nnet':
+                raise
+            return getattr(self.nnet, name)
 
 
 class Repa:
@@ -130,12 +139,14 @@ class Repa:
 
     def state_files(self, module) -> dict:
         """{file name: state dict} the checkpoint holds for this objective: the projector, as plain CPU tensors."""
-        return {PROJECTOR_FILE: {k: v.detach().cpu() for k, v in self.aligned.projector.state_dict().items()}}
+        projector = self.inner.backbone(module).projector
+        return {PROJECTOR_FILE: {k: v.detach().cpu() for k, v in projector.state_dict().items()}}
 
     def load_state_files(self, module, contents: dict, ckpt: str) -> None:
-        state = contents[PROJECTOR_FILE]
-        check_state_dict(self.aligned.projector, state, f'{ckpt}/{PROJECTOR_FILE}')
-        self.aligned.projector.load_state_dict(state)
+        """The projector from ``contents`` (read_checkpoint's, with weights_only=True), checked key by key."""
+        projector, state = self.inner.backbone(module).projector, contents[PROJECTOR_FILE]
+        check_state_dict(projector, state, f'{ckpt}/{PROJECTOR_FILE}')
+        projector.load_state_dict(state)
 
 
 def with_repa(objective, config, device, image_channels: int, autocast=contextlib.nullcontext):
