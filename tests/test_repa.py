@@ -7,8 +7,6 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import (CLIPConfig, CLIPModel, Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig,
-                          Dinov2WithRegistersModel)
 
 from libs.config import d, load_config_file
 from libs.diffusion.gaussian import GaussianFramework
@@ -194,6 +192,8 @@ def test_the_digits_encoder_is_another_network_than_the_digit_scorer():
 
 
 def test_tiny_dinov2_and_clip_load_from_folders_and_give_their_patch_tokens(tmp_path, one_thread):
+    from transformers import (CLIPConfig, CLIPModel, Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig,
+                              Dinov2WithRegistersModel)
     torch.manual_seed(0)
     Dinov2Model(Dinov2Config(image_size=8, **TINY_VIT)).save_pretrained(tmp_path / 'dinov2')
     Dinov2WithRegistersModel(Dinov2WithRegistersConfig(image_size=8, num_register_tokens=2, **TINY_VIT)) \
