@@ -363,8 +363,8 @@ class GaussianFramework(Framework):
         Guidance is affine in the output, so guiding eps or the velocity gives the same update."""
         if consumes == NOISE_AND_VARIANCE and not channels:
             raise ValueError('guidance of eps and variance needs the number of eps channels to guide')
-        model_fn = {NOISE: denoiser.noise, NOISE_AND_VARIANCE: denoiser.noise_and_variance,
-                    VELOCITY: denoiser.velocity}[consumes]
+        model_fn = getattr(denoiser, {NOISE: 'noise', NOISE_AND_VARIANCE: 'noise_and_variance',
+                                      VELOCITY: 'velocity'}[consumes])
         window = None if interval is None else GuidanceInterval(*interval, level=self.schedule.ve_sigma)
         return classifier_free_guidance(model_fn, cond, null_cond, scale, channels, window)
 
