@@ -1,7 +1,6 @@
 """The metric set of papers from one Inception pass: sFID's layer, the numbers composed from their parts, references
 (statistics, ADM's reference batches, folders), the reference check, the settings from a config, one-line errors."""
 import hashlib
-from unittest import mock
 
 import numpy as np
 import pytest
@@ -18,14 +17,6 @@ from libs.metrics.reference import Reference
 pytestmark = pytest.mark.usefixtures('one_thread')
 
 INCEPTION_METRICS = ('fid', 'sfid', 'is', 'prec', 'recall', 'kid')
-
-
-def full_inception(weights: str):
-    """pytorch-fid's whole FID Inception (torchvision's Inception3 with the FID blocks), named modules and all."""
-    from pytorch_fid import inception as fid_inception
-    state = torch.load(weights, weights_only=True)
-    with mock.patch.object(fid_inception, 'load_state_dict_from_url', lambda *a, **k: state):
-        return fid_inception.fid_inception_v3().eval()
 
 
 def images(n: int, seed: int, size: int = 16) -> torch.Tensor:
@@ -61,22 +52,26 @@ def scored(random_weights, tmp_path_factory):
 
 
 def test_spatial_features_are_mixed_6d_branch1x1_first_7_channels_in_nhwc_order(random_weights):
-    features = fid.InceptionFeatures(fid.load_inception(random_weights))
-    pictures = images(2, 3, size=20)
-    out = features.outputs(pictures, spatial=True)
-    net, maps = full_inception(random_weights), {}
-    for name in ('Mixed_6d.branch1x1', 'Mixed_6e.branch1x1'):
-        net.get_submodule(name).register_forward_hook(lambda m, i, o, name=name: maps.__setitem__(name, o))
-    x = torch.nn.functional.interpolate(pictures.float() / 255, size=(299, 299), mode='bilinear', align_corners=False)
-    with torch.no_grad():
-        net(2 * x - 1)
-    assert maps['Mixed_6d.branch1x1'].shape == (2, 192, 17, 17)      # TF's mixed_6/conv: 192 channels at 17 x 17
-    assert out['spatial'].shape == (2, fid.SPATIAL_FEATURES) == (2, 2023)
-    expected = maps['Mixed_6d.branch1x1'][:, :7].permute(0, 2, 3, 1).reshape(2, -1)   # ADM: NHWC[..., :7]
-    torch.testing.assert_close(out['spatial'], expected, rtol=0, atol=0)
-    assert not torch.allclose(out['spatial'], maps['Mixed_6e.branch1x1'][:, :7].permute(0, 2, 3, 1).reshape(2, -1))
-    assert (out['spatial'] >= 0).all()                               # after batch norm and ReLU
-    np.testing.assert_array_equal(out['pool'].double().numpy(), features(pictures))
+    # the layer, by the names of the weights file (torchvision's module names): TF's mixed_6/conv is the 1 x 1
+    # branch of the third 17 x 17 block, Mixed_6d, not of Mixed_6e or Mixed_6c
+    state = torch.load(random_weights, weights_only=True)
+    model = fid.load_inception(random_weights)
+    weight = fid.spatial_module(model).conv.weight
+    assert weight.shape == (192, 768, 1, 1)
+    assert torch.equal(weight, state['Mixed_6d.branch1x1.conv.weight'])
+    assert not any(torch.equal(weight, state[f'{block}.branch1x1.conv.weight']) for block in ('Mixed_6c', 'Mixed_6e'))
+    # ADM flattens TF's NHWC tensor after keeping channels [..., :7]: value (h, w, c) lands at (h * 17 + w) * 7 + c
+    feature_map = torch.arange(2 * 192 * 17 * 17, dtype=torch.float32).view(2, 192, 17, 17)
+    flat = fid.spatial_features(feature_map)
+    assert flat.shape == (2, 2023)
+    assert flat[1, (5 * 17 + 3) * 7 + 6] == feature_map[1, 6, 5, 3]
+    # one pass gives both, and the spatial features are the block's output after batch norm and ReLU
+    features = fid.InceptionFeatures(model)
+    picture = images(1, 3, size=20)
+    out = features.outputs(picture, spatial=True)
+    assert out['spatial'].shape == (1, fid.SPATIAL_FEATURES) == (1, 2023) and (out['spatial'] >= 0).all()
+    assert (out['spatial'] == 0).any() and (out['spatial'] > 0).any()
+    np.testing.assert_array_equal(out['pool'].double().numpy(), features(picture))
 
 
 def test_spatial_fid_of_a_known_shift():
