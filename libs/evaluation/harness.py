@@ -18,7 +18,6 @@ changes the numbers (sampler, NFE, guidance scale, reference statistics, ...), t
 """
 import dataclasses
 import functools
-import hashlib
 import json
 import logging
 import math
@@ -31,7 +30,7 @@ from tqdm.auto import tqdm
 from libs.config import to_json
 from libs.errors import UserError
 from libs.evaluation.shards import ShardStore
-from libs.fileio import atomic_open
+from libs.fileio import atomic_open, file_sha256
 from libs.images import save_pngs
 from libs.rng import SampleRandom, eval_process_seed
 
@@ -136,8 +135,9 @@ def gathered_order(world: int, rounds: int, mini_batch_size: int, n_samples: int
     return order.permute(1, 0, 2).reshape(-1)[:n_samples]
 
 
-def sample_settings(sample_cfg, n_samples: int, metric: str, ref_stats: str) -> dict:
-    """Everything about sampling that changes a sample score."""
+def sample_settings(sample_cfg, n_samples: int, metric: str, scores: dict) -> dict:
+    """Everything about sampling that changes a sample score, and ``scores``: the scorer's ``record()`` (its
+    reference, networks and metric settings)."""
     from libs.diffusion.samplers import SAMPLER_OPTIONS
     from libs.diffusion.samplers.tau_leaping import CTMC_SAMPLER_OPTIONS
     known = {**SAMPLER_OPTIONS, **CTMC_SAMPLER_OPTIONS}
@@ -153,8 +153,8 @@ def sample_settings(sample_cfg, n_samples: int, metric: str, ref_stats: str) -> 
         'method': sample_cfg.get('method', ''),
         'skip_type': sample_cfg.get('skip_type', ''),
         't_end': sample_cfg.get('t_end', 0.0),
-        'reference_statistics': ref_stats,
         **options,
+        **scores,
     }
 
 
@@ -342,9 +342,11 @@ class EvalRun:
         return self.config.eval.ref_stats or self.spec.fid_stats
 
     def scorer(self, inception_score: bool = False):
-        from libs.evaluation.scorers import build_scorer
-        return build_scorer(self.config.eval.metric, self.device, self.ref_stats(), self.config.eval.inception_path,
-                            inception_score, self.config.clf_eval.is_splits)
+        """The scorer of ``config.eval`` for ``config.sample.n_samples`` samples (``inception_score``: ``gen``'s, with
+        the Inception Score over ``clf_eval.is_splits`` parts)."""
+        from libs.evaluation.scorers import build_scorer, metric_settings
+        return build_scorer(self.config.eval.metric, self.device, self.ref_stats(),
+                            metric_settings(self.config, inception_score), self.config.sample.n_samples)
 
     def generate(self, sample_cfg, scorer, png_dir: str = '', desc: str = 'sample', shards: ShardStore = None) -> dict:
         n = self.config.sample.n_samples
@@ -359,11 +361,7 @@ class EvalRun:
 
     @functools.cached_property
     def weights_sha256(self) -> str:
-        digest = hashlib.sha256()
-        with open(self.weights, 'rb') as f:
-            for block in iter(lambda: f.read(1 << 24), b''):
-                digest.update(block)
-        return digest.hexdigest()
+        return file_sha256(self.weights)
 
     def shard_settings(self, sample_cfg) -> dict:
         """Everything the samples of ``sample_cfg`` and their scored rows depend on, besides their count and the
