@@ -96,8 +96,10 @@ def test_unknown_variant_is_one_line():
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
     assert errors == ["error: unknown variant 'flash'; known: all, baseline, attention, precision, checkpointing, "
-                      'compile, decode, attention=math, attention=xformers, precision=fp32, precision=bf16, '
-                      'precision=fp16']
+                      'compile, decode, latent, autoencoders, attention=math, attention=xformers, precision=fp32, '
+                      'precision=bf16, precision=fp16, latent=sd-vae-f8/p2, latent=sd-vae-f8/p4, '
+                      'latent=dc-ae-f32c32/p1, latent=dc-ae-f64c128/p1, decode=sd-vae-f8, decode=sd3-vae, '
+                      'decode=dc-ae-f32c32, decode=dc-ae-f64c128']
 
 
 def test_text_to_image_latent_config_trains_on_contexts_and_times_the_decoder(tmp_path):
