@@ -197,22 +197,3 @@ def test_skipped_steps_are_where_the_count_rises():
     by_step = {s: {'skipped_steps': c} for s, c in counts.items()}
     assert gpu_check.skipped_steps(by_step, 26, 30) == [26, 27, 29]
     assert gpu_check.skipped_steps(by_step, 28, 28) == []
-
-
-def test_latent_spaces_section_times_each_latent_space_and_decoder(tmp_path, monkeypatch):
-    """The latent-space section (scripts/gpu_check.py: latent_spaces) at its smoke sizes: U-ViT at 128 px on
-    SD-VAE-f8 latents (16x16x4: 64 tokens at patch 2, 16 at 4), DC-AE-f32's (4x4x32: 16) and f64's (2x2x128: 4)."""
-    monkeypatch.setenv('OMP_NUM_THREADS', '1')  # the benchmark's process, as CI's other tests
-    status, note, details = gpu_check.latent_spaces(True, str(tmp_path), timeout=300)
-    assert status == 'ok', (note, gpu_check.FAILURE_LOGS[-1:])
-    rows = details['rows']
-    assert [rows[f'latent={s}']['tokens'] for s in ('sd-vae-f8/p2', 'sd-vae-f8/p4', 'dc-ae-f32c32/p1',
-                                                      'dc-ae-f64c128/p1')] == [64, 16, 16, 4]
-    assert rows['latent=sd-vae-f8/p2']['speedup'] == 1.0
-    for name, row in rows.items():
-        key = 'decode_img_per_s' if name.startswith('decode=') else 'train_img_per_s'
-        assert positive(row[key]), (name, row)
-    assert '32x4x4 latents of 128 px images' in rows['latent=dc-ae-f32c32/p1']['note']
-    assert '1 latents 128x2x2 -> 128 px' in rows['decode=dc-ae-f64c128']['note']
-    table = table_rows('\n'.join(gpu_check.latent_spaces_markdown(details)), 'variant')
-    assert [row[0] for row in table] == list(rows) and len(rows) == 8
