@@ -96,8 +96,10 @@ def defaults() -> ml_collections.ConfigDict:
         lr_scheduler=d(name='customized', warmup_steps=5000),
         nnet=d(name='uvit'),
         autoencoder=d(
-            pretrained_path='',          # '' : pixel space; else the Stable Diffusion autoencoder (latent space)
-            scale_factor=0.18215,        # latents are the autoencoder's samples times this
+            pretrained_path='',          # '' : pixel space; else the autoencoder (latent space): a diffusers
+                                         # folder (AutoencoderKL, AutoencoderDC) or the release's autoencoder_kl.pth
+            scale_factor=0.0,            # latents = (z - shift) * scale; 0: the autoencoder's own scaling_factor
+                                         # (the store's info.json when training, the folder's config.json else)
             decode_batch_size=50,        # images decoded per autoencoder call when sampling
         ),
         text_encoder=d(

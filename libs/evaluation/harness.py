@@ -283,7 +283,7 @@ class EvalRun:
     @classmethod
     def load(cls, config, nnet_path: str, ema: bool = True, mode: str = 'sample', classifier: bool = False):
         """Build the network and load its weights once; a network without a head fails first when one is needed."""
-        from libs.data import data_spec
+        from libs.data import data_spec, is_latent
         from libs.diffusion import build_framework
         from libs.nets import build_nnet, load_nnet_weights
         from libs.nets.protocol import backbone_classifies
@@ -295,10 +295,11 @@ class EvalRun:
                             f'it with --eval=sample, gen or nll')
         framework = build_framework(config)
         framework.check_backbone(nnet)
-        spec = data_spec(config.dataset, framework.data_shape(nnet))
-        if spec.latent:  # every evaluation of a latent model decodes
-            from libs.latent.spaces import build_space
-            build_space(config, spec.latent, 'cpu').check_autoencoder_path()  # before the slow part
+        fmt = None
+        if is_latent(config.dataset):  # the geometry from the autoencoder's config, before the slow part
+            from libs.latent.spaces import latent_format
+            fmt = latent_format(config)
+        spec = data_spec(config.dataset, framework.data_shape(nnet), fmt)
         weights = load_nnet_weights(nnet, nnet_path, ema=ema)
         accelerator = eval_accelerator(config)
         nnet = nnet.eval().requires_grad_(False).to(accelerator.device)
@@ -332,7 +333,7 @@ class EvalRun:
         """Pixel or latent space; the autoencoder of a latent model is loaded now, so a missing file fails before
         any sampling."""
         from libs.latent.spaces import build_space
-        space = build_space(self.config, self.spec.latent, self.device)
+        space = build_space(self.config, self.spec, self.device)
         if space.latent:
             space.autoencoder  # noqa: B018
         return space

@@ -32,7 +32,7 @@ from libs.evaluation.harness import draw_samples, generate, sample_settings, sam
 from libs.evaluation.scorers import build_scorer, metric_settings
 from libs.fileio import atomic_open
 from libs.images import save_grid
-from libs.latent.spaces import build_space
+from libs.latent.spaces import build_space, latent_format
 from libs.nets import build_nnet, check_state_dict, count_parameters, strip_wrapper_prefixes
 from libs.rng import SampleRandom, loader_seed, seeded, training_seed
 from libs.training.checkpoint import (Agreement, CheckpointManager, DamagedCheckpoint, attempt, detect_storage, now,
@@ -168,12 +168,13 @@ class Trainer:
         nnet = build_nnet(config.nnet)
         self.framework = build_framework(config)
         self.framework.check_backbone(nnet)
-        self.spec = data_spec(config.dataset, self.framework.data_shape(nnet))
+        fmt = latent_format(config, self.dataset) if getattr(self.dataset, 'stores_features', False) else None
+        self.spec = data_spec(config.dataset, self.framework.data_shape(nnet), fmt)
         if tuple(self.dataset.data_shape) != self.spec.data_shape:
             raise UserError(f'the network takes {self.spec.data_shape} (config.nnet), but dataset '
                             f'{config.dataset.name!r} yields {tuple(self.dataset.data_shape)}')
         self.metric_settings = metric_settings(config)  # a bad config.eval.metrics fails now
-        self.space = build_space(config, self.spec.latent, self.device)
+        self.space = build_space(config, self.spec, self.device)
         self.conditioning = build_conditioning(config, nnet, self.dataset.num_classes)
         if tc.p_uncond > 0 and tc.mode == 'cond' and self.conditioning.null_label is None:
             raise UserError('config.train.p_uncond > 0 needs nnet.num_classes = dataset classes + 1 '
@@ -440,8 +441,8 @@ class Trainer:
 
     def prepare_batch(self, batch):
         """(data, targets) from the loader -> (the model's input on the device: images flipped at random if
-        configured, or latents drawn from stored moments; the network's condition dict, with the condition dropped
-        at rate p_uncond; the targets on the device: labels, or text contexts)."""
+        configured, or latents from the stored autoencoder features; the network's condition dict, with the condition
+        dropped at rate p_uncond; the targets on the device: labels, or text contexts)."""
         x, y = batch
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
