@@ -100,8 +100,10 @@ def defaults() -> ml_collections.ConfigDict:
         lr_scheduler=d(name='customized', warmup_steps=5000),
         nnet=d(name='uvit'),
         autoencoder=d(
-            pretrained_path='',          # '' : pixel space; else the Stable Diffusion autoencoder (latent space)
-            scale_factor=0.18215,        # latents are the autoencoder's samples times this
+            pretrained_path='',          # '' : pixel space; else the autoencoder (latent space): a diffusers
+                                         # folder (AutoencoderKL, AutoencoderDC) or the release's autoencoder_kl.pth
+            scale_factor=0.0,            # latents = (z - shift) * scale; 0: the autoencoder's own scaling_factor
+                                         # (the store's info.json when training, the folder's config.json else)
             decode_batch_size=50,        # images decoded per autoencoder call when sampling
         ),
         text_encoder=d(
@@ -147,8 +149,14 @@ def defaults() -> ml_collections.ConfigDict:
         ),
         eval=d(
             metric='fid',                # 'fid' (Inception) or 'digits' (the offline digit classifier)
-            ref_stats='',                # '' : the dataset's default reference statistics
+            metrics='fid',               # with metric 'fid': fid,sfid,is,prec,recall,kid,fd_dinov2 (metric_set.py)
+            ref_stats='',                # '' : the dataset's default; statistics, an ADM reference batch or a folder
             inception_path='',           # '' : assets/fid_inception/ or the torch hub cache
+            dinov2_path='',              # fd_dinov2: '' : assets/dinov2-vitl14/
+            is_split_size=5000,          # is: consecutive parts of this many samples (ADM); --eval=gen: is_splits
+            pr_k=3,                      # prec, recall: the k of the k-NN radii (ADM: 3)
+            kid_subsets=100,             # kid: subsets of kid_subset_size samples (Binkowski et al.: 100 of 1000)
+            kid_subset_size=1000,
             train_n_samples=10000,       # samples for the score computed at each checkpoint (0: no score)
             train_algorithm='dpm_solver',
             train_sample_steps=50,
@@ -194,7 +202,7 @@ def defaults() -> ml_collections.ConfigDict:
             l2_eps=(0.0, 0.125, 0.25, 0.5, 1.0),
             attack_steps=10,             # PGD steps (step size 2.5 eps / steps, random start)
             ancestral='ddpm_ancestral',  # gen: also sample with this sampler over all N steps ('' : only config.sample)
-            is_splits=10,                # Inception Score splits
+            is_splits=10,                # gen: Inception Score over this many equal parts (HybViT's convention)
         ),
     )
 

@@ -149,7 +149,7 @@ def test_guidance_interval_config_settings_and_file_names():
     names, settings = set(), []
     for value in ('', '0.28,5.42', '0.19,1.61', '0,inf'):
         names.add('_'.join(sample_tags(cfg(guidance_interval=value), 'fid')))
-        settings.append(json_safe(sample_settings(cfg(guidance_interval=value), 100, 'fid', 'stats.npz')))
+        settings.append(json_safe(sample_settings(cfg(guidance_interval=value), 100, 'fid', {})))
     assert len(names) == 4 and 'fid_flow_sde_nfe250_scale0.5_interval0.28-5.42' in names
     assert [s['guidance_interval'] for s in settings] == [None, [0.28, 5.42], [0.19, 1.61], [0.0, None]]
     assert 'fid_flow_sde_nfe250_scale0.5_start0.9' in '_'.join(sample_tags(cfg(t_start=0.9), 'fid'))
