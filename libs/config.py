@@ -28,9 +28,13 @@ def defaults() -> ml_collections.ConfigDict:
     return d(
         seed=1234,
         framework='gaussian',            # the diffusion framework (libs/diffusion: FRAMEWORKS)
-        pred='noise_pred',               # Gaussian framework: the network predicts 'noise_pred', 'x0_pred' or 'v_pred'
+        pred='noise_pred',               # Gaussian framework: the network predicts 'noise_pred', 'x0_pred', 'v_pred'
+                                         # (Salimans' v), 'velocity' (the flow velocity dx_t/dt, SiT) or 'score'
         min_snr_gamma=0.0,               # Gaussian framework: Min-SNR-gamma loss weighting (e.g. 5); 0: plain L_simple
+        loss_weight='',                  # Gaussian framework: SiT's weighting of the noise / score loss: '' (none),
+                                         # 'velocity' or 'likelihood'
         learned_variance=False,          # Gaussian framework: the backbone also outputs a variance (DiT learn_sigma)
+        drop_variance=False,             # Gaussian framework: the backbone's variance half is dropped (SiT's release)
         vlb_lambda=0.001,                # learned variance: L_simple + vlb_lambda N L_n, L_n in bits/dim (DiT: N=1000)
         mixed_precision='',              # '', 'no', 'fp16', 'bf16'; '' keeps what `accelerate launch` says
         log_with='tensorboard',          # 'tensorboard', 'wandb' or 'none'
@@ -119,6 +123,15 @@ def defaults() -> ml_collections.ConfigDict:
             method='',                   # '' : the algorithm's default ('singlestep' / 'multistep')
             skip_type='',                # '' : the algorithm's default step grid
             t_end=0.0,                   # 0 : the algorithm's default end time
+            t_start=0.0,                 # 0 : the algorithm's default start: 1, or the schedule's t_max (1 - 1e-3 on
+                                         # the flow paths) for the log-SNR solvers and noise / score models
+            guidance_interval='',        # 'lo,hi': guide only where lo < sigma / alpha <= hi (Kynkaanniemi et al.
+                                         # 2024; hi may be inf); '' : at every noise level
+            diffusion_form='sigma',      # flow_sde: SiT's w(t): 'constant', 'SBDM', 'sigma', 'linear', 'decreasing',
+                                         # 'increasing-decreasing'
+            diffusion_norm=1.0,          # flow_sde: its magnitude
+            last_step='Mean',            # flow_sde: SiT's last step to t = 0: 'Mean', 'Tweedie', 'Euler', '' (none)
+            last_step_size=0.04,         # flow_sde: where the last step starts
             eta=0.0,                     # ddim: 0 deterministic, 1 the ancestral sampler's variance
             rho=7.0,                     # heun: EDM's rho-grid
             s_churn=0.0,                 # heun: EDM's churn (0: deterministic) between noise levels s_min..s_max

@@ -89,8 +89,9 @@ def write_record(accelerator, directory: str, name: str, record: dict) -> str:
     return path
 
 
-# The keys of a result record that are not the result: what write_result and write_record put around it.
-RECORD_KEYS = ('mode', 'weights', 'ema', 'dataset', 'n', 'settings', 'provenance')
+# The keys of a result record that are not the result: what write_result and write_record put around it (the
+# Trainer's per-checkpoint scores add the training step).
+RECORD_KEYS = ('mode', 'weights', 'ema', 'dataset', 'n', 'settings', 'provenance', 'step')
 
 
 def write_result(accelerator, weights: str, ema: bool, mode: str, dataset: str, n: int, tags, settings: dict,
@@ -137,7 +138,11 @@ def gathered_order(world: int, rounds: int, mini_batch_size: int, n_samples: int
 
 def sample_settings(sample_cfg, n_samples: int, metric: str, scores: dict) -> dict:
     """Everything about sampling that changes a sample score, and ``scores``: the scorer's ``record()`` (its
-    reference, networks and metric settings)."""
+    reference, networks and metric settings). ``t_start`` 0 (and ``t_end`` 0) are the sampler's default ends
+    (libs/diffusion/samplers: t_start is 1, or the schedule's t_max = 1 - 1e-3 on the flow paths for the log-SNR
+    solvers and noise / score models); ``guidance_interval`` is (lo, hi) in sigma / alpha, None when guidance
+    applies at every level."""
+    from libs.diffusion.guidance import guidance_interval
     from libs.diffusion.samplers import SAMPLER_OPTIONS
     from libs.diffusion.samplers.tau_leaping import CTMC_SAMPLER_OPTIONS
     known = {**SAMPLER_OPTIONS, **CTMC_SAMPLER_OPTIONS}
@@ -153,15 +158,23 @@ def sample_settings(sample_cfg, n_samples: int, metric: str, scores: dict) -> di
         'method': sample_cfg.get('method', ''),
         'skip_type': sample_cfg.get('skip_type', ''),
         't_end': sample_cfg.get('t_end', 0.0),
+        't_start': sample_cfg.get('t_start', 0.0),
+        'guidance_interval': guidance_interval(sample_cfg),
         **options,
         **scores,
     }
 
 
 def sample_tags(sample_cfg, metric: str) -> list:
+    """The file-name tags of a sample score: the metric, sampler, NFE and guidance scale, then what is set of the
+    guided channels (DiT's guidance of some channels only), the guidance interval and the start time."""
+    from libs.diffusion.guidance import guidance_interval
     tags = [metric, sample_cfg.algorithm, f'nfe{sample_cfg.sample_steps}', f"scale{sample_cfg.get('scale', 0.0):g}"]
     channels = sample_cfg.get('guided_channels', 0)
-    return tags + [f'guided{channels}'] if channels else tags   # DiT's guidance of some channels only
+    interval = guidance_interval(sample_cfg)
+    t_start = sample_cfg.get('t_start', 0.0)
+    return tags + ([f'guided{channels}'] if channels else []) + \
+        ([f'interval{interval[0]:g}-{interval[1]:g}'] if interval else []) + ([f'start{t_start:g}'] if t_start else [])
 
 
 @torch.no_grad()
