@@ -45,6 +45,30 @@ def load_state_file(path: str) -> dict:
         raise UserError(f'cannot read weights file {path}: {type(exc).__name__}: {str(exc).splitlines()[0]}') from None
 
 
+# The weights files of a Hugging Face model folder (transformers' from_pretrained reads one of them).
+HF_WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin', 'model.safetensors.index.json',
+                   'pytorch_model.bin.index.json')
+
+
+def check_model_folder(path: str, what: str, where: str) -> None:
+    """One UserError line unless ``path`` is a folder with a Hugging Face model's config.json and weights: '<what>
+    folder <path>/ not found: <where>' or '... lacks config.json or the weights: <where>'."""
+    if not os.path.isdir(path):
+        raise UserError(f'{what} folder {path}/ not found: {where}')
+    present = set(os.listdir(path))
+    if 'config.json' not in present or not present.intersection(HF_WEIGHT_FILES):
+        raise UserError(f'{what} folder {path}/ lacks config.json or the weights: {where}')
+
+
+def file_sha256(path: str) -> str:
+    """The SHA-256 of a file's bytes, as hex, read in blocks of 16 MiB."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 24), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 @contextlib.contextmanager
 def one_thread():
     """Run torch on one CPU thread: faster for tiny tensors (especially on a busy machine), and the same weights

@@ -219,12 +219,13 @@ def benchmark_rows(report: dict, peak_tflops: float) -> dict:
     return rows
 
 
-def run_benchmark(config_name: str, variants: list, sizes: dict, work: str, timeout: float) -> tuple:
-    """scripts/benchmark.py on one config: (report, None) or (None, (status, note))."""
-    out = os.path.join(work, f'bench_{config_name}_{"_".join(v.replace("=", "-") for v in variants)}.json')
+def run_benchmark(config_name: str, variants: list, sizes: dict, work: str, timeout: float, extra=()) -> tuple:
+    """scripts/benchmark.py on one config (``extra``: more of its flags): (report, None) or (None, (status, note))."""
+    out = os.path.join(work, f'bench_{config_name}_{"_".join(v.replace("=", "-").replace("/", "-") for v in variants)}'
+                             f'.json')
     cmd = [sys.executable, BENCHMARK, f'--config={os.path.join(ROOT, "configs", config_name + ".py")}',
            *sizes['nnet'], f'--batch_size={sizes["batch"]}', f'--steps={sizes["steps"]}',
-           f'--warmup={sizes["warmup"]}', f'--variants={",".join(variants)}', f'--out={out}']
+           f'--warmup={sizes["warmup"]}', f'--variants={",".join(variants)}', f'--out={out}', *extra]
     if sizes['in_process']:
         cmd.append('--in_process')
     proc = run_process(cmd, timeout)
@@ -233,6 +234,67 @@ def run_benchmark(config_name: str, variants: list, sizes: dict, work: str, time
         with open(out) as f:
             return json.load(f), None
     return None, process_failure(proc, 'benchmark.py')
+
+
+# ------------------------------------------------------------------------------------------------ latent spaces
+
+# U-ViT-H at 512 px on each latent space (scripts/benchmark.py's groups 'latent' and 'autoencoders'): the model itself
+# and the published autoencoders on a GPU (about 120 s on one H100/H200: 8 processes of about 15 s), tiny widths at
+# 128 px in the smoke mode.
+LATENT_CONFIG = 'imagenet512_uvit_huge'
+LATENT_SIZES = {
+    False: dict(batch=32, sample_batch=8, steps=5, warmup=2, nnet=[], in_process=False, resolution=512,
+                ae_width_divisor=1, estimate_s=120),
+    True: dict(batch=2, sample_batch=1, steps=1, warmup=0, nnet=TINY_NNET, in_process=True, resolution=128,
+               ae_width_divisor=16, estimate_s=0),
+}
+
+
+def latent_spaces(smoke: bool, work: str, timeout: float) -> tuple:
+    """(status, note, details) of the latent-space comparison: U-ViT-H's training step per image on SD-VAE-f8
+    latents at patch 2 and the release's patch 4 against DC-AE-f32 (16x16x32) and f64 (8x8x128) at patch 1, and the
+    decode throughput of SD-VAE-f8, SD3's 16-channel VAE, DC-AE f32c32 and f64c128 (random weights). ``details``:
+    one row per variant (tokens, train img/s, speed-up over SD-VAE-f8 at patch 2, decode img/s, note) and the
+    benchmark's report."""
+    sizes = LATENT_SIZES[smoke]
+    extra = [f'--sample_batch={sizes["sample_batch"]}', f'--resolution={sizes["resolution"]}',
+             f'--ae_width_divisor={sizes["ae_width_divisor"]}']
+    report, failure = run_benchmark(LATENT_CONFIG, ['latent', 'autoencoders'], sizes, work, timeout, extra)
+    if report is None:
+        return (*failure, {})
+    return latent_spaces_result(report, sizes)
+
+
+def latent_spaces_result(report: dict, sizes: dict) -> tuple:
+    """(status, note, details) of the section from benchmark.py's report."""
+    rows = {name: dict(status=r['status'], note=r.get('note', ''), tokens=r.get('tokens'),
+                       train_img_per_s=r.get('train_img_per_s'), speedup=r.get('speedup_vs_first'),
+                       train_tflops=r.get('train_tflops'), decode_img_per_s=r.get('decode_img_per_s'),
+                       peak_memory_mib=r.get('peak_memory_mib'))
+            for name, r in report['variants'].items()}
+    details = dict(rows=rows, report=report, resolution=sizes['resolution'], batch=sizes['batch'],
+                   sample_batch=sizes['sample_batch'])
+    failed = [n for n, r in rows.items() if r['status'] != 'ok']
+    if failed:
+        return 'failed', '; '.join(f'{n}: {rows[n]["note"]}' for n in failed), details
+    speedups = [r['speedup'] for r in rows.values() if r['speedup']]
+    if not speedups:
+        return 'failed', 'no latent=... row was measured', details
+    return 'ok', (f'{len(rows)} rows; the fastest latent space trains x{max(speedups):.1f} as fast as the first '
+                  f'(SD-VAE-f8 at patch 2)'), details
+
+
+def latent_spaces_markdown(details: dict) -> list:
+    """The section's table for gpu_check.md."""
+    lines = ['', f"## Latent spaces: U-ViT-H at {details['resolution']} px (batch {details['batch']}), and the "
+                 f"decoders (batch {details['sample_batch']})", '',
+             '| variant | tokens | train img/s | x SD-VAE-f8 p2 | TFLOP/s | decode img/s | peak memory MiB | note |',
+             '|---|---:|---:|---:|---:|---:|---:|---|']
+    for name, r in details['rows'].items():
+        lines.append('| ' + ' | '.join([name, fmt(r['tokens']), fmt(r['train_img_per_s']), fmt(r['speedup']),
+                                        fmt(r['train_tflops']), fmt(r['decode_img_per_s']),
+                                        fmt(r['peak_memory_mib']), r['note']]) + ' |')
+    return lines
 
 
 # ------------------------------------------------------------------------------------------------ fp16 training

@@ -222,7 +222,7 @@ def test_a_missing_or_empty_encoder_folder_is_one_line_naming_it(tmp_path):
     message = one_line_error(load_encoder, 'dinov2', str(tmp_path / 'absent'))
     assert f'{tmp_path / "absent"}/ not found' in message and 'assets/dinov2-vit-b14/' in message
     (tmp_path / 'empty').mkdir()
-    assert 'lacks config.json or its weights' in one_line_error(load_encoder, 'clip', str(tmp_path / 'empty'))
+    assert 'lacks config.json or the weights' in one_line_error(load_encoder, 'clip', str(tmp_path / 'empty'))
     assert "known: dinov2, dinov2_reg, clip, digits" in one_line_error(load_encoder, 'mae')
 
 

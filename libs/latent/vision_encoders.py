@@ -29,13 +29,12 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from libs.errors import UserError
+from libs.errors import UserError, first_line
+from libs.fileio import check_model_folder
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
-WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin', 'model.safetensors.index.json',
-                'pytorch_model.bin.index.json')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,17 +239,11 @@ def load_encoder(name: str, path: str = '', device='cpu') -> FrozenEncoder:
     entry = encoder_entry(name)
     path = encoder_path(name, path)
     if entry.folder:
-        where = (f'put the Hugging Face folder of {entry.source} (config.json and model.safetensors) there, or set '
-                 f'config.repa.encoder_path (default place {entry.default_path}/, see assets/README.md)')
-        if not os.path.isdir(path):
-            raise UserError(f'REPA encoder folder {path}/ not found: {where}')
-        present = set(os.listdir(path))
-        if 'config.json' not in present or not present.intersection(WEIGHT_FILES):
-            raise UserError(f'REPA encoder folder {path}/ lacks config.json or its weights: {where}')
+        check_model_folder(path, 'REPA encoder', f'put the Hugging Face folder of {entry.source} (config.json and '
+                           f'model.safetensors) there, or set config.repa.encoder_path (default place '
+                           f'{entry.default_path}/, see assets/README.md)')
     try:
         loaded = entry.load(path)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        lines = str(exc).strip().splitlines()
-        raise UserError(f'cannot load REPA encoder {name!r} from {path}: {type(exc).__name__}: '
-                        f'{lines[0] if lines else ""}') from None
+        raise UserError(f'cannot load REPA encoder {name!r} from {path}: {first_line(exc)}') from None
     return FrozenEncoder(name, entry, loaded).to(device)
