@@ -377,7 +377,7 @@ def markdown(summary: dict) -> str:
     the alignment over training."""
     recipes = summary['recipes']
     steps = sorted({int(s) for entry in recipes.values() for s in entry['scores']})
-    seeds = sorted({seed for entry in recipes.values() for seed in entry['seeds']})
+    seeds = summary['settings']['seeds']
     lines = [f"Mean ± standard deviation over {len(seeds)} seeds ({', '.join(map(str, seeds))}); EMA weights, each "
              'config\'s own sampler, 1000 samples per score.', '']
     for metric, title in METRICS.items():
@@ -458,7 +458,7 @@ def plot(summary: dict, path: str) -> None:
         ax.set_title(f"{title} ({'higher' if HIGHER_IS_BETTER[metric] else 'lower'} is better)")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    seeds = sorted({seed for entry in summary['recipes'].values() for seed in entry['seeds']})
+    seeds = summary['settings']['seeds']
     fig.suptitle(f'digits: mean and standard deviation over {len(seeds)} seeds, 1000 samples per score', fontsize=10)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
