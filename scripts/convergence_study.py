@@ -13,8 +13,8 @@ Per recipe (a config file) and seed, the commands a user runs, each in a process
 - ``eval.py`` on the EMA weights of each checkpoint of --steps: the config's own sampler and number of samples
   (1000), guidance and digit score (accuracy on the conditioning labels and the Frechet distance in the digit
   classifier's features), the samples drawn with the run's seed;
-- ``eval.py --eval=linear_probe --grid`` on the last checkpoint: a linear probe on every block's mean-pooled tokens at
-  the noise level nearest sigma / alpha = --probe_sigma (0.06, DDAE's level on the digits, docs/ddae.md), with the
+- ``eval.py --eval=linear_probe --grid`` on the same checkpoints: a linear probe on every block's mean-pooled tokens
+  at the noise level nearest sigma / alpha = --probe_sigma (0.06, DDAE's level on the digits, docs/ddae.md), with the
   digits' probe recipe of configs/digits_edm_uvit.py (100 epochs at lr 1e-2), read from there;
 - the goal run: --goal_recipe trained again with ``--config.train.n_steps`` half its own (its cosine schedule then runs
   over those steps), scored at its end, for the issue's question whether REPA at half the steps reaches the default's
@@ -26,7 +26,10 @@ JSON) is not done again, so a stopped study continues where it stopped. The CPU 
 from wait4) is recorded beside its wall time: on a shared machine the wall time measures the sharing.
 
 Outputs: every number per run and per seed as JSON (--json), the mean and spread over seeds as markdown (--table)
-and a plot of both scores against the training step (--plot).
+and a plot of both scores against the training step (--plot). The tables add, for each recipe and step, the number of
+steps the default run needs to reach the same mean Frechet distance (its speed-up over the default), and the goal
+checks: the goal run against the default's full run, and flow matching against the default at the same steps, each
+"matching" when its mean is no worse than the default's by more than the default's spread over seeds.
 """
 import argparse
 import concurrent.futures
@@ -58,6 +61,9 @@ REFERENCE = 'digits_uvit_tiny'   # what the goal checks compare against: the def
 SAME_BUDGET = ('digits_sit',)    # recipes the goal checks hold against the default at the same number of steps
 METRICS = {'digits_accuracy': 'digit accuracy', 'digits_frechet_distance': 'Frechet distance'}
 HIGHER_IS_BETTER = {'digits_accuracy': True, 'digits_frechet_distance': False}
+# blocks whose probe the tables follow over training (0-based names; REPA's depth counts from 1)
+PROBED_OVER_TRAINING = {'block_1': "the block REPA aligns (its depth 2)", 'block_2': 'the middle block'}
+SPEED_METRIC = 'digits_frechet_distance'  # the speed-up: the default's steps to the same value (the accuracy saturates)
 PROBE_RECIPE = 'digits_edm_uvit'  # the config whose probe epochs and learning rate the digits' probes use
 ONE_THREAD = {'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
 RECORD = 'study_record.json'
@@ -234,15 +240,18 @@ class Study:
             scored = read_json(result)
             record['scores'][str(step)] = {k: scored[k] for k in METRICS}
         level = probe_level(config, self.probe_sigma)
-        found = glob.glob(os.path.join(ckpt(run.n_steps), 'eval_linear_probe_*_grid_ema.json'))
-        if not found:
-            self.job(run, record, 'probe', [EVAL, *common, f'--nnet_path={ckpt(run.n_steps)}', '--eval=linear_probe',
-                                            '--grid', f'--config.probe.grid_levels={level["index"]}',
-                                            f'--config.probe.epochs={self.probe_recipe["epochs"]}',
-                                            f'--config.probe.lr={self.probe_recipe["lr"]}'])
-            found = glob.glob(os.path.join(ckpt(run.n_steps), 'eval_linear_probe_*_grid_ema.json'))
-        probe = read_json(found[0])
-        record['probe'] = dict(level=level, **{row['layer']: row['accuracy'] for row in probe['grid']})
+        record['probes'] = {}
+        for step in run.scored:
+            pattern = os.path.join(ckpt(step), 'eval_linear_probe_*_grid_ema.json')
+            if not glob.glob(pattern):
+                self.job(run, record, f'probe_{step}', [
+                    EVAL, *common, f'--nnet_path={ckpt(step)}', '--eval=linear_probe', '--grid',
+                    f'--config.probe.grid_levels={level["index"]}',
+                    f'--config.probe.epochs={self.probe_recipe["epochs"]}',
+                    f'--config.probe.lr={self.probe_recipe["lr"]}'])
+            probe = read_json(glob.glob(pattern)[0])
+            record['probes'][str(step)] = {row['layer']: row['accuracy'] for row in probe['grid']}
+        record['probe'] = dict(level=level, **record['probes'][str(run.n_steps)])
         record['training_log'] = read_training_log(os.path.join(folder, 'metrics.jsonl'))
         write_json(path, record)
         self.say(f'{run.name}: recorded')
@@ -291,6 +300,21 @@ def value_at(series: list, step: int, window: int):
     return statistics.fmean(values) if values else None
 
 
+def steps_to_reach(curve: dict, target: float) -> dict:
+    """Where a falling curve {step: value} (the default's mean Frechet distance at its scored steps) first reaches
+    ``target``: {'steps': s} interpolated linearly in log step and log value between scored steps, or {'steps': the
+    first step, 'bound': 'at most'} when the curve starts below it, or {'steps': the last step, 'bound': 'more than'}
+    when it never gets there."""
+    points = sorted((int(step), value) for step, value in curve.items() if value is not None and value > 0)
+    if target >= points[0][1]:
+        return dict(steps=points[0][0], bound='at most')
+    for (s0, v0), (s1, v1) in zip(points, points[1:]):
+        if v0 > target >= v1:
+            fraction = math.log(v0 / target) / math.log(v0 / v1)
+            return dict(steps=s0 * (s1 / s0) ** fraction, bound='')
+    return dict(steps=points[-1][0], bound='more than')
+
+
 def matches(candidate: dict, reference: dict, metric: str):
     """Whether the candidate's mean is no worse than the reference's mean by more than the reference's spread over
     seeds (one standard deviation)."""
@@ -318,6 +342,8 @@ def summarize(results: dict) -> dict:
                      scores={str(s): {m: spread([r['scores'].get(str(s), {}).get(m) for r in mine]) for m in METRICS}
                              for s in steps},
                      probe={layer: spread([r['probe'].get(layer) for r in mine]) for layer in layers},
+                     probe_over_training={str(s): {layer: spread([r.get('probes', {}).get(str(s), {}).get(layer)
+                                                                  for r in mine]) for layer in layers} for s in steps},
                      probe_level=mine[0].get('probe', {}).get('level'),
                      train_cpu_s=spread([cpu_seconds(r, 'train') for r in mine]),
                      train_wall_s=spread([wall_seconds(r, 'train') for r in mine]),
@@ -327,8 +353,17 @@ def summarize(results: dict) -> dict:
                 entry[quantity] = {str(s): spread([value_at(r['training_log'].get(quantity, []), s, window)
                                                    for r in mine]) for s in steps}
         recipes[recipe] = entry
-    return dict(recipes=recipes, goals=goal_checks(results, recipes), machine=results.get('machine', {}),
-                settings=results['settings'])
+    reference = recipes.get(REFERENCE)
+    if reference:
+        curve = {s: scores[SPEED_METRIC]['mean'] for s, scores in reference['scores'].items()}
+        for entry in recipes.values():
+            entry['default_steps'] = {s: steps_to_reach(curve, scores[SPEED_METRIC]['mean'])
+                                      for s, scores in entry['scores'].items() if scores[SPEED_METRIC]['mean']}
+    goals = goal_checks(results, recipes)
+    for check in goals:
+        if reference and check['scores'][SPEED_METRIC]['mean']:
+            check['default_steps'] = steps_to_reach(curve, check['scores'][SPEED_METRIC]['mean'])
+    return dict(recipes=recipes, goals=goals, machine=results.get('machine', {}), settings=results['settings'])
 
 
 def goal_checks(results: dict, recipes: dict) -> list:
@@ -372,6 +407,15 @@ def cell(stats: dict, digits: int) -> str:
 DIGITS = {'digits_accuracy': 3, 'digits_frechet_distance': 1}
 
 
+def speedup_cell(reached: dict, step: int) -> str:
+    """'1,430 (x1.43)': the default's steps to the same score and their ratio to ``step``; bounds as said."""
+    if not reached:
+        return '-'
+    if reached['bound']:
+        return f"{reached['bound']} {reached['steps']:,.0f}"
+    return f"{reached['steps']:,.0f} (x{reached['steps'] / step:.2f})"
+
+
 def markdown(summary: dict) -> str:
     """The tables: each metric over training, the final models' probes and CPU time, the goal checks and, for REPA,
     the alignment over training."""
@@ -387,6 +431,16 @@ def markdown(summary: dict) -> str:
             cells = [cell(entry['scores'].get(str(s), {}).get(metric), DIGITS[metric]) for s in steps]
             lines.append(f"| {entry['label']} | `{recipe}` | " + ' | '.join(cells) + ' |')
         lines.append('')
+    if any('default_steps' in entry for entry in recipes.values()):
+        lines += [f'**Steps of the default run to the same {METRICS[SPEED_METRIC]}** (the default\'s mean curve, '
+                  'interpolated linearly in log step and log distance between its scored steps; in brackets, the '
+                  'ratio to the recipe\'s own steps)', '',
+                  '| recipe | ' + ' | '.join(f'step {s}' for s in steps) + ' |', '|---|' + '---:|' * len(steps)]
+        for recipe, entry in recipes.items():
+            if recipe != REFERENCE and 'default_steps' in entry:
+                lines.append(f"| {entry['label']} | " + ' | '.join(
+                    speedup_cell(entry['default_steps'].get(str(s)), s) for s in steps) + ' |')
+        lines.append('')
     layers = sorted({layer for entry in recipes.values() for layer in entry['probe']})
     level = next((e['probe_level'] for e in recipes.values() if e.get('probe_level')), None)
     lines += ['**Linear probe of the final models** (test accuracy per block, mean-pooled tokens'
@@ -399,11 +453,22 @@ def markdown(summary: dict) -> str:
         lines.append(f"| {entry['label']} | " + ' | '.join(cells) + f" | {cell(entry['train_cpu_s'], 0)} | "
                      f"{cell(entry['train_wall_s'], 0)} |")
     lines.append('')
+    watched = [layer for layer in PROBED_OVER_TRAINING if layer in layers]
+    if watched:
+        lines += ['**Linear probe over training** (' + ', '.join(f'{layer}: {why}' for layer, why in
+                                                         PROBED_OVER_TRAINING.items() if layer in watched) + ')', '',
+                  '| recipe | block | ' + ' | '.join(f'step {s}' for s in steps) + ' |',
+                  '|---|---|' + '---:|' * len(steps)]
+        for layer in watched:
+            for recipe, entry in recipes.items():
+                cells = [cell(entry.get('probe_over_training', {}).get(str(s), {}).get(layer), 3) for s in steps]
+                lines.append(f"| {entry['label']} | {layer} | " + ' | '.join(cells) + ' |')
+        lines.append('')
     if summary['goals']:
         lines += ['**Goal checks** (a candidate matches when its mean is no worse than the reference\'s by more than '
                   'the reference\'s standard deviation over seeds)', '',
-                  '| candidate | reference | accuracy | Frechet distance | train CPU s | matches (accuracy, Frechet) |',
-                  '|---|---|---:|---:|---:|---|']
+                  '| candidate | reference | accuracy | Frechet distance | train CPU s | matches (accuracy, Frechet) '
+                  '| default\'s steps to its Frechet distance |', '|---|---|---:|---:|---:|---|---:|']
         for check in summary['goals']:
             scores, ref = check['scores'], check['reference_scores']
             verdict = ', '.join({True: 'yes', False: 'no', None: '-'}[check['matches'][m]] for m in METRICS)
@@ -412,7 +477,8 @@ def markdown(summary: dict) -> str:
                 f"{check['reference_steps']} steps | {cell(scores['digits_accuracy'], 3)} vs "
                 f"{cell(ref['digits_accuracy'], 3)} | {cell(scores['digits_frechet_distance'], 1)} vs "
                 f"{cell(ref['digits_frechet_distance'], 1)} | {cell(check['cpu_s'], 0)} vs "
-                f"{cell(check['reference_cpu_s'], 0)} | {verdict} |")
+                f"{cell(check['reference_cpu_s'], 0)} | {verdict} | "
+                f"{speedup_cell(check.get('default_steps'), check['candidate_steps'])} |")
         lines.append('')
     aligned = {recipe: entry for recipe, entry in recipes.items() if 'alignment' in entry}
     if aligned:

@@ -23,6 +23,7 @@ def record(recipe, seed, n_steps, scores, probe=None, cpu=100.0, alignment=None,
                       'score_250': [dict(returncode=0, cpu_s=5.0, wall_s=9.0)]},
                 scores={str(s): dict(digits_accuracy=a, digits_frechet_distance=f) for s, (a, f) in scores.items()},
                 probe=dict(level=dict(index=57, sigma=0.06), **(probe or {'block_0': 0.5, 'block_1': 0.6})),
+                probes={str(s): probe or {'block_0': 0.5, 'block_1': 0.6} for s in scores},
                 training_log=log)
 
 
@@ -79,4 +80,18 @@ def test_tables_show_mean_and_spread(summary):
     assert '| `digits_uvit_repa`, 1000 steps | `digits_uvit_tiny`, 2000 steps | 0.940 ± 0.010 vs 0.950 ± 0.050 ' \
            '| 26.0 ± 1.0 vs 22.0 ± 2.0 | 60 ± 0 vs 110 ± 10 | yes, no |' in table
     assert '| default + REPA | 0.500 ± 0.100 | 0.900 ± 0.000 |' in table     # the alignment table
+    assert '| default + REPA | block_1 | 0.700 ± 0.000 | 0.700 ± 0.000 |' in table  # the probe over training
+    # the default's steps to the same distance: 800 lies 0.0317 of the way from 900 to 22 in log distance
+    assert '| default + REPA | 267 (x1.07) | more than 2,000 |' in table
+    assert '| yes, no | 1,821 (x1.82) |' in table                          # the goal run's 26
     assert study.cell(dict(mean=1.5, std=0.0, n=1), 2) == '1.50' and study.cell(None, 2) == '-'
+
+
+def test_steps_of_the_default_to_a_score_interpolate_in_log_log():
+    curve = {'250': 1000.0, '500': 100.0, '1000': 10.0}
+    assert study.steps_to_reach(curve, 100.0) == dict(steps=pytest.approx(500), bound='')
+    # halfway in log distance between steps 250 and 500 is halfway in log steps
+    assert study.steps_to_reach(curve, (1000 * 100) ** 0.5) == dict(steps=pytest.approx(250 * 2 ** 0.5), bound='')
+    assert study.steps_to_reach(curve, 2000.0) == dict(steps=250, bound='at most')
+    assert study.steps_to_reach(curve, 5.0) == dict(steps=1000, bound='more than')
+    assert study.speedup_cell(dict(steps=1430.0, bound=''), 1000) == '1,430 (x1.43)'
