@@ -58,6 +58,7 @@ RECIPES = {                      # config file (configs/<name>.py) -> its label 
     'digits_sit_repa': 'flow matching + REPA',
 }
 REFERENCE = 'digits_uvit_tiny'   # what the goal checks compare against: the default run
+PAIRED = {'digits_uvit_repa': 'digits_uvit_tiny', 'digits_sit_repa': 'digits_sit'}  # with REPA -> without, same seed
 SAME_BUDGET = ('digits_sit',)    # recipes the goal checks hold against the default at the same number of steps
 METRICS = {'digits_accuracy': 'digit accuracy', 'digits_frechet_distance': 'Frechet distance'}
 HIGHER_IS_BETTER = {'digits_accuracy': True, 'digits_frechet_distance': False}
@@ -353,6 +354,9 @@ def summarize(results: dict) -> dict:
                 entry[quantity] = {str(s): spread([value_at(r['training_log'].get(quantity, []), s, window)
                                                    for r in mine]) for s in steps}
         recipes[recipe] = entry
+    for recipe, base in PAIRED.items():
+        if recipe in recipes and base in recipes:
+            recipes[recipe]['paired_ratio'] = paired_ratios(runs, recipe, base, SPEED_METRIC)
     reference = recipes.get(REFERENCE)
     if reference:
         curve = {s: scores[SPEED_METRIC]['mean'] for s, scores in reference['scores'].items()}
@@ -364,6 +368,20 @@ def summarize(results: dict) -> dict:
         if reference and check['scores'][SPEED_METRIC]['mean']:
             check['default_steps'] = steps_to_reach(curve, check['scores'][SPEED_METRIC]['mean'])
     return dict(recipes=recipes, goals=goals, machine=results.get('machine', {}), settings=results['settings'])
+
+
+def paired_ratios(runs: list, recipe: str, base: str, metric: str) -> dict:
+    """{step: spread over seeds of recipe's ``metric`` / base's, the same seed's runs}. The two runs of a seed share
+    their backbone's initial weights, data order, training noise and sample draws, so the ratio removes much of what
+    the seed decides."""
+    def scores(name):
+        return {r['run']['seed']: r['scores'] for r in runs
+                if r['run']['recipe'] == name and r['run']['kind'] == 'study'}
+    mine, theirs = scores(recipe), scores(base)
+    steps = sorted({int(s) for by_step in mine.values() for s in by_step})
+    return {str(step): spread([mine[seed][str(step)][metric] / theirs[seed][str(step)][metric]
+                               for seed in mine if seed in theirs and str(step) in mine[seed]
+                               and str(step) in theirs[seed]]) for step in steps}
 
 
 def goal_checks(results: dict, recipes: dict) -> list:
@@ -441,6 +459,16 @@ def markdown(summary: dict) -> str:
                 lines.append(f"| {entry['label']} | " + ' | '.join(
                     speedup_cell(entry['default_steps'].get(str(s)), s) for s in steps) + ' |')
         lines.append('')
+    paired = {recipe: entry for recipe, entry in recipes.items() if 'paired_ratio' in entry}
+    if paired:
+        lines += [f'**{METRICS[SPEED_METRIC]} with REPA over without**, seed by seed (the ratio for each seed, then '
+                  'its mean and spread; below 1: REPA is better)', '',
+                  '| recipe | without | ' + ' | '.join(f'step {s}' for s in steps) + ' |',
+                  '|---|---|' + '---:|' * len(steps)]
+        for recipe, entry in paired.items():
+            lines.append(f"| {entry['label']} | {recipes[PAIRED[recipe]]['label']} | "
+                         + ' | '.join(cell(entry['paired_ratio'].get(str(s)), 2) for s in steps) + ' |')
+        lines.append('')
     layers = sorted({layer for entry in recipes.values() for layer in entry['probe']})
     level = next((e['probe_level'] for e in recipes.values() if e.get('probe_level')), None)
     lines += ['**Linear probe of the final models** (test accuracy per block, mean-pooled tokens'
@@ -502,11 +530,17 @@ def plot(summary: dict, path: str) -> None:
     fig, axes = plt.subplots(1, len(METRICS), figsize=(5.2 * len(METRICS), 3.9), squeeze=False)
     steps = sorted({int(s) for entry in summary['recipes'].values() for s in entry['scores']})
     for ax, (metric, title) in zip(axes[0], METRICS.items()):
-        for recipe, entry in summary['recipes'].items():
+        count = len(summary['recipes'])
+        for i, (recipe, entry) in enumerate(summary['recipes'].items()):
             xs = [s for s in steps if entry['scores'].get(str(s), {}).get(metric, {}).get('mean') is not None]
             means = [entry['scores'][str(s)][metric]['mean'] for s in xs]
             stds = [entry['scores'][str(s)][metric]['std'] for s in xs]
-            ax.errorbar(xs, means, yerr=stds, marker='o', capsize=3, label=entry['label'])
+            shift = 1 + 0.025 * (i - (count - 1) / 2)  # side by side, so that the error bars do not hide each other
+            ax.errorbar([x * shift for x in xs], means, yerr=stds, marker='o', capsize=3, label=entry['label'])
+        reference = summary['recipes'].get(REFERENCE)
+        if reference:
+            ax.axhline(reference['scores'][str(reference['n_steps'])][metric]['mean'], color='C0', linestyle=':',
+                       linewidth=1, label=f"{reference['label']}, step {reference['n_steps']}")
         for check in summary['goals']:
             if check['candidate'] in summary['recipes'] and check['candidate_steps'] != \
                     summary['recipes'][check['candidate']]['n_steps']:

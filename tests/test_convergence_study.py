@@ -60,6 +60,9 @@ def test_mean_and_spread_over_seeds_per_recipe_and_step(summary):
     assert repa['alignment']['250']['values'] == pytest.approx([0.4, 0.5, 0.6])
     assert repa['alignment']['2000']['values'] == pytest.approx([0.9] * 3) and 'alignment' not in default
     assert default['diffusion_loss']['250']['mean'] == pytest.approx(0.15)
+    # with REPA over without, seed by seed (digits_sit has no REPA run here: no pair)
+    assert repa['paired_ratio']['2000']['values'] == pytest.approx([18 / 20, 18 / 22, 18 / 24])
+    assert 'paired_ratio' not in summary['recipes']['digits_sit']
 
 
 def test_goal_checks_compare_with_the_defaults_spread(summary):
@@ -84,6 +87,7 @@ def test_tables_show_mean_and_spread(summary):
     # the default's steps to the same distance: 800 lies 0.0317 of the way from 900 to 22 in log distance
     assert '| default + REPA | 267 (x1.07) | more than 2,000 |' in table
     assert '| yes, no | 1,821 (x1.82) |' in table                          # the goal run's 26
+    assert '| default + REPA | the default | 0.89 ± 0.00 | 0.82 ± 0.08 |' in table
     assert study.cell(dict(mean=1.5, std=0.0, n=1), 2) == '1.50' and study.cell(None, 2) == '-'
 
 
