@@ -201,8 +201,8 @@ def test_latent_resume_is_exact(assets, tmp_path):
     reset_accelerate()
     Trainer(config(), str(tmp_path / 'resumed')).fit()
     for name in ('nnet.pth', 'nnet_ema.pth'):
-        a = torch.load(tmp_path / 'straight' / 'ckpts' / '4.ckpt' / name)
-        b = torch.load(tmp_path / 'resumed' / 'ckpts' / '4.ckpt' / name)
+        a = torch.load(tmp_path / 'straight' / 'ckpts' / '4.ckpt' / name, weights_only=True)
+        b = torch.load(tmp_path / 'resumed' / 'ckpts' / '4.ckpt' / name, weights_only=True)
         assert all(torch.equal(a[k], b[k]) for k in a), name
 
 

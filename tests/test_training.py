@@ -238,7 +238,7 @@ def test_nan_loss_stops_before_the_update_and_keeps_the_last_good_checkpoint(tmp
                                         r'is kept'):
         trainer.fit()
     assert CheckpointManager(str(tmp_path / 'ckpts')).steps() == [2]
-    saved = torch.load(tmp_path / 'ckpts' / '2.ckpt' / 'nnet.pth')
+    saved = torch.load(tmp_path / 'ckpts' / '2.ckpt' / 'nnet.pth', weights_only=True)
     assert all(torch.isfinite(v).all() for v in saved.values())
     assert all(torch.isfinite(v).all() for v in trainer.nnet.state_dict().values())
     assert any(not torch.equal(before[k], v) for k, v in trainer.nnet.state_dict().items())
