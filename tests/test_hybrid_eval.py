@@ -19,7 +19,7 @@ from libs.evaluation import run_eval_mode
 from libs.evaluation.likelihood import InShape
 from libs.metrics import classification as cm
 from libs.metrics import fid
-from libs.metrics.likelihood import bits_per_dim
+from libs.diffusion.vlb import bits_per_dim
 from libs.nets import build_nnet
 from libs.rng import eval_process_seed
 from libs.training.objectives import build_objective

@@ -12,10 +12,11 @@ import torch
 from PIL import Image
 
 from conftest import reset_accelerate
-from libs.diffusion.conditioning import ClassLabels, TextContexts
+from libs.diffusion.conditioning import ClassLabels, TextContexts, Unconditional
 from libs.config import load_config_file
 from libs.diffusion.gaussian import GaussianFramework
 from libs.diffusion.schedules import VPSDE
+from libs.errors import UserError
 from libs.evaluation import run_eval_mode
 from libs.latent.extract import extract_empty_context, extract_imagenet, extract_mscoco, extract_test_prompts
 from libs.latent.spaces import LatentSpace
@@ -148,6 +149,21 @@ def test_condition_dropout_and_the_unconditional_counterparts():
     kept = (out == context).flatten(1).all(1)
     assert (is_empty | kept).all() and abs(is_empty.float().mean().item() - 0.1) < 0.02
     assert torch.equal(text.null({'context': context[:2]})['context'], empty.expand(2, 77, 8))
+
+
+def test_the_condition_of_labelled_test_images_and_one_that_tells_nothing():
+    """What the likelihood modes and the feature probes ask of each kind of conditioning."""
+    y = torch.tensor([3, 1])
+    assert Unconditional().labelled(y) == {} and Unconditional().uninformative(2, 'cpu') == {}
+    labels = ClassLabels(num_classes=10, null_label=10)
+    assert labels.labelled(y)['y'] is y
+    assert torch.equal(labels.uninformative(3, 'cpu')['y'], torch.tensor([10, 10, 10]))
+    with pytest.raises(UserError, match='needs the "no class" label'):
+        ClassLabels(num_classes=10).uninformative(3, 'cpu')
+    with pytest.raises(UserError, match='not text-conditional ones$'):
+        TextContexts(torch.zeros(77, 8)).labelled(y)
+    with pytest.raises(UserError, match='not text-conditional ones$'):
+        TextContexts(torch.zeros(77, 8)).uninformative(2, 'cpu')
 
 
 def test_text_guidance_is_one_batched_call_of_cond_plus_scale_times_the_difference():
