@@ -18,6 +18,7 @@ from libs.diffusion.gaussian import GaussianFramework
 from libs.diffusion.schedules import VPSDE
 from libs.errors import UserError
 from libs.evaluation import run_eval_mode
+from libs.evaluation.harness import EvalRun
 from libs.latent.extract import extract_empty_context, extract_imagenet, extract_mscoco, extract_test_prompts
 from libs.latent.spaces import LatentSpace
 from libs.training.loop import Trainer
@@ -185,7 +186,7 @@ def test_text_guidance_is_one_batched_call_of_cond_plus_scale_times_the_differen
 
 
 # ------------------------------------------------------------------------------------------- training + eval
-def test_class_conditional_latent_training_samples_decodes_and_scores(assets, tmp_path):
+def test_class_conditional_latent_training_samples_decodes_and_scores(assets, tmp_path, monkeypatch):
     config = imagenet_config(assets, p_uncond=0.15)
     Trainer(config, str(tmp_path)).fit()
     grid = Image.open(tmp_path / 'samples' / '4.png')
@@ -203,6 +204,21 @@ def test_class_conditional_latent_training_samples_decodes_and_scores(assets, tm
                         .read_text())
     assert record['fid'] == result['fid'] and record['settings']['guidance_scale'] == 1.5
     assert Image.open(tmp_path / 'pngs' / '000003.png').size == (RES, RES)
+
+
+    # one autoencoder load per evaluation, however many sampling passes it makes (gen: config.sample, then the
+    # ancestral sampler over the whole chain)
+    import libs.latent.autoencoder
+    loads = []
+    load = libs.latent.autoencoder.load_autoencoder
+    monkeypatch.setattr(libs.latent.autoencoder, 'load_autoencoder', lambda *a, **k: loads.append(a) or load(*a, **k))
+    reset_accelerate()
+    run = EvalRun.load(config, str(ckpt / 'nnet_ema.pth'))
+    first, second = config.sample, config.sample.copy_and_resolve_references()
+    second.update(algorithm='euler_maruyama_sde', sample_steps=2)
+    for sample_cfg in (first, second):
+        assert run.generate(sample_cfg, None) == {}
+    assert len(loads) == 1 and run.conditioning() is run.conditioning()
 
 
 def test_latent_resume_is_exact(assets, tmp_path):
