@@ -48,12 +48,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-try:
-    from numpy._core.multiarray import _reconstruct
-except ImportError:  # numpy 1
-    from numpy.core.multiarray import _reconstruct
-
 from libs.errors import UserError
+from libs.fileio import NUMPY_ARRAY_GLOBALS
 
 logger = logging.getLogger(__name__)
 
@@ -382,11 +378,9 @@ def read_train_state(ckpt: str) -> dict:
         return json.load(f)
 
 
-# numpy's array reconstruction, under the module names numpy 1 and numpy 2 pickle it with: what the RNG states of
-# checkpoints written before they became plain data need (the Mersenne Twister key: uint32). It builds an array of
-# plain data and calls nothing else.
-_NUMPY_ARRAYS = [np.ndarray, np.dtype, type(np.dtype(np.uint32)),
-                 *((_reconstruct, f'{module}.multiarray._reconstruct') for module in ('numpy.core', 'numpy._core'))]
+# numpy's arrays (NUMPY_ARRAY_GLOBALS, and the uint32 type torch must also be allowed to build): what the RNG states of
+# checkpoints written before they became plain data hold (the Mersenne Twister key). They build data and call nothing.
+_NUMPY_ARRAYS = [*((obj, name) for name, obj in NUMPY_ARRAY_GLOBALS.items()), type(np.dtype(np.uint32))]
 
 
 def load_object(ckpt: str, name: str):
