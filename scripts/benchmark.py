@@ -29,12 +29,11 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
-from libs.cli import parse_flags, run  # noqa: E402
+from libs.cli import define_config_flag, parse_flags, run  # noqa: E402
 from libs.errors import UserError  # noqa: E402
 
-config_flags.DEFINE_config_file('config', None, 'Training configuration file (configs/*.py).', lock_config=False)
+define_config_flag('Training configuration file (configs/*.py).')
 flags.mark_flags_as_required(['config'])
 flags.DEFINE_integer('batch_size', 8, 'Training batch size.')
 flags.DEFINE_integer('sample_batch', None, 'Batch size of the sampling forward passes (default: --batch_size).')

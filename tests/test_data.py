@@ -165,6 +165,16 @@ def test_the_registry_and_the_names_libs_data_exported_before_the_split():
     assert DATASETS['interpolated'] is datasets.Interpolated and datasets.Interpolated.bases is datasets.IMAGE_DATASETS
 
 
+def test_a_key_the_dataset_does_not_take_is_one_line():
+    """config.dataset is free-form (each dataset takes its own keys, and the command line may add them), so the
+    dataset refuses a key it does not take, naming the close one."""
+    with pytest.raises(UserError, match=r"^dataset 'digits' takes no key config.dataset.resolutoin; did you mean "
+                                        r"resolution\? \(it takes fid_stats, name, random_flip, resolution\)$"):
+        build_dataset(cfg(name='digits', resolutoin=16))
+    with pytest.raises(UserError, match=r"^dataset 'cifar10' takes no key config.dataset.resolution \(it takes"):
+        build_dataset(cfg(name='interpolated', base=cfg(name='cifar10', resolution=32)))
+
+
 # celeba64
 
 def celeba_image(quadrants=True):

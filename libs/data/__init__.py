@@ -3,6 +3,7 @@
 libs/data/augment.py."""
 import dataclasses
 
+from libs.data.common import loader_workers
 from libs.data.datasets import IMAGE_DATASETS, build_from
 from libs.data.feature_store import ImageNetFeatures, MSCOCOFeatures
 from libs.errors import UserError

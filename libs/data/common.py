@@ -59,6 +59,12 @@ def crop_and_resize(img: Image.Image, resolution: int, box=None, resample=Image.
     return arr[top:top + resolution, left:left + resolution]
 
 
+def read_image(path: str, resolution: int) -> torch.Tensor:
+    """An image file -> (3, resolution, resolution) float32 in [-1, 1], through ``crop_and_resize``."""
+    with Image.open(path) as img:
+        return hwc_to_tensor(crop_and_resize(img, resolution))
+
+
 def list_images(root: str) -> list:
     """All image files under ``root`` (recursive), sorted by path relative to ``root``."""
     found = []
@@ -77,6 +83,12 @@ class ImageDataset(Dataset):
     label_classes = 0            # classes of the labels, known without reading the data; None: read them
 
     describe = classmethod(describe)
+
+    @classmethod
+    def from_config(cls, cfg, split: str):
+        """The dataset of ``split`` from ``config.dataset``: each argument of the constructor from the key of its name
+        where the config has it, else the constructor's default (``check_keys`` refuses any other key)."""
+        return cls(split=split, **{key: cfg[key] for key in config_keys(cls) if key in cfg})
 
     def __init__(self, split: str, resolution: int, channels: int, num_classes: int, labels: np.ndarray,
                  fid_stats=None):
@@ -113,4 +125,38 @@ def build_from(registry: dict, cfg, split: str):
     name = cfg.get('name', None)
     if name not in registry:
         raise UserError(f"unknown dataset '{name}' in config.dataset.name; known: {', '.join(sorted(registry))}")
+    check_keys(registry[name], cfg)
     return registry[name].from_config(cfg, split)
+
+
+def loader_workers(requested: int) -> int:
+    """DataLoader worker processes: ``requested`` (config.train.num_workers), at most the CPUs this process may run
+    on (more only compete for them; torch warns)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cpus = os.cpu_count() or 1
+    return max(0, min(int(requested), cpus))
+
+
+# Keys of config.dataset that the training loop reads, whatever the dataset.
+LOOP_KEYS = ('name', 'random_flip')
+
+
+def config_keys(cls) -> list:
+    """The keys of ``config.dataset`` that dataset ``cls`` takes: its constructor's arguments, the split aside."""
+    import inspect
+    return [key for key in inspect.signature(cls.__init__).parameters if key not in ('self', 'split')]
+
+
+def check_keys(cls, cfg) -> None:
+    """UserError (one line) for a key of ``config.dataset`` that dataset ``cls`` does not take: ``config_keys`` and
+    LOOP_KEYS. Catches a misspelt key, which the free-form section lets through."""
+    import difflib
+    accepted = set(config_keys(cls)) | set(LOOP_KEYS)
+    unknown = sorted(set(cfg.keys()) - accepted)
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(accepted), n=1)
+        hint = f'; did you mean {close[0]}?' if close else ''
+        raise UserError(f"dataset '{cls.name}' takes no key config.dataset.{unknown[0]}{hint} (it takes "
+                        f"{', '.join(sorted(accepted))})")

@@ -63,9 +63,5 @@ class Digits(ImageDataset):
         return train_test_split(np.arange(len(labels)), test_size=cls.CLASSIFIER_HELD_OUT_FRACTION,
                                 random_state=cls.CLASSIFIER_SPLIT_SEED, stratify=labels)
 
-    @classmethod
-    def from_config(cls, cfg, split):
-        return cls(split, resolution=cfg.get('resolution', 8), fid_stats=cfg.get('fid_stats', None))
-
     def _image(self, index):
         return self.images[index]

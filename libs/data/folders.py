@@ -4,8 +4,8 @@ import os
 import numpy as np
 from PIL import Image
 
-from libs.data.common import (IMAGE_EXTENSIONS, ImageDataset, check_split, crop_and_resize, describe, hwc_to_tensor,
-                               list_images)
+from libs.data.common import (IMAGE_EXTENSIONS, ImageDataset, check_split, describe, hwc_to_tensor, list_images,
+                               read_image)
 from libs.errors import UserError
 
 
@@ -22,11 +22,11 @@ class ImageFolder(ImageDataset):
     label_classes = None
     splits = ('train',)
 
-    def __init__(self, path, resolution=None, split: str = 'train', labels_from_subfolders: bool = False,
+    def __init__(self, path=None, resolution=None, split: str = 'train', labels_from_subfolders: bool = False,
                  fid_stats=None):
         check_split(self.name, split, self.splits)
         if not path:
-            raise UserError('image_folder needs a folder: set config.dataset.path=/path/to/images')
+            raise UserError('image_folder needs a folder: set config.dataset.path to a folder of images')
         if not os.path.isdir(path):
             raise UserError(f'image folder not found at {path}: set config.dataset.path to a folder of images')
         files = list_images(path)
@@ -58,17 +58,11 @@ class ImageFolder(ImageDataset):
             return 0, cfg.get('fid_stats', None)
         return describe(cls, cfg, resolution)
 
-    @classmethod
-    def from_config(cls, cfg, split):
-        return cls(cfg.get('path', None), cfg.get('resolution', None), split,
-                   labels_from_subfolders=bool(cfg.get('labels_from_subfolders', False)),
-                   fid_stats=cfg.get('fid_stats', None))
-
     def _image(self, index):
+        if not self.native_size:
+            return read_image(self.files[index], self.resolution)
         with Image.open(self.files[index]) as img:
-            if self.native_size:
-                return hwc_to_tensor(np.asarray(img.convert('RGB')))
-            return hwc_to_tensor(crop_and_resize(img, self.resolution))
+            return hwc_to_tensor(np.asarray(img.convert('RGB')))
 
 
 def _common_square_size(path: str, files: list) -> int:

@@ -3,9 +3,8 @@ import json
 import os
 
 import numpy as np
-from PIL import Image
 
-from libs.data.common import ImageDataset, check_split, crop_and_resize, hwc_to_tensor
+from libs.data.common import ImageDataset, check_split, read_image
 from libs.errors import UserError
 
 
@@ -54,11 +53,5 @@ class MSCOCO(ImageDataset):
         self.default_fid_stats = self.fid_stats_pattern.format(int(resolution))
         super().__init__(split, resolution, 3, 0, np.full(len(ids), -1), fid_stats)
 
-    @classmethod
-    def from_config(cls, cfg, split):
-        return cls(cfg.get('path', 'assets/datasets/coco'), split, resolution=cfg.get('resolution', 256),
-                   fid_stats=cfg.get('fid_stats', None))
-
     def _image(self, index):
-        with Image.open(self.files[index]) as img:
-            return hwc_to_tensor(crop_and_resize(img, self.resolution))
+        return read_image(self.files[index], self.resolution)

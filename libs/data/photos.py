@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from libs.data.common import ImageDataset, check_split, crop_and_resize, hwc_to_tensor, list_images
+from libs.data.common import ImageDataset, check_split, crop_and_resize, hwc_to_tensor, list_images, read_image
 from libs.errors import UserError
 from libs.images import from_uint8
 
@@ -52,10 +52,6 @@ class SVHN(ImageDataset):
             raise UserError(f"{fpath}: labels 'y' must be 1..10 as in the SVHN release (10 is the digit 0)")
         self.images = images.astype(np.uint8, copy=False)
         super().__init__(split, 32, 3, 10, targets.astype(np.int64) % 10, fid_stats)
-
-    @classmethod
-    def from_config(cls, cfg, split):
-        return cls(cfg.get('path', 'assets/datasets/svhn'), split, fid_stats=cfg.get('fid_stats', None))
 
     def _image(self, index):
         return hwc_to_tensor(self.images[:, :, :, index])
@@ -107,11 +103,6 @@ class STL10(ImageDataset):
                 raise UserError(f'{yfile} must hold {n} labels 1..10 for the {n} images of {xfile}: re-extract '
                                 f'stl10_binary.tar.gz into {path}')
         super().__init__(split, resolution, 3, num_classes, labels, fid_stats)
-
-    @classmethod
-    def from_config(cls, cfg, split):
-        return cls(cfg.get('path', 'assets/datasets/stl10'), split, resolution=cfg.get('resolution', 96),
-                   fid_stats=cfg.get('fid_stats', None))
 
     def _image(self, index):
         hwc = np.transpose(self.data[index], (2, 1, 0))
@@ -189,14 +180,8 @@ class TinyImageNet(ImageDataset):
             labels.append(index[wnid])
         return files, labels, split_dir
 
-    @classmethod
-    def from_config(cls, cfg, split):
-        return cls(cfg.get('path', 'assets/datasets/tinyimagenet'), split, resolution=cfg.get('resolution', 64),
-                   fid_stats=cfg.get('fid_stats', None))
-
     def _image(self, index):
-        with Image.open(self.files[index]) as img:
-            return hwc_to_tensor(crop_and_resize(img, self.resolution))
+        return read_image(self.files[index], self.resolution)
 
 
 class CelebA64(ImageDataset):
@@ -247,11 +232,6 @@ class CelebA64(ImageDataset):
                 return candidate
         raise UserError(f'CelebA not found at {path}: extract img_align_celeba.zip there so that '
                         f'{os.path.join(path, "img_align_celeba", "000001.jpg")} exists')
-
-    @classmethod
-    def from_config(cls, cfg, split):
-        return cls(cfg.get('path', 'assets/datasets/celeba'), split, resolution=cfg.get('resolution', 64),
-                   fid_stats=cfg.get('fid_stats', None))
 
     def _image(self, index):
         path = self.files[index]
@@ -392,15 +372,9 @@ class ImageNet64(ImageDataset):
         self.offsets = np.cumsum([0] + sizes)
         return np.concatenate(labels), side, 1000
 
-    @classmethod
-    def from_config(cls, cfg, split):
-        return cls(cfg.get('path', 'assets/datasets/ImageNet'), split,
-                   resolution=cfg.get('resolution', cls.default_resolution), fid_stats=cfg.get('fid_stats', None))
-
     def _image(self, index):
         if self.files is not None:
-            with Image.open(self.files[index]) as img:
-                return hwc_to_tensor(crop_and_resize(img, self.resolution))
+            return read_image(self.files[index], self.resolution)
         b = int(np.searchsorted(self.offsets, index, side='right')) - 1
         row = np.array(self.batches[b][index - self.offsets[b]], dtype=np.uint8)
         return from_uint8(torch.from_numpy(row.reshape(3, self.resolution, self.resolution)))
@@ -438,8 +412,3 @@ class ImageNetSubset(ImageNet64):
             raise UserError(f'ImageNet subset not found at {path}: put one folder of images per class there, '
                             f'{path}/train/<wnid>/*.JPEG (and {path}/val/<wnid>/ for the test split)')
         super().__init__(path, split, resolution, fid_stats)
-
-    @classmethod
-    def from_config(cls, cfg, split):
-        return cls(cfg.get('path', 'assets/datasets/imagenet10'), split,
-                   resolution=cfg.get('resolution', cls.default_resolution), fid_stats=cfg.get('fid_stats', None))

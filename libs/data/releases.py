@@ -55,10 +55,6 @@ class Cifar10(ImageDataset):
         self.data = np.concatenate(data).reshape(-1, 3, 32, 32)
         super().__init__(split, 32, 3, self.num_label_classes, np.asarray(labels), fid_stats)
 
-    @classmethod
-    def from_config(cls, cfg, split):
-        return cls(cfg.get('path', cls.default_path), split, fid_stats=cfg.get('fid_stats', None))
-
     def _image(self, index):
         return from_uint8(torch.from_numpy(self.data[index].copy()))
 
@@ -165,11 +161,6 @@ class Mnist(ImageDataset):
             raise UserError(f'{fpath} is {state}: its header gives {kind} of shape {dims} ({expected} bytes) but '
                             f'{len(raw) - header} bytes follow it: replace it with the original MNIST file')
         return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
-
-    @classmethod
-    def from_config(cls, cfg, split):
-        return cls(cfg.get('path', cls.default_path), split, resolution=cfg.get('resolution', 28),
-                   fid_stats=cfg.get('fid_stats', None))
 
     def _image(self, index):
         x = from_uint8(torch.from_numpy(self.images[index][None].copy()))

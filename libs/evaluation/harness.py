@@ -396,8 +396,10 @@ class EvalRun:
         """``fn(x, y) -> {name: (B, ...) tensor}`` over ``dataset``, split across processes and gathered in dataset
         order (on every process, on the CPU)."""
         from torch.utils.data import DataLoader
+
+        from libs.data import loader_workers
         loader = DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=False,
-                            num_workers=self.config.train.num_workers)
+                            num_workers=loader_workers(self.config.train.num_workers))
         loader = self.accelerator.prepare_data_loader(loader)
         parts = []
         for x, y in tqdm(loader, desc=desc, disable=not self.accelerator.is_main_process):

@@ -93,8 +93,9 @@ def build_ood_sets(config, data_shape) -> dict:
         splits = getattr(DATASETS.get(dataset_cfg.name), 'splits', ('test',))
         try:
             dataset = build_dataset(dataset_cfg, split='test' if 'test' in splits else splits[0])
-        except UserError as e:
-            raise UserError(f'OOD set {spec!r}: {e}') from None
+        except UserError as e:  # the dataset names config.dataset.path; here the path is the entry's
+            where = f"the path of its clf_eval.ood entry ('{dataset_cfg.name}=PATH')"
+            raise UserError(f"OOD set {spec!r}: {str(e).replace('config.dataset.path', where)}") from None
         sets[str(spec)] = limited(InShape(dataset, data_shape), config.clf_eval.n_test)
     return sets
 
