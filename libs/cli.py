@@ -63,8 +63,8 @@ def hparams(argv) -> str:
         if arg.startswith('--config.') and '=' in arg:
             key, value = arg[len('--config.'):].split('=', 1)
             if key == 'dataset.path':
-                digest = hashlib.sha256(os.path.abspath(value).encode()).hexdigest()[:8]
-                value = f'{Path(value).name or "root"}.{digest}'
+                absolute = os.path.abspath(value)
+                value = f'{os.path.basename(absolute) or "root"}.{hashlib.sha256(absolute.encode()).hexdigest()[:8]}'
             elif key.endswith('path'):
                 value = Path(value).stem
             parts.append(f'{key.split(".")[-1]}={value}')

@@ -256,9 +256,12 @@ def test_resume_into_a_different_model_names_the_key(tmp_path):
     reset_accelerate()
     config = tiny_config(n_steps=4)
     config.nnet.embed_dim = 48
+    with pytest.raises(UserError, match=r'another network \(nnet\.embed_dim: 32 -> 48\)'):  # config.json first
+        Trainer(config, str(tmp_path))
+    reset_accelerate()
     with pytest.raises(UserError, match=r"2\.ckpt/nnet\.pth does not fit the model: 'pos_embed' has shape "
                                         r"\(1, 18, 32\), the model expects \(1, 18, 48\)"):
-        Trainer(config, str(tmp_path))
+        Trainer(config, str(tmp_path), resume_anyway=True)
 
 
 def test_unknown_config_keys_are_rejected_with_a_suggestion():
