@@ -131,6 +131,11 @@ class GenViT(SquareImageInput, nn.Module):
         tokens = self._tokens(x, self._time(timesteps, x))
         return unpatchify(self.decoder_pred(tokens[:, 1:]), self.in_chans)
 
+    def repeated_blocks(self) -> list:
+        """The transformer blocks, what regional compilation compiles (the per-token time modulations between them
+        are one small Linear each and stay eager)."""
+        return list(self.blocks)
+
     def feature_layers(self) -> list:
         """``block_0``, ``block_1``, ...: the transformer blocks in execution order."""
         return [f'block_{i}' for i in range(len(self.blocks))]

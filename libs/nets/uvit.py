@@ -99,6 +99,10 @@ class UViTTrunk(SquareImageInput, nn.Module):
             return logits_from_patches(x, self.out_chans, self.num_states)
         return self.final_layer(unpatchify(x, self.in_chans))
 
+    def repeated_blocks(self) -> list:
+        """The transformer blocks in execution order (in, mid, out blocks), what regional compilation compiles."""
+        return [*self.in_blocks, self.mid_block, *self.out_blocks]
+
     def feature_layers(self) -> list:
         """``block_0``, ``block_1``, ...: the transformer blocks in execution order (in, mid, out blocks)."""
         return [f'block_{i}' for i in range(len(self.in_blocks) + 1 + len(self.out_blocks))]
