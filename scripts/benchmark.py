@@ -23,6 +23,9 @@ on the default path (what train.py turns on here: regional compilation, a fused 
 a CPU that is eager too). ``--rounds`` rounds of ``--steps`` steps each, the order rotating each round; each step
 time is the median of its rounds' means. ``--checkpointing``: gradient checkpointing in all three.
 
+Memory without a GPU (``--meta_memory``, with or without ``--against``): the bytes a training step keeps alive beyond
+the weights, after the forward and at the backward's peak, counted on the meta device (fp32; no memory, no time).
+
 Prints a markdown table; --out writes every number as JSON. FLOPs are counted once on one forward pass (matmuls and
 convolutions, torch.utils.flop_counter); a training step counts as 3 forward passes (recomputation under gradient
 checkpointing is not counted, so its TFLOP/s is model FLOPs per second).
@@ -58,7 +61,9 @@ flags.DEFINE_bool('in_process', False, 'Measure every variant in this process in
 flags.DEFINE_string('against', None, "A clone of the release (U-ViT's or DiT's repository): time its network "
                     'against ours side by side instead of the variants.')
 flags.DEFINE_integer('rounds', 5, 'With --against: rounds of --steps steps per network, the order rotating.')
-flags.DEFINE_bool('checkpointing', False, 'With --against: gradient checkpointing in every network.')
+flags.DEFINE_bool('checkpointing', False, 'With --against or --meta_memory: gradient checkpointing in every network.')
+flags.DEFINE_bool('meta_memory', False, 'Count on the meta device (no memory, no time) the bytes a training step keeps '
+                  "alive, ours and with --against the release's, instead of timing.")
 flags.DEFINE_string('_single_variant', None, 'Internal: measure this one variant and print its JSON.')
 FLAGS = flags.FLAGS
 
@@ -70,7 +75,7 @@ GROUPS = {
     'sdpa': ['attention=flash', 'attention=cudnn', 'attention=efficient'],  # SDPA with that kernel tried first
     'precision': [f'precision={p}' for p in PRECISIONS],
     'checkpointing': ['checkpointing'],
-    'compile': ['compile', 'compile=full'],  # regional (what train.py does), and the whole network at once
+    'compile': ['compile'],  # regional, what train.py does ('compile=full': the whole network at once)
     'fused_optimizer': ['fused_optimizer'],
     'default': ['default'],  # train.py's default path here: each switch the config turns on on this device
     'decode': ['decode'],
@@ -93,7 +98,7 @@ def variant_settings(name: str, device_type: str, config=None) -> dict:
     if name == 'default':
         from libs.training.loop import default_path
         path = default_path(config, device_type)
-        settings.update(compile='regional' if path['compile'] else False, fused_optimizer=path['fused_optimizer'])
+        settings.update(compile=path['compile'] or False, fused_optimizer=path['fused_optimizer'])
     elif name == 'compile':
         settings['compile'] = 'regional'
     elif name != 'baseline':
@@ -106,7 +111,7 @@ def expand_variants(spec: str, device_type: str, latent: bool = False) -> list:
     """Variant names for --variants; a precision group leaves out the baseline's own precision, and 'all' has
     'decode' only for latent models."""
     baseline_precision = f"precision={baseline_settings(device_type)['precision']}"
-    known = [name for names in GROUPS.values() for name in names]
+    known = [name for names in GROUPS.values() for name in names] + ['compile=full']
     names = []
     for item in [s.strip() for s in spec.split(',') if s.strip()] or ['']:
         if item == 'all':
@@ -203,8 +208,8 @@ def count_flops(config) -> int:
 
 
 def build(config, settings: dict, device):
-    """(framework, net, optimizer, nnet) for a variant; net is the network compiled whole for compile='full', else
-    nnet (compiled block by block in place for compile='regional')."""
+    """(framework, net, optimizer, nnet) for a variant; net is nnet, compiled in place block by block for
+    compile='regional', whole for compile='full'."""
     import torch
 
     from libs.diffusion import build_framework
@@ -216,12 +221,9 @@ def build(config, settings: dict, device):
     nnet = build_nnet(backbone_config(config, attention_backend=settings['attention'],
                                       use_checkpoint=settings['checkpointing'])).to(device)
     optimizer = build_optimizer(config.optimizer, nnet.parameters(), fused=settings['fused_optimizer'], device=device)
-    net = nnet
-    if settings['compile'] == 'full':
-        net = torch.compile(nnet)
-    elif settings['compile']:
-        compile_regions(nnet)
-    return build_framework(config), net, optimizer, nnet
+    if settings['compile']:
+        compile_regions(nnet, whole=settings['compile'] == 'full')
+    return build_framework(config), nnet, optimizer, nnet
 
 
 def _sync(device) -> None:
@@ -421,7 +423,7 @@ def against(config, clone: str, batch: int, steps: int, warmup: int, rounds: int
     fast = build_nnet(nnet_cfg).to(device)
     share_weights(ours, fast, 'our network')
     if path['compile']:
-        compile_regions(fast)
+        compile_regions(fast, whole=path['compile'] == 'full')
     theirs = release_network(config.nnet, clone, ours)
     framework = build_framework(config)
     x0, cond = synthetic_batch(ours, batch, device, framework.data_shape(ours))
@@ -484,6 +486,70 @@ def against(config, clone: str, batch: int, steps: int, warmup: int, rounds: int
         networks=results,
         ratios={'ours_eager/release_eager': results['ours (eager)']['step_ms'] / release,
                 'ours_default/release_eager': results['ours (default path)']['step_ms'] / release})
+
+
+def live_bytes():
+    """A dispatch mode that follows the storages created under it: ``live``, the bytes of those still alive, and
+    ``peak``, their maximum."""
+    import weakref
+
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class LiveBytes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.live = self.peak = 0
+            self.seen = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for tensor in torch.utils._pytree.tree_leaves(out):
+                if isinstance(tensor, torch.Tensor) and tensor.untyped_storage()._cdata not in self.seen:
+                    storage = tensor.untyped_storage()
+                    key, size = storage._cdata, storage.nbytes()
+                    self.seen.add(key)
+                    self.live += size
+                    self.peak = max(self.peak, self.live)
+                    weakref.finalize(storage, self._free, key, size)
+            return out
+
+        def _free(self, key, size):
+            self.live -= size
+            self.seen.discard(key)
+    return LiveBytes()
+
+
+def meta_memory(config, clone: str, batch: int) -> dict:
+    """The bytes a training step keeps alive beyond the weights, counted on the meta device in fp32: after the
+    forward and the loss (what the backward needs), and at the backward's peak (with the gradients); ours, and the
+    release's network on the same tensors when ``clone`` is given."""
+    import torch
+
+    from libs.diffusion import build_framework
+    from libs.nets import build_nnet
+    from libs.nets.releases import release_network
+
+    torch.manual_seed(config.seed)
+    with torch.device('meta'):
+        ours = build_nnet(backbone_config(config))
+    networks = {'ours': ours}
+    if clone:
+        networks['release'] = release_network(config.nnet, clone, ours)
+    framework = build_framework(config)
+    x0, cond = synthetic_batch(ours, batch, 'meta', framework.data_shape(ours))
+    results = {}
+    for name, net in networks.items():
+        counter = live_bytes()
+        with counter:
+            loss = framework.loss(net, x0, cond).mean()
+            after_forward = counter.live
+            loss.backward()
+        results[name] = dict(after_forward_gib=after_forward / 2 ** 30, backward_peak_gib=counter.peak / 2 ** 30)
+        net.zero_grad(set_to_none=True)
+        del loss
+    return dict(config=FLAGS['config'].config_filename, nnet=config.nnet.to_dict(), batch_size=batch,
+                against=os.path.abspath(clone) if clone else None, torch=torch.__version__, networks=results)
 
 
 def against_markdown(report: dict) -> str:
@@ -579,13 +645,23 @@ def main(_argv):
     batch, steps, warmup = FLAGS.batch_size, FLAGS.steps, FLAGS.warmup
     sample_batch = FLAGS.sample_batch or batch
     check_sizes(batch, sample_batch, steps, warmup)
+    if FLAGS.checkpointing:
+        if 'use_checkpoint' not in backbone_switches(config):
+            raise UserError(f'{config.nnet.name} has no gradient checkpointing')
+        config.nnet.use_checkpoint = True
+    if FLAGS.meta_memory:
+        report = meta_memory(config, FLAGS.against, batch)
+        checkpointing = 'on' if config.nnet.get('use_checkpoint') else 'off'
+        print(f"{report['config']}, batch {batch}, checkpointing {checkpointing}, fp32 on the meta device: GiB alive "
+              'beyond the weights', flush=True)
+        for name, r in report['networks'].items():
+            print(f"{name}: {r['after_forward_gib']:.3f} after the forward, {r['backward_peak_gib']:.3f} at the "
+                  "backward's peak", flush=True)
+        write_json(report, FLAGS.out)
+        return
     if FLAGS.against:
         if FLAGS.rounds < 1:
             raise UserError(f'--rounds must be at least 1, got {FLAGS.rounds}')
-        if FLAGS.checkpointing:
-            if 'use_checkpoint' not in backbone_switches(config):
-                raise UserError(f'{config.nnet.name} has no gradient checkpointing')
-            config.nnet.use_checkpoint = True
         report = against(config, FLAGS.against, batch, steps, warmup, FLAGS.rounds)
         print(against_markdown(report), flush=True)
         write_json(report, FLAGS.out)

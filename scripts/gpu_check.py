@@ -30,8 +30,11 @@ one is one entry there):
   decoder, Inception; random weights, as the real ones cannot reach the GPU machine): one mini-batch timed, the
   rest extrapolated.
 
+- ``compile_full`` (only when named): ``gpu_path`` on U-ViT-L/2 with ``train.compile=full`` (the whole network
+  compiled), to set against the regional compilation.
+
 ``--sections`` runs only those named (a name, or ``bench`` for every ``bench:<config>``), with the sections whose
-results they read (``matmul_peak`` for MFU); by default all. The full check needs a CUDA GPU and stays within
+results they read (``matmul_peak`` for MFU); by default all but ``compile_full``. The full check needs a CUDA GPU and stays within
 ``--budget_s`` (470 s from the shell script's start, under 8 minutes): a section that needs more than is left is
 skipped, and a process still running when the budget ends is stopped ("timed out"). ``--smoke`` runs the same
 sections with tiny sizes on whatever device is here (a CPU in CI), so the script cannot rot.
@@ -66,7 +69,7 @@ REPORT_MD, REPORT_JSON = 'gpu_check.md', 'gpu_check.json'
 TINY_NNET = ['--config.nnet.embed_dim=32', '--config.nnet.depth=2', '--config.nnet.num_heads=2']
 
 # Sizes shared by the sections, per mode (a section's own sizes are in its entry of SECTIONS). ``budget_s``: the
-# whole check, from the shell script's start; the estimates (SECTIONS) add up to about 420 s on one H100/H200.
+# whole check, from the shell script's start; the estimates (SECTIONS) add up to about 440 s on one H100/H200.
 FULL = dict(
     batch=128, steps=10, warmup=3, nnet=[], in_process=False,
     matmul_n=8192, matmul_reps=10, matmul_dtype='bf16',
@@ -96,7 +99,8 @@ class BadArguments(Exception):
 def parse_args(argv: list) -> dict:
     """OUT_DIR [--smoke] [--sections=A,B] [--uvit_clone=PATH] [--dit_clone=PATH] [--budget_s=S] [--install_s=S]
     [--install_note=TEXT]; BadArguments says what is wrong."""
-    args = dict(out=None, smoke=False, budget_s=None, install_s=0.0, install_note=None, sections=list(SECTIONS),
+    args = dict(out=None, smoke=False, budget_s=None, install_s=0.0, install_note=None,
+                sections=[name for name, entry in SECTIONS.items() if entry.by_default],
                 uvit_clone=None, dit_clone=None)
     for arg in argv:
         key, eq, value = arg.partition('=')
@@ -505,14 +509,15 @@ def markdown(data: dict) -> str:
 def issue22_markdown(data: dict) -> list:
     """The tables of the sections gpu_path, attention, against, checkpoint_memory and fid_walltime."""
     lines = []
-    path = data.get('gpu_path')
+    path = {**{f'{config} (compile=full)': row for config, row in data.get('compile_full', {}).items()},
+            **data.get('gpu_path', {})}
     if path:
         lines += ['', "## train.py's default GPU path (benchmark.py's default variant, random data)", '',
                   'Regional compilation and fused AdamW where they are on (the settings column); first step: the '
                   'first training step, with its compilation; first sample: the first no-grad forward, with its '
                   'compilation.', '',
-                  '| config | batch | settings | train step ms | img/s | TFLOP/s | MFU % | first step s | first sample s '
-                  '| sample img/s per NFE | peak memory MiB | note |',
+                  '| config | batch | settings | train step ms | img/s | TFLOP/s | MFU % | first step s '
+                  '| first sample s | sample img/s per NFE | peak memory MiB | note |',
                   '|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|']
         for config, r in path.items():
             settings = ', '.join(f'{k}={v}' for k, v in (r.get('settings') or {}).items()
@@ -540,7 +545,8 @@ def issue22_markdown(data: dict) -> list:
         lines += ['', "## Side by side with the releases' networks (benchmark.py --against)", '',
                   'One set of weights, the same inputs, precision, AdamW and EMA; the median of rotating rounds. Peak '
                   'memory: the weights, Adam and EMA of one network plus its step\'s peak above them.', '',
-                  '| config | batch | network | step ms | img/s | TFLOP/s | peak GiB | first step s | / release eager |',
+                  '| config | batch | network | step ms | img/s | TFLOP/s | peak GiB | first step s '
+                  '| / release eager |',
                   '|---|---:|---|---:|---:|---:|---:|---:|---:|']
         for config, row in rows.items():
             if 'networks' not in row:
@@ -711,10 +717,11 @@ def ddp_section(check, name: str, sizes: dict) -> tuple:
 
 
 def gpu_path_section(check, name: str, sizes: dict) -> tuple:
-    """benchmark.py's ``default`` variant (train.py's default path here) on each of ``sizes['path_configs']``."""
-    rows, notes = check.data.setdefault('gpu_path', {}), []
-    for config_name, batch, nnet in sizes['path_configs']:
-        report, failure = run_benchmark(config_name, ['default'], dict(sizes, batch=batch, nnet=nnet), check.work,
+    """benchmark.py's ``default`` variant (train.py's default path here) on each of ``sizes['path_configs']``
+    (config, batch, more flags)."""
+    rows, notes = check.data.setdefault(name, {}), []
+    for config_name, batch, flags in sizes['path_configs']:
+        report, failure = run_benchmark(config_name, ['default'], dict(sizes, batch=batch, nnet=flags), check.work,
                                         check.timeout(name))
         if report is None:
             rows[config_name] = dict(batch=batch, status=failure[0], note=failure[1])
@@ -952,13 +959,15 @@ def fid_walltime_section(check, name: str, sizes: dict) -> tuple:
 class Section(NamedTuple):
     """One part of the check: ``run(check, name, sizes) -> (status, note)``; its estimate in seconds on one H100 /
     H200 with the full sizes; the budget it needs left to start (``min_s``); the sections whose results it reads
-    (``needs``: run first when it is selected); its own sizes, added to the mode's (``full``, ``smoke``)."""
+    (``needs``: run first when it is selected); its own sizes, added to the mode's (``full``, ``smoke``); whether
+    the whole check runs it (``by_default``; else only when --sections names it)."""
     run: object
     estimate_s: float = 0.0
     min_s: float = 0.0
     needs: tuple = ()
     full: dict = {}
     smoke: dict = {}
+    by_default: bool = True
 
 
 # U-ViT-L/2 and U-ViT-H/2 take 32x32 latents (256 patch tokens), DiT-XL/2 too; the smoke mode shrinks the networks
@@ -973,10 +982,16 @@ SECTIONS = {
     'inception': Section(inception_section, 10),
     'ddp': Section(ddp_section, 0, min_s=40),
     # issue 22: the default GPU path. Regional compilation compiles two block graphs (U-ViT: with and without the
-    # long skip) for training and two for sampling, about 10 s each way; then 13 steps
-    'gpu_path': Section(gpu_path_section, 100, min_s=40, needs=('matmul_peak',), full=dict(
-        path_configs=[('imagenet256_uvit_large', 256, []), ('imagenet256_dit_xl2', 256, []),
-                      ('cifar10_uvit_small', 128, [])]), smoke=dict(path_configs=[('cifar10_uvit_small', 2, TINY_NNET)])),
+    # long skip) for training and two for sampling, about 10 s each way; then 7 steps and 7 sampling forwards
+    'gpu_path': Section(gpu_path_section, 110, min_s=40, needs=('matmul_peak',), full=dict(
+        steps=5, warmup=2, path_configs=[('imagenet256_uvit_large', 256, []), ('imagenet256_dit_xl2', 256, []),
+                      ('cifar10_uvit_small', 128, [])]),
+        smoke=dict(path_configs=[('cifar10_uvit_small', 2, TINY_NNET)])),
+    # train.compile=full on U-ViT-L/2, against gpu_path's regional compilation; only when named (the whole check
+    # stays under 8 minutes)
+    'compile_full': Section(gpu_path_section, 60, min_s=40, needs=('matmul_peak',), by_default=False, full=dict(
+        steps=5, warmup=2, path_configs=[('imagenet256_uvit_large', 256, ['--config.train.compile=full'])]),
+        smoke=dict(path_configs=[('cifar10_uvit_small', 2, [*TINY_NNET, '--config.train.compile=full'])])),
     'attention': Section(attention_section, 10, full=dict(
         attention_shapes={'U-ViT-L/2 batch 256': (256, 16, 258, 64), 'DiT-XL/2 batch 256': (256, 16, 256, 72)},
         attention_reps=20), smoke=dict(attention_shapes={'tiny': (2, 2, 18, 16)}, attention_reps=2)),

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from libs.config import device_switch
+from libs.config import compile_mode, device_switch
 from libs.errors import UserError
 from libs.nets import compile as compile_module
 from libs.nets.compile import compile_regions, compiled_modules
@@ -74,6 +74,8 @@ def test_dit_and_genvit_name_their_blocks_and_a_backbone_without_blocks_is_compi
     assert genvit.repeated_blocks() == list(genvit.blocks)
     plain = torch.nn.Sequential(torch.nn.Linear(2, 2))
     assert compile_regions(plain, backend='eager') == 1 and compiled_modules(plain) == ['']
+    monkeypatch.setattr(torch, '__version__', '2.4.1')  # a graph per block: the whole network instead
+    assert compile_regions(genvit, backend='eager') == 1 and compiled_modules(genvit) == ['']
     monkeypatch.delattr(torch.nn.Module, 'compile')  # torch < 2.2: a warning, nothing compiled
     assert compile_regions(torch.nn.Linear(2, 2)) == 0
 
@@ -85,9 +87,13 @@ def test_device_switches(value, cuda, cpu):
     assert device_switch(value, 'train.compile', 'cpu') is cpu
 
 
-def test_a_bad_switch_is_one_line():
-    with pytest.raises(UserError, match=r"config.train.compile must be 'auto', True or False, got 'sometimes'"):
-        device_switch('sometimes', 'train.compile', 'cpu')
+def test_compile_modes_and_a_bad_switch_is_one_line():
+    assert compile_mode('auto', 'train.compile', 'cuda') == 'regional' and compile_mode('auto', 'x', 'cpu') == ''
+    assert compile_mode('full', 'train.compile', 'cpu') == 'full' and compile_mode('False', 'x', 'cuda') == ''
+    with pytest.raises(UserError, match=r"config.train.fused_optimizer must be 'auto', True or False, got 'often'"):
+        device_switch('often', 'train.fused_optimizer', 'cpu')
+    with pytest.raises(UserError, match=r"config.train.compile must be 'auto', True, False or 'full', got 'often'"):
+        compile_mode('often', 'train.compile', 'cpu')
 
 
 @pytest.mark.usefixtures('fresh_accelerate_state')
@@ -107,3 +113,18 @@ def test_a_compiled_training_run_saves_the_release_keys_and_draws_its_grid(tmp_p
         assert list(saved) == expected
         assert all(torch.isfinite(v).all() for v in saved.values())
     assert os.path.isfile(tmp_path / 'samples' / '2.png')
+
+
+@pytest.mark.usefixtures('fresh_accelerate_state')
+def test_the_evaluation_compiles_the_sampling_network_only_for_sampling_modes(tmp_path, monkeypatch):
+    from libs.evaluation.harness import EvalRun
+    monkeypatch.setattr(compile_module, 'BACKEND', 'eager')
+    config = tiny_config()
+    torch.save(UViT(**TINY_UVIT).state_dict(), tmp_path / 'nnet_ema.pth')
+    config.sample.compile = 'true'
+    assert compiled_modules(EvalRun.load(config, str(tmp_path / 'nnet_ema.pth'), sampling=True).nnet) == [
+        'in_blocks.0', 'mid_block', 'out_blocks.0']
+    assert compiled_modules(EvalRun.load(config, str(tmp_path / 'nnet_ema.pth')).nnet) == []  # e.g. --eval=nll
+    config.sample.compile = 'auto'  # on a CPU: off
+    assert compiled_modules(EvalRun.load(config, str(tmp_path / 'nnet_ema.pth'), sampling=True).nnet) == (
+        ['in_blocks.0', 'mid_block', 'out_blocks.0'] if torch.cuda.is_available() else [])

@@ -115,7 +115,7 @@ def test_the_default_gpu_path_attention_kernels_and_fid_wall_time_are_measured(s
     path = default_path(load_config_file(os.path.join(ROOT, 'configs', 'cifar10_uvit_small.py')),
                         'cuda' if GPU else 'cpu')
     assert row['status'] == 'ok' and row['settings']['fused_optimizer'] == path['fused_optimizer']
-    assert row['settings']['compile'] == ('regional' if path['compile'] else False)
+    assert row['settings']['compile'] == (path['compile'] or False)
     for key in ('train_step_ms', 'train_tflops', 'mfu', 'first_step_ms', 'first_sample_ms',
                 'sample_img_per_s_per_nfe'):
         assert positive(row[key]), (key, row.get(key))
@@ -140,7 +140,8 @@ def test_sections_are_selected_by_name_with_what_they_read():
     assert gpu_check.select_sections('gpu_path') == ['matmul_peak', 'gpu_path']
     assert gpu_check.select_sections('against,fid_walltime') == ['against', 'fid_walltime']
     assert gpu_check.select_sections('bench') == ['matmul_peak', *[f'bench:{c}' for c in CONFIGS]]
-    assert gpu_check.parse_args(['out'])['sections'] == list(gpu_check.SECTIONS)
+    assert gpu_check.parse_args(['out'])['sections'] == [s for s in gpu_check.SECTIONS if s != 'compile_full']
+    assert gpu_check.select_sections('compile_full') == ['matmul_peak', 'compile_full']
     with pytest.raises(gpu_check.BadArguments, match=r"unknown section 'speed'; known: matmul_peak, bench:"):
         gpu_check.select_sections('inception,speed')
     with pytest.raises(gpu_check.BadArguments, match=r'--uvit_clone=/no/such/clone: no such folder'):

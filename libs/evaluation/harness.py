@@ -28,7 +28,7 @@ import subprocess
 import torch
 from tqdm.auto import tqdm
 
-from libs.config import device_switch, to_json
+from libs.config import compile_mode, to_json
 from libs.errors import UserError
 from libs.evaluation.shards import ShardStore
 from libs.fileio import atomic_open
@@ -306,8 +306,9 @@ class EvalRun:
         weights = load_nnet_weights(nnet, nnet_path, ema=ema)
         accelerator = eval_accelerator(config)
         nnet = nnet.eval().requires_grad_(False).to(accelerator.device)
-        if sampling and device_switch(config.sample.compile, 'sample.compile', accelerator.device):
-            compile_regions(nnet)
+        mode = compile_mode(config.sample.compile, 'sample.compile', accelerator.device) if sampling else ''
+        if mode:
+            compile_regions(nnet, whole=mode == 'full')
         return cls(config, accelerator, nnet, weights, ema, framework, spec)
 
     @property

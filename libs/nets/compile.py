@@ -9,6 +9,7 @@ A backbone names its repeated blocks with ``repeated_blocks()`` (libs/nets/proto
 compiled whole, in place.
 """
 import logging
+import re
 
 import torch
 
@@ -17,14 +18,27 @@ logger = logging.getLogger(__name__)
 BACKEND = 'inductor'  # torch.compile's default backend; the tests use 'aot_eager', which generates no code
 
 
-def compile_regions(nnet: torch.nn.Module, backend: str = None) -> int:
-    """Compile each of ``nnet.repeated_blocks()`` in place (or ``nnet`` itself when it names none); returns how many
-    modules were compiled. Without ``nn.Module.compile`` (torch < 2.2) one warning and nothing is compiled."""
+def blocks_share_graphs() -> bool:
+    """Whether dynamo traces a module's parameters as graph inputs (torch >= 2.5), so that one compiled graph serves
+    every block of a kind; before, each block was a compilation of its own, and past dynamo's limit of 8 the rest
+    ran uncompiled."""
+    version = re.match(r'(\d+)\.(\d+)', str(torch.__version__))
+    return version is not None and tuple(int(v) for v in version.groups()) >= (2, 5)
+
+
+def compile_regions(nnet: torch.nn.Module, backend: str = None, whole: bool = False) -> int:
+    """Compile each of ``nnet.repeated_blocks()`` in place (``nnet`` itself when ``whole``, when it names no blocks,
+    or when blocks cannot share graphs: one warning); returns how many modules were compiled. Without
+    ``nn.Module.compile`` (torch < 2.2) one warning and nothing is compiled."""
     if not hasattr(torch.nn.Module, 'compile'):
         logger.warning('torch %s has no nn.Module.compile (torch >= 2.2): the network runs uncompiled',
                        torch.__version__)
         return 0
-    blocks = list(nnet.repeated_blocks()) if hasattr(nnet, 'repeated_blocks') else []
+    blocks = list(nnet.repeated_blocks()) if hasattr(nnet, 'repeated_blocks') and not whole else []
+    if blocks and not blocks_share_graphs():
+        logger.warning('torch %s compiles each block on its own (regional compilation needs torch >= 2.5): the '
+                       'network is compiled whole', torch.__version__)
+        blocks = []
     for module in blocks or [nnet]:
         module.compile(backend=backend or BACKEND)
     return len(blocks) or 1

@@ -81,7 +81,8 @@ def release_network(nnet_cfg, clone: str, ours: torch.nn.Module) -> torch.nn.Mod
     with torch.device('meta'):  # no memory: each tensor is ours
         theirs = cls(**kwargs)
     share_weights(ours, theirs, f"the release's {cls.__name__} ({clone})")
-    left = [name for name, tensor in [*theirs.named_parameters(), *theirs.named_buffers()] if tensor.is_meta]
+    shared = {id(tensor) for tensor in [*ours.parameters(), *ours.buffers()]}
+    left = [name for name, tensor in [*theirs.named_parameters(), *theirs.named_buffers()] if id(tensor) not in shared]
     if left:
         raise UserError(f"the release's {cls.__name__} has tensors ours lacks: {', '.join(left[:3])}")
     return theirs

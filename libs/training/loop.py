@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from libs.cli import enable_tf32
-from libs.config import device_switch, to_json
+from libs.config import compile_mode, device_switch, to_json
 from libs.data import build_dataset, data_spec
 from libs.data.augment import random_flip
 from libs.diffusion import build_framework
@@ -117,12 +117,12 @@ class StepChecks:
 
 def default_path(config, device, grad_scaler: bool = False) -> dict:
     """What the config's switches turn on on ``device`` (each 'auto' one on CUDA only): ``compile`` (the trained
-    network's blocks), ``sample_compile`` (the sampling network's), ``fused_optimizer`` and ``foreach_ema``. A fused
-    optimizer skips an fp16 overflow on the device, where accelerate would not see the skip to count it, so with a
-    ``grad_scaler`` it is off."""
+    network: 'regional', 'full' or ''), ``sample_compile`` (the sampling network's, the same), ``fused_optimizer``
+    and ``foreach_ema``. A fused optimizer skips an fp16 overflow on the device, where accelerate would not see the
+    skip to count it, so with a ``grad_scaler`` it is off."""
     tc = config.train
-    return dict(compile=device_switch(tc.compile, 'train.compile', device),
-                sample_compile=device_switch(config.sample.compile, 'sample.compile', device),
+    return dict(compile=compile_mode(tc.compile, 'train.compile', device),
+                sample_compile=compile_mode(config.sample.compile, 'sample.compile', device),
                 fused_optimizer=device_switch(tc.fused_optimizer, 'train.fused_optimizer', device) and not grad_scaler,
                 foreach_ema=device_switch(tc.foreach_ema, 'train.foreach_ema', device))
 
@@ -239,9 +239,9 @@ class Trainer:
         # self.nnet is the module accelerate wraps (the backbone, or the objective's module around it)
         # in place, after the EMA's deep copy: parameter names and checkpoint keys stay the release's
         if self.path['compile']:
-            compile_regions(nnet)
+            compile_regions(nnet, whole=self.path['compile'] == 'full')
         if self.path['sample_compile']:
-            compile_regions(self.nnet_ema)
+            compile_regions(self.nnet_ema, whole=self.path['sample_compile'] == 'full')
         self.nnet, self.optimizer = acc.prepare(self.objective.training_module(nnet), optimizer)
         self.nnet_ema.to(self.device)
         if resume_from:
@@ -621,7 +621,8 @@ class Trainer:
                     config.nnet.name, count_parameters(self.backbone()) / 1e6, self.device,
                     acc.num_processes, acc.mixed_precision, tc.batch_size, self.micro_batch,
                     tc.gradient_accumulation_steps, self.step,
-                    ', '.join(name for name, on in self.path.items() if on) or 'no compile or fused kernels')
+                    ', '.join(f'{name}={on}' if isinstance(on, str) else name for name, on in self.path.items() if on)
+                    or 'no compile or fused kernels')
         try:
             self.train_until_done()
         finally:
