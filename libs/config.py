@@ -28,9 +28,13 @@ def defaults() -> ml_collections.ConfigDict:
     return d(
         seed=1234,
         framework='gaussian',            # the diffusion framework (libs/diffusion: FRAMEWORKS)
-        pred='noise_pred',               # Gaussian framework: the network predicts 'noise_pred', 'x0_pred' or 'v_pred'
+        pred='noise_pred',               # Gaussian framework: the network predicts 'noise_pred', 'x0_pred', 'v_pred'
+                                         # (Salimans' v), 'velocity' (the flow velocity dx_t/dt, SiT) or 'score'
         min_snr_gamma=0.0,               # Gaussian framework: Min-SNR-gamma loss weighting (e.g. 5); 0: plain L_simple
+        loss_weight='',                  # Gaussian framework: SiT's weighting of the noise / score loss: '' (none),
+                                         # 'velocity' or 'likelihood'
         learned_variance=False,          # Gaussian framework: the backbone also outputs a variance (DiT learn_sigma)
+        drop_variance=False,             # Gaussian framework: the backbone's variance half is dropped (SiT's release)
         vlb_lambda=0.001,                # learned variance: L_simple + vlb_lambda N L_n, L_n in bits/dim (DiT: N=1000)
         mixed_precision='',              # '', 'no', 'fp16', 'bf16'; '' keeps what `accelerate launch` says
         log_with='tensorboard',          # 'tensorboard', 'wandb' or 'none'
@@ -98,8 +102,10 @@ def defaults() -> ml_collections.ConfigDict:
         lr_scheduler=d(name='customized', warmup_steps=5000),
         nnet=d(name='uvit'),
         autoencoder=d(
-            pretrained_path='',          # '' : pixel space; else the Stable Diffusion autoencoder (latent space)
-            scale_factor=0.18215,        # latents are the autoencoder's samples times this
+            pretrained_path='',          # '' : pixel space; else the autoencoder (latent space): a diffusers
+                                         # folder (AutoencoderKL, AutoencoderDC) or the release's autoencoder_kl.pth
+            scale_factor=0.0,            # latents = (z - shift) * scale; 0: the autoencoder's own scaling_factor
+                                         # (the store's info.json when training, the folder's config.json else)
             decode_batch_size=50,        # images decoded per autoencoder call when sampling
         ),
         text_encoder=d(
@@ -120,6 +126,15 @@ def defaults() -> ml_collections.ConfigDict:
             method='',                   # '' : the algorithm's default ('singlestep' / 'multistep')
             skip_type='',                # '' : the algorithm's default step grid
             t_end=0.0,                   # 0 : the algorithm's default end time
+            t_start=0.0,                 # 0 : the algorithm's default start: 1, or the schedule's t_max (1 - 1e-3 on
+                                         # the flow paths) for the log-SNR solvers and noise / score models
+            guidance_interval='',        # 'lo,hi': guide only where lo < sigma / alpha <= hi (Kynkaanniemi et al.
+                                         # 2024; hi may be inf); '' : at every noise level
+            diffusion_form='sigma',      # flow_sde: SiT's w(t): 'constant', 'SBDM', 'sigma', 'linear', 'decreasing',
+                                         # 'increasing-decreasing'
+            diffusion_norm=1.0,          # flow_sde: its magnitude
+            last_step='Mean',            # flow_sde: SiT's last step to t = 0: 'Mean', 'Tweedie', 'Euler', '' (none)
+            last_step_size=0.04,         # flow_sde: where the last step starts
             eta=0.0,                     # ddim: 0 deterministic, 1 the ancestral sampler's variance
             rho=7.0,                     # heun: EDM's rho-grid
             s_churn=0.0,                 # heun: EDM's churn (0: deterministic) between noise levels s_min..s_max
@@ -137,8 +152,14 @@ def defaults() -> ml_collections.ConfigDict:
         ),
         eval=d(
             metric='fid',                # 'fid' (Inception) or 'digits' (the offline digit classifier)
-            ref_stats='',                # '' : the dataset's default reference statistics
+            metrics='fid',               # with metric 'fid': fid,sfid,is,prec,recall,kid,fd_dinov2 (metric_set.py)
+            ref_stats='',                # '' : the dataset's default; statistics, an ADM reference batch or a folder
             inception_path='',           # '' : assets/fid_inception/ or the torch hub cache
+            dinov2_path='',              # fd_dinov2: '' : assets/dinov2-vitl14/
+            is_split_size=5000,          # is: consecutive parts of this many samples (ADM); --eval=gen: is_splits
+            pr_k=3,                      # prec, recall: the k of the k-NN radii (ADM: 3)
+            kid_subsets=100,             # kid: subsets of kid_subset_size samples (Binkowski et al.: 100 of 1000)
+            kid_subset_size=1000,
             train_n_samples=10000,       # samples for the score computed at each checkpoint (0: no score)
             train_algorithm='dpm_solver',
             train_sample_steps=50,
@@ -184,7 +205,7 @@ def defaults() -> ml_collections.ConfigDict:
             l2_eps=(0.0, 0.125, 0.25, 0.5, 1.0),
             attack_steps=10,             # PGD steps (step size 2.5 eps / steps, random start)
             ancestral='ddpm_ancestral',  # gen: also sample with this sampler over all N steps ('' : only config.sample)
-            is_splits=10,                # Inception Score splits
+            is_splits=10,                # gen: Inception Score over this many equal parts (HybViT's convention)
         ),
     )
 

@@ -1,5 +1,6 @@
 """Files: written so that readers never see a half-written one, and weights read with one-line errors."""
 import contextlib
+import hashlib
 import os
 import tempfile
 
@@ -40,3 +41,12 @@ def load_state_file(path: str) -> dict:
         return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as exc:
         raise UserError(f'cannot read weights file {path}: {type(exc).__name__}: {str(exc).splitlines()[0]}') from None
+
+
+def file_sha256(path: str) -> str:
+    """The SHA-256 of a file's bytes, as hex, read in blocks of 16 MiB."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 24), b''):
+            digest.update(block)
+    return digest.hexdigest()

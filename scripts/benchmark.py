@@ -3,6 +3,8 @@
     python scripts/benchmark.py --config=configs/cifar10_uvit_small.py [--batch_size=8] [--steps=10] [--warmup=3] \
         [--variants=all|baseline,attention,precision,checkpointing,compile,decode] [--sample_batch=N] \
         [--out=results.json] [--in_process]
+    python scripts/benchmark.py --config=configs/imagenet512_uvit_huge.py --variants=latent,autoencoders \
+        [--resolution=512] [--ae_width_divisor=1]
     python scripts/benchmark.py --config=configs/imagenet256_uvit_large.py --against=../U-ViT --batch_size=256 \
         [--rounds=5] [--steps=5] [--warmup=3]
 
@@ -11,9 +13,15 @@ network's input shape. Sampling: no-grad forward passes of the network. The base
 CPU / bf16 autocast on a GPU, no gradient checkpointing, no torch.compile; every other variant changes one switch.
 Each variant runs in a fresh process of this script, so peak memory and compile caches are its own (--in_process
 measures them all in one, for smoke tests, where starting processes costs more than measuring). Latent configs
-train on random latents (what the stored moments give) and, for text-to-image, random CLIP contexts; their extra
-variant ``decode`` times the Stable Diffusion autoencoder's decoder (its architecture, random weights) on
-``--sample_batch`` latents, in the variant's precision.
+train on random latents (what the stored features give) and, for text-to-image, random CLIP contexts; their extra
+variant ``decode`` times their autoencoder's decoder (its architecture, random weights) on ``--sample_batch``
+latents, in the variant's precision.
+
+Latent spaces (not in 'all'): ``latent=<architecture>/p<patch>`` trains the config's backbone on the latents that
+autoencoder gives at ``--resolution`` (U-ViT-H at 512 px: SD-VAE-f8's 64x64x4 at patch 2 and 4, DC-AE-f32's
+16x16x32 and f64's 8x8x128 at patch 1, the group ``latent``); ``decode=<architecture>`` times that autoencoder's
+decoder (``ARCHITECTURES`` of libs/latent/autoencoder.py: the published configs, random weights; the group
+``autoencoders``), its widths divided by ``--ae_width_divisor`` for a CPU. Every row says its image tokens.
 
 Side by side with a release (``--against=PATH``, a clone of github.com/baofff/U-ViT for a U-ViT config or of
 github.com/facebookresearch/DiT for a DiT config, read at run time): the release's own network (``libs/uvit.py``,
@@ -56,6 +64,8 @@ flags.DEFINE_integer('warmup', 3, 'Untimed steps before the timed ones.')
 flags.DEFINE_string('variants', 'all', "'all' or a comma-separated list of groups "
                                        '(baseline, attention, precision, checkpointing, compile) or variant names.')
 flags.DEFINE_string('out', None, 'Write all numbers to this JSON file.')
+flags.DEFINE_integer('resolution', 512, 'Image size of the latent=... and decode=... variants.')
+flags.DEFINE_integer('ae_width_divisor', 1, 'decode=... variants: divide the autoencoder widths by this (a CPU run).')
 flags.DEFINE_bool('in_process', False, 'Measure every variant in this process instead of a fresh one each: faster '
                   'to start (for smoke tests), but peak memory and compile caches are then shared between variants.')
 flags.DEFINE_string('against', None, "A clone of the release (U-ViT's or DiT's repository): time its network "
@@ -79,8 +89,13 @@ GROUPS = {
     'fused_optimizer': ['fused_optimizer'],
     'default': ['default'],  # train.py's default path here: each switch the config turns on on this device
     'decode': ['decode'],
+    # Comparisons rather than switches, so not in 'all': U-ViT-H's latent spaces at 512 px (DC-AE's Table), and the
+    # decoders of the autoencoders this suite reads.
+    'latent': ['latent=sd-vae-f8/p2', 'latent=sd-vae-f8/p4', 'latent=dc-ae-f32c32/p1', 'latent=dc-ae-f64c128/p1'],
+    'autoencoders': ['decode=sd-vae-f8', 'decode=sd3-vae', 'decode=dc-ae-f32c32', 'decode=dc-ae-f64c128'],
 }
-COLUMNS = ('variant', 'train step ms', 'train img/s', 'peak memory MiB', 'TFLOP/s', 'sample img/s per NFE',
+COMPARISONS = ('latent', 'autoencoders')
+COLUMNS = ('variant', 'tokens', 'train step ms', 'train img/s', 'peak memory MiB', 'TFLOP/s', 'sample img/s per NFE',
            'sample img/s @50 NFE (derived)', 'decode img/s', 'note')
 
 
@@ -115,7 +130,8 @@ def expand_variants(spec: str, device_type: str, latent: bool = False) -> list:
     names = []
     for item in [s.strip() for s in spec.split(',') if s.strip()] or ['']:
         if item == 'all':
-            expanded = [n for n in known if latent or n != 'decode']
+            expanded = [n for group, group_names in GROUPS.items() if group not in COMPARISONS
+                        for n in group_names if latent or n != 'decode']
         elif item in GROUPS:
             expanded = GROUPS[item]
         elif item in known:
@@ -205,6 +221,46 @@ def count_flops(config) -> int:
     with FlopCounterMode(display=False) as counter:
         nnet(x, timesteps, **cond)
     return counter.get_total_flops()
+
+
+def image_tokens(nnet):
+    """The image tokens of a patch-based backbone (its input's (H / p) (W / p)), None for others (the U-Net)."""
+    patch = getattr(nnet, 'patch_size', None)
+    if not patch:
+        return None
+    _, height, width = nnet.input_shape
+    return (height // patch) * (width // patch)
+
+
+# The constructor arguments that set a backbone's input geometry (U-ViT's and GenViT's names, DiT's names).
+GEOMETRY_KEYS = {'size': ('img_size', 'input_size'), 'channels': ('in_chans', 'in_channels'),
+                 'patch': ('patch_size',)}
+
+
+def latent_space_config(config, space: str, resolution: int):
+    """``config`` with its backbone taking the latents of ``space`` ('<architecture>/p<patch>', the architecture a
+    key of ARCHITECTURES) at ``resolution``: (channels, resolution / factor, same) in patches of that size."""
+    import inspect
+
+    from libs.latent.autoencoder import ARCHITECTURES, config_format
+    from libs.nets import NNETS
+    architecture, _, patch = space.partition('/p')
+    if architecture not in ARCHITECTURES or not patch.isdigit():
+        raise UserError(f"latent space {space!r} is not '<architecture>/p<patch>'; architectures: "
+                        f"{', '.join(ARCHITECTURES)}")
+    fmt = config_format(*ARCHITECTURES[architecture], source=architecture)
+    if resolution % fmt.factor:
+        raise UserError(f'--resolution={resolution} is not a multiple of {architecture}\'s factor {fmt.factor}')
+    accepted = set(inspect.signature(NNETS[config.nnet.name]).parameters)
+    values = {'size': resolution // fmt.factor, 'channels': fmt.channels, 'patch': int(patch)}
+    config = config.copy_and_resolve_references()
+    for what, keys in GEOMETRY_KEYS.items():
+        key = next((k for k in keys if k in accepted), None)
+        if key is None:
+            raise UserError(f'backbone {config.nnet.name!r} takes no {" or ".join(keys)}: it has no patch geometry '
+                            f'to set for latent={space}')
+        config.nnet[key] = values[what]
+    return config
 
 
 def build(config, settings: dict, device):
@@ -323,44 +379,100 @@ def time_sampling(framework, denoiser, nnet, settings: dict, batch: int, steps: 
                 sample_img_per_s_per_nfe=per_nfe, sample_img_per_s_50nfe_derived=per_nfe / 50)
 
 
-def time_decoding(config, settings: dict, batch: int, steps: int, warmup: int, device) -> dict:
-    """Images/s of the Stable Diffusion autoencoder's decoder (random weights) on ``batch`` latents."""
+def decoder_under_test(config, settings: dict, resolution: int, width_divisor: int):
+    """(architecture name, diffusers class name, config, latent shape) of a decode variant: ``decode=<name>`` at
+    ``resolution``, or plain ``decode``: the config's own autoencoder (its folder's config.json when it is there,
+    else the published architecture with the network's input channels) on the network's input shape. Widths are
+    divided by ``width_divisor`` (norm groups and attention heads with them, so that a CPU can run it)."""
     import torch
-    from diffusers import AutoencoderKL
 
-    from libs.latent.autoencoder import SD_CONFIG
+    from libs.latent.autoencoder import ARCHITECTURES, config_format, folder_config
+    from libs.nets import build_nnet
+    if settings['decode'] is True:
+        with torch.device('meta'):
+            shape = tuple(build_nnet(config.nnet).input_shape)
+        path = config.autoencoder.pretrained_path
+        if path and os.path.isfile(os.path.join(path, 'config.json')):
+            name, (class_name, ae_config) = os.path.basename(os.path.normpath(path)), folder_config(path)
+        else:
+            name = next((n for n, (c, a) in ARCHITECTURES.items() if config_format(c, a).channels == shape[0]), None)
+            if name is None:
+                raise UserError(f'no known autoencoder gives {shape[0]}-channel latents; known: '
+                                f"{', '.join(ARCHITECTURES)}")
+            class_name, ae_config = ARCHITECTURES[name]
+    else:
+        name = settings['decode']
+        if name not in ARCHITECTURES:
+            raise UserError(f"unknown autoencoder architecture {name!r}; known: {', '.join(ARCHITECTURES)}")
+        class_name, ae_config = ARCHITECTURES[name]
+        fmt = config_format(class_name, ae_config)
+        shape = (fmt.channels, resolution // fmt.factor, resolution // fmt.factor)
+    return name, class_name, scaled_widths(class_name, ae_config, width_divisor), shape
+
+
+def scaled_widths(class_name: str, ae_config: dict, divisor: int) -> dict:
+    """An autoencoder config with its channel widths divided by ``divisor`` (1: unchanged)."""
+    if divisor == 1:
+        return dict(ae_config)
+    if class_name == 'AutoencoderKL':
+        return dict(ae_config, block_out_channels=tuple(w // divisor for w in ae_config['block_out_channels']),
+                    norm_num_groups=max(1, ae_config.get('norm_num_groups', 32) // divisor))
+    return dict(ae_config, **{key: tuple(w // divisor for w in ae_config[key])
+                              for key in ('encoder_block_out_channels', 'decoder_block_out_channels')})
+
+
+def time_decoding(config, settings: dict, batch: int, steps: int, warmup: int, device, resolution: int = 512,
+                  width_divisor: int = 1) -> dict:
+    """Images/s of an autoencoder's decoder (random weights) on ``batch`` latents (``decoder_under_test``)."""
+    import torch
+
+    import diffusers
+    name, class_name, ae_config, shape = decoder_under_test(config, settings, resolution, width_divisor)
     torch.manual_seed(config.seed)
-    vae = AutoencoderKL(**SD_CONFIG).to(device).eval().requires_grad_(False)
-    z = torch.randn(batch, config.nnet.in_chans, config.nnet.img_size, config.nnet.img_size, device=device)
+    vae = getattr(diffusers, class_name)(**ae_config).to(device).eval().requires_grad_(False)
+    z = torch.randn(batch, *shape, device=device)
 
     @torch.no_grad()
     def decode():
         with autocast(device, settings['precision']):
-            vae.decode(z)
+            return vae.decode(z).sample
 
     reset_peak_memory(device)
     warm, timed = time_calls(decode, steps, warmup, device)
     decode_ms = statistics.median(timed)
-    return dict(decode_ms=decode_ms, decode_ms_all=timed, decode_warmup_ms=warm,
+    image = tuple(decode().shape[1:])
+    parameters = sum(p.numel() for p in vae.decoder.parameters())
+    note = (f'{name}{f" (widths / {width_divisor})" if width_divisor > 1 else ""}: {batch} latents '
+            f'{"x".join(map(str, shape))} -> {image[-1]} px, decoder {parameters / 1e6:.1f}M parameters')
+    return dict(decode_ms=decode_ms, decode_ms_all=timed, decode_warmup_ms=warm, note=note, autoencoder=name,
+                latent_shape=list(shape), decoder_parameters=parameters,
                 decode_img_per_s=batch / decode_ms * 1e3, peak_memory_mib=peak_memory_mib(device))
 
 
-def run_variant(config, name: str, batch: int, sample_batch: int, steps: int, warmup: int) -> dict:
+def run_variant(config, name: str, batch: int, sample_batch: int, steps: int, warmup: int, resolution: int = 512,
+                ae_width_divisor: int = 1) -> dict:
     """Measure one variant in this process (a fresh one: see measure_in_subprocess)."""
+    import torch
+
     from libs.cli import enable_tf32
+    from libs.nets import build_nnet
     device = pick_device()
     enable_tf32(device)
     startup_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    if name == 'decode':
-        settings = baseline_settings(device.type)
-        result = dict(status='ok', note=f'{sample_batch} latents', settings=settings, startup_rss_mib=startup_rss,
-                      peak_memory_kind='cuda_max_allocated' if device.type == 'cuda' else 'process_peak_rss')
-        result.update(time_decoding(config, settings, sample_batch, steps, warmup, device))
-        return result
     settings = variant_settings(name, device.type, config)
-    framework, net, optimizer, nnet = build(config, settings, device)
     result = dict(status='ok', note='', settings=settings, startup_rss_mib=startup_rss,
                   peak_memory_kind='cuda_max_allocated' if device.type == 'cuda' else 'process_peak_rss')
+    if settings.get('decode'):
+        result.update(time_decoding(config, settings, sample_batch, steps, warmup, device, resolution,
+                                    ae_width_divisor))
+        return result
+    if settings.get('latent'):
+        config = latent_space_config(config, settings['latent'], resolution)
+        with torch.device('meta'):
+            nnet = build_nnet(config.nnet)
+        result.update(forward_flops=count_flops(config), tokens=image_tokens(nnet),
+                      note=f"{'x'.join(map(str, nnet.input_shape))} latents of {resolution} px images")
+    framework, net, optimizer, nnet = build(config, settings, device)
     result.update(time_training(framework, net, optimizer, nnet, settings, batch, steps, warmup, device))
     del optimizer
     result.update(time_sampling(framework, framework.denoiser(net), nnet, settings, sample_batch, steps, warmup,
@@ -368,11 +480,11 @@ def run_variant(config, name: str, batch: int, sample_batch: int, steps: int, wa
     return result
 
 
-def measure_here(config, name: str, batch: int, sample_batch: int, steps: int, warmup: int) -> dict:
+def measure_here(config, name: str, batch: int, sample_batch: int, steps: int, warmup: int, **sizes) -> dict:
     """run_variant in this process (--in_process); an exception is the variant's failure, as in a subprocess."""
     import gc
     try:
-        result = run_variant(config, name, batch, sample_batch, steps, warmup)
+        result = run_variant(config, name, batch, sample_batch, steps, warmup, **sizes)
     except Exception as exc:  # the other variants still run, as when each has its own process
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         result = dict(status='failed', note=f"{type(exc).__name__}: {lines[-1] if lines else ''}".rstrip(': '))
@@ -587,6 +699,16 @@ def add_throughput(result: dict, forward_flops: int, batch: int, sample_batch: i
         result['sample_tflops'] = forward_flops * sample_batch / (result['sample_forward_ms'] * 1e-3) / 1e12
 
 
+def compare_latent_spaces(variants: dict) -> None:
+    """Each measured latent=... row's training speed-up over the first one (SD-VAE-f8 at patch 2 in the group), and
+    its FLOPs, in its note."""
+    rows = [r for r in variants.values() if r.get('status') == 'ok' and r['settings'].get('latent')]
+    for r in rows:
+        r['speedup_vs_first'] = r['train_img_per_s'] / rows[0]['train_img_per_s']
+        r['note'] += (f", {r['forward_flops'] / 1e9:.3g} GFLOP/img forward, x{r['speedup_vs_first']:.2f} the "
+                      f"training speed of {rows[0]['settings']['latent']}")
+
+
 def _fmt(value) -> str:
     if value is None:
         return '-'
@@ -605,9 +727,8 @@ def markdown(report: dict) -> str:
         f"Device: {where} | torch {report['torch']} | config {report['config']} | batch {report['batch_size']} "
         f"(sampling {report['sample_batch']}) | {report['steps']} timed steps after {report['warmup']} warm-up",
         f"Baseline: {base['attention']} attention, {base['precision']}, no checkpointing, no compile, torch's default "
-        f"optimizer kernel | "
-        f"{report['parameters'] / 1e6:.2f}M parameters, {report['flops']['forward_per_image'] / 1e9:.3g} GFLOP "
-        f"per image forward | peak memory: {memory}",
+        f"optimizer kernel | {report['parameters'] / 1e6:.2f}M parameters, {report['tokens'] or 'no'} image tokens, "
+        f"{report['flops']['forward_per_image'] / 1e9:.3g} GFLOP per image forward | peak memory: {memory}",
         '',
         '| ' + ' | '.join(COLUMNS) + ' |',
         '|' + '|'.join('---' if i in (0, len(COLUMNS) - 1) else '---:' for i in range(len(COLUMNS))) + '|',
@@ -617,7 +738,8 @@ def markdown(report: dict) -> str:
                                     'sample_img_per_s_per_nfe', 'sample_img_per_s_50nfe_derived',
                                     'decode_img_per_s')]
         note = r['note'] if r['status'] == 'ok' else f"{r['status']}: {r['note']}".rstrip(': ')
-        lines.append('| ' + ' | '.join([name] + [_fmt(c) for c in cells] + [note]) + ' |')
+        tokens = r.get('tokens', report['tokens'] if 'train_step_ms' in r else None)
+        lines.append('| ' + ' | '.join([name, _fmt(tokens)] + [_fmt(c) for c in cells] + [note]) + ' |')
     return '\n'.join(lines)
 
 
@@ -645,6 +767,10 @@ def main(_argv):
     batch, steps, warmup = FLAGS.batch_size, FLAGS.steps, FLAGS.warmup
     sample_batch = FLAGS.sample_batch or batch
     check_sizes(batch, sample_batch, steps, warmup)
+    sizes = dict(resolution=FLAGS.resolution, ae_width_divisor=FLAGS.ae_width_divisor)
+    if FLAGS.resolution < 1 or FLAGS.ae_width_divisor < 1:
+        raise UserError(f'--resolution and --ae_width_divisor must be positive, got {FLAGS.resolution} and '
+                        f'{FLAGS.ae_width_divisor}')
     if FLAGS.checkpointing:
         if 'use_checkpoint' not in backbone_switches(config):
             raise UserError(f'{config.nnet.name} has no gradient checkpointing')
@@ -667,14 +793,15 @@ def main(_argv):
         write_json(report, FLAGS.out)
         return
     if FLAGS._single_variant:
-        result = run_variant(config, FLAGS._single_variant, batch, sample_batch, steps, warmup)
+        result = run_variant(config, FLAGS._single_variant, batch, sample_batch, steps, warmup, **sizes)
         print(RESULT_MARKER + json.dumps(result), flush=True)
         return
 
     device = pick_device()
     names = expand_variants(FLAGS.variants, device.type, latent=bool(config.autoencoder.pretrained_path))
     with torch.device('meta'):
-        parameters = count_parameters(build_nnet(config.nnet))
+        nnet = build_nnet(config.nnet)
+        parameters, tokens = count_parameters(nnet), image_tokens(nnet)
     forward_flops = count_flops(config)
     variants = {}
     for name in names:
@@ -685,16 +812,17 @@ def main(_argv):
             continue
         print(f'measuring {name} ...', file=sys.stderr, flush=True)
         if FLAGS.in_process:
-            variants[name] = measure_here(config, name, batch, sample_batch, steps, warmup)
+            variants[name] = measure_here(config, name, batch, sample_batch, steps, warmup, **sizes)
         else:
             variants[name] = measure_in_subprocess(name)
         variants[name].setdefault('settings', settings)
-        add_throughput(variants[name], forward_flops, batch, sample_batch)
+        add_throughput(variants[name], variants[name].get('forward_flops', forward_flops), batch, sample_batch)
+    compare_latent_spaces(variants)
 
     report = dict(
         device=describe_device(device), torch=torch.__version__, config=FLAGS['config'].config_filename,
         nnet=config.nnet.to_dict(), batch_size=batch, sample_batch=sample_batch, steps=steps, warmup=warmup,
-        parameters=parameters, baseline_settings=baseline_settings(device.type),
+        parameters=parameters, tokens=tokens, baseline_settings=baseline_settings(device.type),
         flops=dict(forward_per_image=forward_flops, train_step=3 * forward_flops * batch,
                    sample_forward=forward_flops * sample_batch),
         variants=variants)

@@ -32,9 +32,11 @@ one is one entry there):
 
 - ``compile_full`` (only when named): ``gpu_path`` on U-ViT-L/2 with ``train.compile=full`` (the whole network
   compiled), to set against the regional compilation.
+- ``latent_spaces`` (issue 24, only when named): U-ViT-H at 512 px on each latent space, and the autoencoders'
+  decoders (``latent_spaces``).
 
 ``--sections`` runs only those named (a name, or ``bench`` for every ``bench:<config>``), with the sections whose
-results they read (``matmul_peak`` for MFU); by default all but ``compile_full``. The full check needs a CUDA GPU and stays within
+results they read (``matmul_peak`` for MFU); by default all but ``compile_full`` and ``latent_spaces``. The full check needs a CUDA GPU and stays within
 ``--budget_s`` (470 s from the shell script's start, under 8 minutes): a section that needs more than is left is
 skipped, and a process still running when the budget ends is stopped ("timed out"). ``--smoke`` runs the same
 sections with tiny sizes on whatever device is here (a CPU in CI), so the script cannot rot.
@@ -263,7 +265,7 @@ def run_benchmark(config_name: str, variants: list, sizes: dict, work: str, time
     """scripts/benchmark.py on one config (``--against`` a release's clone, instead of the variants, when given):
     (report, None) or (None, (status, note)). ``extra``: more flags (config overrides)."""
     what = f'against-{os.path.basename(os.path.normpath(against))}' if against else '_'.join(
-        v.replace('=', '-') for v in variants)
+        v.replace('=', '-').replace('/', '-') for v in variants)
     out = os.path.join(work, f'bench_{config_name}_{sizes["batch"]}_{what}_{len(os.listdir(work))}.json')
     cmd = [sys.executable, BENCHMARK, f'--config={os.path.join(ROOT, "configs", config_name + ".py")}',
            *sizes['nnet'], *extra, f'--batch_size={sizes["batch"]}', f'--steps={sizes["steps"]}',
@@ -280,6 +282,67 @@ def run_benchmark(config_name: str, variants: list, sizes: dict, work: str, time
         with open(out) as f:
             return json.load(f), None
     return None, process_failure(proc, 'benchmark.py --against' if against else 'benchmark.py')
+
+
+# ------------------------------------------------------------------------------------------------ latent spaces
+
+# U-ViT-H at 512 px on each latent space (scripts/benchmark.py's groups 'latent' and 'autoencoders'): the model itself
+# and the published autoencoders on a GPU (about 120 s on one H100/H200: 8 processes of about 15 s), tiny widths at
+# 128 px in the smoke mode.
+LATENT_CONFIG = 'imagenet512_uvit_huge'
+LATENT_SIZES = {
+    False: dict(batch=32, sample_batch=8, steps=5, warmup=2, nnet=[], in_process=False, resolution=512,
+                ae_width_divisor=1, estimate_s=120),
+    True: dict(batch=2, sample_batch=1, steps=1, warmup=0, nnet=TINY_NNET, in_process=True, resolution=128,
+               ae_width_divisor=16, estimate_s=0),
+}
+
+
+def latent_spaces(smoke: bool, work: str, timeout: float) -> tuple:
+    """(status, note, details) of the latent-space comparison: U-ViT-H's training step per image on SD-VAE-f8
+    latents at patch 2 and the release's patch 4 against DC-AE-f32 (16x16x32) and f64 (8x8x128) at patch 1, and the
+    decode throughput of SD-VAE-f8, SD3's 16-channel VAE, DC-AE f32c32 and f64c128 (random weights). ``details``:
+    one row per variant (tokens, train img/s, speed-up over SD-VAE-f8 at patch 2, decode img/s, note) and the
+    benchmark's report."""
+    sizes = LATENT_SIZES[smoke]
+    extra = [f'--sample_batch={sizes["sample_batch"]}', f'--resolution={sizes["resolution"]}',
+             f'--ae_width_divisor={sizes["ae_width_divisor"]}']
+    report, failure = run_benchmark(LATENT_CONFIG, ['latent', 'autoencoders'], sizes, work, timeout, extra)
+    if report is None:
+        return (*failure, {})
+    return latent_spaces_result(report, sizes)
+
+
+def latent_spaces_result(report: dict, sizes: dict) -> tuple:
+    """(status, note, details) of the section from benchmark.py's report."""
+    rows = {name: dict(status=r['status'], note=r.get('note', ''), tokens=r.get('tokens'),
+                       train_img_per_s=r.get('train_img_per_s'), speedup=r.get('speedup_vs_first'),
+                       train_tflops=r.get('train_tflops'), decode_img_per_s=r.get('decode_img_per_s'),
+                       peak_memory_mib=r.get('peak_memory_mib'))
+            for name, r in report['variants'].items()}
+    details = dict(rows=rows, report=report, resolution=sizes['resolution'], batch=sizes['batch'],
+                   sample_batch=sizes['sample_batch'])
+    failed = [n for n, r in rows.items() if r['status'] != 'ok']
+    if failed:
+        return 'failed', '; '.join(f'{n}: {rows[n]["note"]}' for n in failed), details
+    speedups = [r['speedup'] for r in rows.values() if r['speedup']]
+    if not speedups:
+        return 'failed', 'no latent=... row was measured', details
+    return 'ok', (f'{len(rows)} rows; the fastest latent space trains x{max(speedups):.1f} as fast as the first '
+                  f'(SD-VAE-f8 at patch 2)'), details
+
+
+def latent_spaces_markdown(details: dict) -> list:
+    """The section's table for gpu_check.md."""
+    lines = ['', f"## Latent spaces: U-ViT-H at {details['resolution']} px (batch {details['batch']}), and the "
+                 f"decoders (batch {details['sample_batch']})", '',
+             '| variant | tokens | train img/s | x SD-VAE-f8 p2 | TFLOP/s | decode img/s | peak memory MiB | note |',
+             '|---|---:|---:|---:|---:|---:|---:|---|']
+    for name, r in details['rows'].items():
+        lines.append('| ' + ' | '.join([name, fmt(r['tokens']), fmt(r['train_img_per_s']), fmt(r['speedup']),
+                                        fmt(r['train_tflops']), fmt(r['decode_img_per_s']),
+                                        fmt(r['peak_memory_mib']), r['note']]) + ' |')
+    return lines
 
 
 # ------------------------------------------------------------------------------------------------ fp16 training
@@ -494,6 +557,8 @@ def markdown(data: dict) -> str:
         lines += ['', f'## fp16 training: {TRAIN_STEPS} steps of train.py on a tiny digits U-ViT', '',
                   f"Skip check: {fp16.get('skip_check', 'not reached')}. {fp16['note']}"]
     lines += issue22_markdown(data)
+    if data.get('latent_spaces'):
+        lines += latent_spaces_markdown(data['latent_spaces'])
     inc = data.get('inception')
     if inc:
         lines += ['', "## FID feature pass (pytorch-fid's InceptionV3, random weights)", '',
@@ -876,7 +941,7 @@ def fid_walltime(device, sizes: dict, work: str) -> dict:
 
     from libs.cli import enable_tf32
     from libs.config import load_config_file
-    from libs.data import data_spec
+    from libs.data import data_spec, is_latent
     from libs.diffusion import build_framework
     from libs.diffusion.conditioning import build_conditioning
     from libs.evaluation.harness import draw_samples
@@ -897,18 +962,20 @@ def fid_walltime(device, sizes: dict, work: str) -> dict:
     if compiled:
         compile_regions(nnet)
     framework = build_framework(config)
-    spec = data_spec(config.dataset, framework.data_shape(nnet))
-    conditioning = build_conditioning(config, nnet, spec.num_classes)
-    if spec.latent:  # the Stable Diffusion decoder, random weights
+    if is_latent(config.dataset):  # the Stable Diffusion decoder, random weights
         from diffusers import AutoencoderKL
 
-        from libs.latent.autoencoder import SD_CONFIG, FrozenAutoencoder
-        autoencoder = FrozenAutoencoder(AutoencoderKL(**SD_CONFIG).to(device))
+        from libs.latent.autoencoder import SD_CONFIG, FrozenAutoencoder, config_format
+        fmt = config_format('AutoencoderKL', SD_CONFIG)
+        autoencoder = FrozenAutoencoder(AutoencoderKL(**SD_CONFIG).to(device), fmt)
+        spec = data_spec(config.dataset, framework.data_shape(nnet), fmt)
 
         def decode(samples):
             return autoencoder.decode(samples, batch_size=config.autoencoder.decode_batch_size).float().clamp(-1, 1)
     else:
-        decode = build_space(config, False, device).decode
+        spec = data_spec(config.dataset, framework.data_shape(nnet))
+        decode = build_space(config, spec, device).decode
+    conditioning = build_conditioning(config, nnet, spec.num_classes)
     path = os.path.join(work, 'random_fid_inception.pth')
     if not os.path.isfile(path):
         random_fid_inception(path)
@@ -945,6 +1012,12 @@ def fid_walltime(device, sizes: dict, work: str) -> dict:
     return dict(config=sizes['fid_config'], batch=batch, nfe=sizes['fid_nfe'], scale=0.4, compiled=compiled,
                 precision=str(precision).replace('torch.', ''), warmup_s=warm, timed_s=timed,
                 seconds_per_sample=per_sample, n_samples=50_000, extrapolated_s=per_sample * 50_000)
+
+
+def latent_spaces_section(check, name: str, sizes: dict) -> tuple:
+    status, note, details = latent_spaces(check.smoke, check.work, check.timeout(name))
+    check.data['latent_spaces'] = details
+    return status, note
 
 
 def fid_walltime_section(check, name: str, sizes: dict) -> tuple:
@@ -1003,6 +1076,8 @@ SECTIONS = {
     'checkpoint_memory': Section(checkpoint_memory_section, 45, min_s=30, full=dict(
         rounds=2, steps=2, warmup=2, memory_config='imagenet256_uvit_huge', memory_batch=128),
         smoke=dict(rounds=1, memory_config='cifar10_uvit_small', memory_batch=2)),
+    # issue 24: U-ViT-H at 512 px on each latent space and the decoders (LATENT_SIZES); only when named
+    'latent_spaces': Section(latent_spaces_section, LATENT_SIZES[False]['estimate_s'], min_s=60, by_default=False),
     # U-ViT-H/2 at 250 samples, guided (500 per call): about 0.3 s per NFE, 15 s for 50, the decoder and the
     # compilation besides. The smoke mode samples the pixel-space digits (importing diffusers alone takes seconds)
     'fid_walltime': Section(fid_walltime_section, 35, min_s=30, full=dict(

@@ -6,7 +6,7 @@ flips belong to the training loop. Every dataset carries ``name``, ``num_classes
 ``channels``, ``data_shape`` = (C, H, W), ``labels`` (int64 array of all labels, -1 when unlabeled) and ``fid_stats``
 (path of the reference statistics in the U-ViT release layout, or None; ``config.dataset.fid_stats`` overrides it).
 The feature datasets of libs/data/feature_store.py, registered beside these in libs/data/__init__.py, yield stored
-autoencoder moments instead of images (``stores_moments``).
+autoencoder features instead of images (``stores_features``).
 
 Nothing here downloads: each dataset reads files the user has put in place and says where they belong when missing.
 """
@@ -960,9 +960,14 @@ IMAGE_DATASETS = {
 }
 
 
-def build_from(registry: dict, cfg, split: str):
-    """``config.dataset`` (``name`` plus that dataset's keys) -> the dataset of ``split`` from ``registry``."""
+def class_from(registry: dict, cfg):
+    """The class of ``registry`` that ``config.dataset.name`` names; an unknown name is one line listing the rest."""
     name = cfg.get('name', None)
     if name not in registry:
         raise UserError(f"unknown dataset '{name}' in config.dataset.name; known: {', '.join(sorted(registry))}")
-    return registry[name].from_config(cfg, split)
+    return registry[name]
+
+
+def build_from(registry: dict, cfg, split: str):
+    """``config.dataset`` (``name`` plus that dataset's keys) -> the dataset of ``split`` from ``registry``."""
+    return class_from(registry, cfg).from_config(cfg, split)

@@ -1,17 +1,23 @@
-"""Feature stores: features extracted once (libs/latent/extract.py) and read at every training step: the Stable
-Diffusion autoencoder's moments of ImageNet and MS-COCO images, and the CLIP text features of the MS-COCO captions
-(latent and text-to-image U-ViT).
+"""Feature stores: features extracted once (libs/latent/extract.py) and read at every training step: an
+autoencoder's features of ImageNet and MS-COCO images, and the CLIP text features of the MS-COCO captions (latent and
+text-to-image models).
 
-A store is ``<root>/<split>/`` with items cut into shards of ``shard_size`` consecutive images::
+A store is ``<root>/<split>/`` with items cut into shards of ``shard_size`` consecutive images; what it holds of the
+autoencoder's code z is ``info.json``'s ``stored`` (libs/data/latent_format.py), moments of a Gaussian encoder
+(Stable Diffusion's, SD3's, FLUX's) or the deterministic codes of DC-AE::
 
-    shard_00000/moments.npy          (n, 8, h, w) float32  mean | logvar of the centre crop
-    shard_00000/moments_flip.npy     (n, 8, h, w) float32  ImageNet with flips: of the mirrored crop
+    shard_00000/moments.npy          (n, 2C, h, w) float32 stored 'moments': mean | logvar of the centre crop
+    shard_00000/latents.npy          (n, C, h, w) float32  stored 'latents': z of the centre crop
+    shard_00000/<stored>_flip.npy    as above              ImageNet with flips: of the mirrored crop
     shard_00000/labels.npy           (n,) int64            ImageNet: class index of the sorted wnid folders
     shard_00000/contexts.npy         (m, 77, D) float32    MS-COCO: CLIP features of every caption of the shard
     shard_00000/caption_offsets.npy  (n + 1,) int64        MS-COCO: image i has contexts[off[i]:off[i + 1]]
     shard_00000/captions.json        list of lists of str  MS-COCO: the caption texts
     manifest.json                    the extraction settings, written first and compared on every re-run
-    info.json                        written last, once every shard is complete; readers need it
+    info.json                        written last, once every shard is complete; readers need it. With the
+                                     autoencoder's LatentFormat: autoencoder_class, latent_channels, downsampling,
+                                     scaling_factor, shift_factor, stored (a store without them, written before
+                                     they were recorded, holds Stable Diffusion moments)
 
 An MS-COCO root also holds ``empty_context.npy`` (77, D) and ``test_prompts/`` (``prompts.txt`` and
 ``contexts.npy`` (n, 77, D)). A shard is written as ``shard_XXXXX.tmp/`` and renamed when complete, so an
@@ -26,6 +32,7 @@ import torch
 from torch.utils.data import Dataset
 
 from libs.data.common import check_split, describe
+from libs.data.latent_format import LatentFormat
 from libs.errors import UserError
 
 FORMAT = 1
@@ -75,9 +82,10 @@ def read_info(root: str, split: str, kind: str) -> dict:
 class FeatureDataset(Dataset):
     """Common part of the feature datasets: a complete store read lazily, shard arrays memory-mapped on first use.
 
-    Follows the conventions of libs/data/datasets.py, except that items hold autoencoder moments, not images:
-    ``stores_moments``; ``data_shape`` = ``latent_shape`` = (4, h, w), what the diffusion model sees;
-    ``moments_shape`` = (8, h, w); ``image_shape`` = (3, resolution, resolution).
+    Follows the conventions of libs/data/datasets.py, except that items hold autoencoder features, not images:
+    ``stores_features``; ``latent_format`` (a LatentFormat) says which and how they become latents;
+    ``data_shape`` = ``latent_shape`` = (C, h, w), what the diffusion model sees; ``features_shape`` = (2C, h, w)
+    for moments, (C, h, w) for latents; ``image_shape`` = (3, resolution, resolution).
     """
 
     name = ''
@@ -87,7 +95,7 @@ class FeatureDataset(Dataset):
     default_fid_stats = None
     label_classes = 0
     has_contexts = False
-    stores_moments = True
+    stores_features = True
     describe = classmethod(describe)
 
     def __init__(self, path: str, split: str, resolution: int = None, fid_stats=None):
@@ -101,8 +109,9 @@ class FeatureDataset(Dataset):
                             f'config.dataset.resolution is {resolution}: point config.dataset.path at the '
                             f'{resolution}x{resolution} features or fix the resolution')
         self.latent_shape = tuple(int(v) for v in self.info['latent_shape'])
+        self.latent_format = LatentFormat.from_info(self.info, self.store)
         self.channels = self.latent_shape[0]
-        self.moments_shape = (2 * self.channels,) + self.latent_shape[1:]
+        self.features_shape = (self.latent_format.stored_channels,) + self.latent_shape[1:]
         self.image_shape = (3, self.resolution, self.resolution)
         self.num_images = int(self.info['num_images'])
         self.shard_size = int(self.info['shard_size'])
@@ -132,8 +141,9 @@ class FeatureDataset(Dataset):
             self._arrays[key] = np.load(path, mmap_mode='r')
         return self._arrays[key]
 
-    def _moments(self, image: int, name: str = 'moments') -> torch.Tensor:
+    def _features(self, image: int, flipped: bool = False) -> torch.Tensor:
         shard, row = divmod(image, self.shard_size)
+        name = self.latent_format.stored + ('_flip' if flipped else '')
         return torch.from_numpy(np.array(self._array(shard, name)[row], dtype=np.float32))
 
     def _shard_sizes(self) -> list:
@@ -151,8 +161,8 @@ class FeatureDataset(Dataset):
 
 
 class ImageNetFeatures(FeatureDataset):
-    """Class-conditional ImageNet moments: items 0..n-1 are (moments (8, h, w) float32, label) of the centre crops;
-    when extracted with flips, items n..2n-1 are those of their mirror images, with the same labels."""
+    """Class-conditional ImageNet features: items 0..n-1 are (features (2C or C, h, w) float32, label) of the centre
+    crops; when extracted with flips, items n..2n-1 are those of their mirror images, with the same labels."""
 
     name = 'imagenet_features'
     kind = 'imagenet'
@@ -195,12 +205,11 @@ class ImageNetFeatures(FeatureDataset):
     def __getitem__(self, index: int):
         index = self._index(index)
         image = index % self.num_images
-        moments = self._moments(image, 'moments_flip' if index >= self.num_images else 'moments')
-        return moments, int(self.labels[index])
+        return self._features(image, flipped=index >= self.num_images), int(self.labels[index])
 
 
 class MSCOCOFeatures(FeatureDataset):
-    """MS-COCO 2014 text-to-image features, one item per caption: (moments (8, h, w) of its image, its CLIP
+    """MS-COCO 2014 text-to-image features, one item per caption: (autoencoder features of its image, its CLIP
     context (77, D)), both float32. Unlabeled (``num_classes`` 0, labels -1); ``context_shape`` = (77, D)."""
 
     name = 'mscoco_features'
@@ -246,7 +255,7 @@ class MSCOCOFeatures(FeatureDataset):
     def __getitem__(self, index: int):
         shard, row, image = self._locate(index)
         context = np.array(self._array(shard, 'contexts')[row], dtype=np.float32)
-        return self._moments(image), torch.from_numpy(context)
+        return self._features(image), torch.from_numpy(context)
 
     def empty_context(self) -> torch.Tensor:
         """CLIP features (77, D) of the empty prompt, from ``<root>/empty_context.npy``."""

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from libs.errors import UserError
+from libs.fileio import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -112,14 +113,6 @@ class _HashingFile:
         self.file.flush()
 
 
-def _sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 22), b''):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def one_line(exc: BaseException) -> str:
     """An exception as one line: a UserError's own message, otherwise its type and first line."""
     if isinstance(exc, UserError):
@@ -158,7 +151,7 @@ def verify(ckpt: str):
             size = os.path.getsize(path)
             if size != record['bytes']:
                 return f'{name} has {size} bytes, the manifest says {record["bytes"]}'
-            if _sha256_of(path) != record['sha256']:
+            if file_sha256(path) != record['sha256']:
                 return f'{name} does not match its checksum'
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         return f'{MANIFEST}: {one_line(exc)}'

@@ -29,10 +29,10 @@ from libs.diffusion import build_framework
 from libs.diffusion.conditioning import build_conditioning
 from libs.errors import UserError
 from libs.evaluation.harness import draw_samples, generate, sample_settings, sample_tags, write_result
-from libs.evaluation.scorers import build_scorer
+from libs.evaluation.scorers import build_scorer, metric_settings
 from libs.fileio import atomic_open
 from libs.images import save_grid
-from libs.latent.spaces import build_space
+from libs.latent.spaces import build_space, latent_format
 from libs.nets import build_nnet, check_state_dict, count_parameters, strip_wrapper_prefixes
 from libs.nets.compile import compile_regions
 from libs.rng import SampleRandom, loader_seed, seeded, training_seed
@@ -205,11 +205,13 @@ class Trainer:
         nnet = build_nnet(config.nnet)
         self.framework = build_framework(config)
         self.framework.check_backbone(nnet)
-        self.spec = data_spec(config.dataset, self.framework.data_shape(nnet))
+        fmt = latent_format(config, self.dataset) if getattr(self.dataset, 'stores_features', False) else None
+        self.spec = data_spec(config.dataset, self.framework.data_shape(nnet), fmt)
         if tuple(self.dataset.data_shape) != self.spec.data_shape:
             raise UserError(f'the network takes {self.spec.data_shape} (config.nnet), but dataset '
                             f'{config.dataset.name!r} yields {tuple(self.dataset.data_shape)}')
-        self.space = build_space(config, self.spec.latent, self.device)
+        self.metric_settings = metric_settings(config)  # a bad config.eval.metrics fails now
+        self.space = build_space(config, self.spec, self.device)
         self.conditioning = build_conditioning(config, nnet, self.dataset.num_classes)
         if tc.p_uncond > 0 and tc.mode == 'cond' and self.conditioning.null_label is None:
             raise UserError('config.train.p_uncond > 0 needs nnet.num_classes = dataset classes + 1 '
@@ -422,7 +424,7 @@ class Trainer:
             # seeded: building the scorers (Inception, the digit classifier) and the autoencoder draws from the
             # global RNG, which must not move the training run's random streams (a resumed run would not repeat it)
             with seeded(config.seed, self.device):
-                scorer = ScoreGuard(build_scorer(metric, self.device, ref_stats, config.eval.inception_path))
+                scorer = ScoreGuard(build_scorer(metric, self.device, ref_stats, self.metric_settings, n_samples))
                 result = generate(acc, self.framework, self.denoiser_ema, sample_cfg, self.spec.data_shape,
                                   n_samples, min(config.sample.mini_batch_size, n_samples), self.conditioning,
                                   self.space, scorer, png_dir=png_dir, seed=config.seed, desc=metric)
@@ -437,7 +439,7 @@ class Trainer:
         if not result:  # the main process's score failed; the others received its empty result
             return {}
         write_result(acc, os.path.join(ckpt, 'nnet_ema.pth'), True, 'sample', config.dataset.name, n_samples,
-                     sample_tags(sample_cfg, metric), sample_settings(sample_cfg, n_samples, metric, scorer.ref_stats),
+                     sample_tags(sample_cfg, metric), sample_settings(sample_cfg, n_samples, metric, scorer.record()),
                      result, step=self.step)
         if acc.is_main_process:
             logger.info('%s (step %d)', ', '.join(f'{k}={v:.4f}' for k, v in result.items()), self.step)
@@ -482,8 +484,8 @@ class Trainer:
 
     def prepare_batch(self, batch):
         """(data, targets) from the loader -> (the model's input on the device: images flipped at random if
-        configured, or latents drawn from stored moments; the network's condition dict, with the condition dropped
-        at rate p_uncond; the targets on the device: labels, or text contexts)."""
+        configured, or latents from the stored autoencoder features; the network's condition dict, with the condition
+        dropped at rate p_uncond; the targets on the device: labels, or text contexts)."""
         x, y = batch
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
