@@ -99,6 +99,14 @@ def defaults() -> ml_collections.ConfigDict:
             alpha=100.0,                 # hybrid: weight of L_simple
             augment='none',              # hybrid: augmentation of the classification batch
         ),
+        repa=d(                          # representation alignment (libs/training/repa.py; Yu et al. 2024), ViTs only
+            weight=0.0,                  # the alignment loss's weight; 0 switches REPA off (REPA: 0.5)
+            depth=8,                     # the block whose image tokens are aligned, 1-based in execution order
+                                         # (REPA: 8 of SiT-XL's 28)
+            encoder='dinov2',            # the frozen encoder (libs/latent/vision_encoders.py: ENCODERS)
+            encoder_path='',             # '' : the encoder's default place under assets/
+            projector_dim=2048,          # hidden width of the projector MLP (REPA: 2048)
+        ),
         lr_scheduler=d(name='customized', warmup_steps=5000),
         nnet=d(name='uvit'),
         autoencoder=d(

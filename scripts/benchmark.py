@@ -1,7 +1,7 @@
 """Training and sampling speed of a config's network on this machine, one switch at a time.
 
     python scripts/benchmark.py --config=configs/cifar10_uvit_small.py [--batch_size=8] [--steps=10] [--warmup=3] \
-        [--variants=all|baseline,attention,precision,checkpointing,compile,decode] [--sample_batch=N] \
+        [--variants=all|baseline,attention,precision,checkpointing,compile,decode,repa] [--sample_batch=N] \
         [--out=results.json] [--in_process]
     python scripts/benchmark.py --config=configs/imagenet512_uvit_huge.py --variants=latent,autoencoders \
         [--resolution=512] [--ae_width_divisor=1]
@@ -15,7 +15,11 @@ Each variant runs in a fresh process of this script, so peak memory and compile 
 measures them all in one, for smoke tests, where starting processes costs more than measuring). Latent configs
 train on random latents (what the stored features give) and, for text-to-image, random CLIP contexts; their extra
 variant ``decode`` times their autoencoder's decoder (its architecture, random weights) on ``--sample_batch``
-latents, in the variant's precision.
+latents, in the variant's precision. A config with REPA (``config.repa.weight`` > 0; every other variant trains
+without it) has the extra variant ``repa``: the step with REPA's alignment term (the frozen encoder on the batch's
+images, the projector, the loss); when the encoder's weights are not there, a randomly initialised encoder of the
+same architecture stands in (the note says so), which costs the same time. Latent configs give it random RGB images
+at the encoder's input size (the resize to it, a small share, is not timed).
 
 Latent spaces (not in 'all'): ``latent=<architecture>/p<patch>`` trains the config's backbone on the latents that
 autoencoder gives at ``--resolution`` (U-ViT-H at 512 px: SD-VAE-f8's 64x64x4 at patch 2 and 4, DC-AE-f32's
@@ -89,6 +93,7 @@ GROUPS = {
     'fused_optimizer': ['fused_optimizer'],
     'default': ['default'],  # train.py's default path here: each switch the config turns on on this device
     'decode': ['decode'],
+    'repa': ['repa'],
     # Comparisons rather than switches, so not in 'all': U-ViT-H's latent spaces at 512 px (DC-AE's Table), and the
     # decoders of the autoencoders this suite reads.
     'latent': ['latent=sd-vae-f8/p2', 'latent=sd-vae-f8/p4', 'latent=dc-ae-f32c32/p1', 'latent=dc-ae-f64c128/p1'],
@@ -103,7 +108,7 @@ COLUMNS = ('variant', 'tokens', 'train step ms', 'train img/s', 'peak memory MiB
 
 def baseline_settings(device_type: str) -> dict:
     return dict(attention='sdpa', precision='bf16' if device_type == 'cuda' else 'fp32', checkpointing=False,
-                compile=False, fused_optimizer=False)
+                compile=False, fused_optimizer=False, repa=False)
 
 
 def variant_settings(name: str, device_type: str, config=None) -> dict:
@@ -122,16 +127,16 @@ def variant_settings(name: str, device_type: str, config=None) -> dict:
     return settings
 
 
-def expand_variants(spec: str, device_type: str, latent: bool = False) -> list:
+def expand_variants(spec: str, device_type: str, latent: bool = False, repa: bool = False) -> list:
     """Variant names for --variants; a precision group leaves out the baseline's own precision, and 'all' has
-    'decode' only for latent models."""
+    'decode' only for latent models and 'repa' only for configs with REPA."""
     baseline_precision = f"precision={baseline_settings(device_type)['precision']}"
     known = [name for names in GROUPS.values() for name in names] + ['compile=full']
     names = []
     for item in [s.strip() for s in spec.split(',') if s.strip()] or ['']:
         if item == 'all':
             expanded = [n for group, group_names in GROUPS.items() if group not in COMPARISONS
-                        for n in group_names if latent or n != 'decode']
+                        for n in group_names if (latent or n != 'decode') and (repa or n != 'repa')]
         elif item in GROUPS:
             expanded = GROUPS[item]
         elif item in known:
@@ -154,6 +159,8 @@ def why_not_runnable(settings: dict, device_type: str, config=None):
         return 'unavailable', f"attention backend {settings['attention']!r} is not installed"
     if settings['precision'] == 'fp16' and device_type == 'cpu':
         return 'skipped', 'fp16 autocast is not benchmarked on the CPU'
+    if config is not None and settings['repa'] and not config.repa.weight:
+        return 'unavailable', 'config.repa.weight is 0: benchmark a config with REPA (e.g. configs/digits_uvit_repa.py)'
     return None
 
 
@@ -264,22 +271,44 @@ def latent_space_config(config, space: str, resolution: int):
 
 
 def build(config, settings: dict, device):
-    """(framework, net, optimizer, nnet) for a variant; net is nnet, compiled in place block by block for
+    """(framework, objective, net, optimizer, nnet, note) for a variant: the diffusion objective, with REPA's term for
+    the 'repa' variant; net is the module trained, nnet the backbone, compiled in place block by block for
     compile='regional', whole for compile='full'."""
     import torch
 
+    from libs.config import d
     from libs.diffusion import build_framework
     from libs.nets import build_nnet
     from libs.nets.compile import compile_regions
+    from libs.training.objectives import build_objective
     from libs.training.optim import build_optimizer
 
     torch.manual_seed(config.seed)
     nnet = build_nnet(backbone_config(config, attention_backend=settings['attention'],
                                       use_checkpoint=settings['checkpointing'])).to(device)
-    optimizer = build_optimizer(config.optimizer, nnet.parameters(), fused=settings['fused_optimizer'], device=device)
+    framework = build_framework(config)
+    objective, note = build_objective(d(name='diffusion'), framework), ''
+    if settings['repa']:
+        objective, note = repa_objective(objective, config, nnet, device, settings['precision'])
+    module = objective.training_module(nnet)
+    optimizer = build_optimizer(config.optimizer, module.parameters(), fused=settings['fused_optimizer'], device=device)
     if settings['compile']:
         compile_regions(nnet, whole=settings['compile'] == 'full')
-    return build_framework(config), nnet, optimizer, nnet
+    return framework, objective, module, optimizer, nnet, note
+
+
+def repa_objective(objective, config, nnet, device, precision: str):
+    """(REPA around ``objective``, note): the config's encoder, or the same architecture with random weights when its
+    weights are not here (the digits' encoder is then not trained: timing needs no training)."""
+    from libs.latent.vision_encoders import encoder_available, load_encoder, random_encoder
+    from libs.training.repa import Repa
+    cfg = config.repa
+    if encoder_available(cfg.encoder, cfg.encoder_path):
+        encoder, note = load_encoder(cfg.encoder, cfg.encoder_path, device), ''
+    else:
+        encoder, note = random_encoder(cfg.encoder, device), f'{cfg.encoder} encoder with random weights'
+    channels = 3 if config.autoencoder.pretrained_path else nnet.input_shape[0]
+    return Repa(objective, cfg, encoder, channels, lambda: autocast(device, precision)), note
 
 
 def _sync(device) -> None:
@@ -320,17 +349,23 @@ def peak_memory_mib(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def time_training(framework, net, optimizer, nnet, settings: dict, batch: int, steps: int, warmup: int,
-                  device) -> dict:
+def time_training(framework, objective, net, optimizer, nnet, settings: dict, batch: int, steps: int,
+                  warmup: int, device, latent: bool = False) -> dict:
+    """One optimizer step of ``objective``. REPA's encoder sees the data in pixel space; for latents, random RGB
+    images at its input size."""
     import torch
 
     x0, cond = synthetic_batch(nnet, batch, device, framework.data_shape(nnet))
+    images = x0
+    if objective.needs_images and latent:
+        height, width = objective.encoder.input_size(nnet.token_grid)
+        images = torch.rand(batch, 3, height, width, device=device) * 2 - 1
     scaler = torch.amp.GradScaler(device.type, enabled=settings['precision'] == 'fp16')
 
     def step():
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, settings['precision']):
-            loss = framework.loss(net, x0, cond).mean()
+            loss = objective(net, x0, cond, None, images)[0]
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
@@ -472,11 +507,13 @@ def run_variant(config, name: str, batch: int, sample_batch: int, steps: int, wa
             nnet = build_nnet(config.nnet)
         result.update(forward_flops=count_flops(config), tokens=image_tokens(nnet),
                       note=f"{'x'.join(map(str, nnet.input_shape))} latents of {resolution} px images")
-    framework, net, optimizer, nnet = build(config, settings, device)
-    result.update(time_training(framework, net, optimizer, nnet, settings, batch, steps, warmup, device))
+    framework, objective, net, optimizer, nnet, note = build(config, settings, device)
+    result['note'] = result['note'] or note
+    result.update(time_training(framework, objective, net, optimizer, nnet, settings, batch, steps, warmup, device,
+                                latent=bool(config.autoencoder.pretrained_path)))
     del optimizer
-    result.update(time_sampling(framework, framework.denoiser(net), nnet, settings, sample_batch, steps, warmup,
-                                device))
+    result.update(time_sampling(framework, framework.denoiser(objective.backbone(net)), nnet, settings, sample_batch,
+                                steps, warmup, device))
     return result
 
 
@@ -798,7 +835,8 @@ def main(_argv):
         return
 
     device = pick_device()
-    names = expand_variants(FLAGS.variants, device.type, latent=bool(config.autoencoder.pretrained_path))
+    names = expand_variants(FLAGS.variants, device.type, latent=bool(config.autoencoder.pretrained_path),
+                            repa=bool(config.repa.weight))
     with torch.device('meta'):
         nnet = build_nnet(config.nnet)
         parameters, tokens = count_parameters(nnet), image_tokens(nnet)

@@ -51,8 +51,11 @@ def uvit_forward_flops(img_size, patch_size, in_chans, embed_dim, depth, mlp_rat
 @pytest.fixture(scope='module')
 def bench_run(tmp_path_factory):
     out = tmp_path_factory.mktemp('benchmark') / 'results.json'
-    proc = run_benchmark(f'--batch_size={BATCH}', '--steps=2', '--warmup=1',
-                         '--variants=baseline,attention,checkpointing', f'--out={out}')
+    # REPA is on for its own variant only; its encoder's weights are absent, so a random one of the same size stands in
+    repa = ['--config.repa.weight=0.5', '--config.repa.encoder=digits', '--config.repa.depth=1',
+            '--config.repa.projector_dim=16', f'--config.repa.encoder_path={out.parent / "absent.pt"}']
+    proc = run_benchmark(f'--batch_size={BATCH}', '--steps=2', '--warmup=1', *repa,
+                         '--variants=baseline,attention,checkpointing,repa', f'--out={out}')
     assert proc.returncode == 0, proc.stderr
     with open(out) as f:
         return json.load(f), proc.stdout
@@ -60,10 +63,12 @@ def bench_run(tmp_path_factory):
 
 def test_every_variant_is_measured(bench_run):
     report, _ = bench_run
-    assert list(report['variants']) == ['baseline', 'attention=math', 'attention=xformers', 'checkpointing']
+    assert list(report['variants']) == ['baseline', 'attention=math', 'attention=xformers', 'checkpointing', 'repa']
+    assert report['variants']['repa']['note'] == 'digits encoder with random weights'
+    assert report['variants']['baseline']['settings']['repa'] is False
     assert report['variants']['attention=xformers']['status'] in ('ok', 'unavailable')
     measured = [r for r in report['variants'].values() if r['status'] == 'ok']
-    assert len(measured) >= 3
+    assert len(measured) >= 4
     for result in measured:
         for key in NUMBERS:
             assert math.isfinite(result[key]) and result[key] > 0, (key, result[key])
@@ -97,7 +102,7 @@ def test_unknown_variant_is_one_line():
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
     assert errors == ["error: unknown variant 'flash'; known: all, baseline, attention, sdpa, precision, "
-                      'checkpointing, compile, fused_optimizer, default, decode, latent, autoencoders, '
+                      'checkpointing, compile, fused_optimizer, default, decode, repa, latent, autoencoders, '
                       'attention=math, attention=xformers, attention=flash, attention=cudnn, attention=efficient, '
                       'precision=fp32, precision=bf16, precision=fp16, latent=sd-vae-f8/p2, latent=sd-vae-f8/p4, '
                       'latent=dc-ae-f32c32/p1, latent=dc-ae-f64c128/p1, decode=sd-vae-f8, decode=sd3-vae, '

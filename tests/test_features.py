@@ -239,6 +239,31 @@ def test_a_store_written_before_the_format_was_recorded_reads_as_stable_diffusio
     assert torch.equal(ds[9][0], new[9][0]) and ds[9][1] == new[9][1]
 
 
+def test_stores_give_repa_the_source_image_of_each_item_mirrored_with_it(imagenet_root, imagenet_dir, mscoco_root,
+                                                                          coco_dir, tmp_path):
+    store = ImageNetFeatures(imagenet_root)
+    with_images = store.with_source_images()
+    crops = center_crops(imagenet_dir[1])       # what the autoencoder encoded
+    assert len(with_images) == 14 and with_images.num_classes == 3 and with_images.data_shape == (4, 8, 8)
+    for index in (0, 5, 7, 12):
+        moments, label, image = with_images[index]
+        assert torch.equal(moments, store[index][0]) and label == store[index][1]
+        expected = crops[index % 7].flip(-1) if index >= 7 else crops[index]   # the mirrored crop of a mirror item
+        assert torch.equal(image, expected)
+    moved = tmp_path / 'moved'
+    shutil.copytree(imagenet_dir[0], moved)
+    assert torch.equal(store.with_source_images(str(moved))[3][2], crops[3])   # config.dataset.source_path
+    assert torch.equal(pickle.loads(pickle.dumps(with_images))[8][2], crops[1].flip(-1))   # DataLoader workers
+    os.remove(next(moved.glob('n03/*')))
+    assert 'other classes or another order' in one_line_error(store.with_source_images, str(moved))
+    assert 'config.dataset.source_path' in one_line_error(store.with_source_images, str(tmp_path / 'gone'))
+
+    captions = MSCOCOFeatures(mscoco_root).with_source_images()
+    source = MSCOCO(coco_dir, 'train', RES)
+    for index in (0, len(captions) - 1):
+        assert torch.equal(captions[index][2], source[captions.image_index(index)][0])
+
+
 def test_noflip_stores_no_mirrors(imagenet_dir, models, tmp_path, one_thread):
     extract_imagenet(imagenet_dir, models, tmp_path, flip=False, shard_size=4, batch_size=3)
     assert sorted(os.listdir(tmp_path / 'train' / 'shard_00001')) == ['labels.npy', 'moments.npy']

@@ -226,6 +226,41 @@ def test_latent_resume_is_exact(assets, tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a), name
 
 
+def test_repa_on_latents_sees_the_source_images_flipped_with_their_latents(assets, tmp_path, monkeypatch):
+    from transformers import Dinov2Config, Dinov2Model
+
+    from libs.training import repa
+    torch.manual_seed(0)
+    Dinov2Model(Dinov2Config(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                             patch_size=2, image_size=8)).save_pretrained(tmp_path / 'dinov2')
+    config = imagenet_config(assets)
+    config.dataset.random_flip = True
+    config.repa.update(weight=0.5, depth=1, encoder='dinov2', encoder_path=str(tmp_path / 'dinov2'), projector_dim=8)
+    seen = []
+    target = repa.Repa.target
+    monkeypatch.setattr(repa.Repa, 'target', lambda self, images: seen.append(images) or target(self, images))
+    trainer = Trainer(config, str(tmp_path / 'run'))
+    data = trainer.batches()
+    for _ in range(2):
+        metrics = trainer.train_step(data)
+    assert metrics['loss'] == pytest.approx(metrics['diffusion_loss'] + 0.5 * metrics['repa_loss'], rel=1e-5)
+    folder = os.path.join(os.path.dirname(assets['imagenet']), 'imagenet')
+    sources = torch.stack([torch.from_numpy(np.array(Image.open(os.path.join(folder, wnid, name)))).permute(2, 0, 1)
+                           for wnid in sorted(os.listdir(folder)) for name in sorted(os.listdir(folder + '/' + wnid))])
+    sources = torch.cat([sources, sources.flip(-1)]).float() / 127.5 - 1
+    assert len(seen) == 2 and all(image.shape == (3, RES, RES) for batch in seen for image in batch)
+    assert all((sources == image).flatten(1).all(1).any() for batch in seen for image in batch)
+    # the loader's random flip mirrors each image with its latent: moments of zero variance give latents 0.18215 mean
+    mean = torch.randn(64, 4, 8, 8)
+    moments = torch.cat([mean, torch.full_like(mean, -60.0)], dim=1)
+    images = torch.randn(64, 3, RES, RES)
+    x, _, _, given = trainer.prepare_batch((moments, torch.zeros(64, dtype=torch.int64), images))
+    mirrored = torch.isclose(x, 0.18215 * mean.flip(-1), atol=1e-6).flatten(1).all(1)
+    assert torch.isclose(x[~mirrored], 0.18215 * mean[~mirrored], atol=1e-6).all()
+    assert torch.equal(given[mirrored], images[mirrored].flip(-1)) and torch.equal(given[~mirrored], images[~mirrored])
+    assert 10 < mirrored.sum() < 54
+
+
 def test_text_to_image_training_with_test_prompt_grids_and_validation_caption_fid(assets, tmp_path):
     config = mscoco_config(assets)
     Trainer(config, str(tmp_path)).fit()

@@ -23,6 +23,14 @@ An MS-COCO root also holds ``empty_context.npy`` (77, D) and ``test_prompts/`` (
 ``contexts.npy`` (n, 77, D)). A shard is written as ``shard_XXXXX.tmp/`` and renamed when complete, so an
 interrupted extraction resumes where it stopped; under ``accelerate launch`` shard i is written by process
 i % num_processes.
+
+REPA on latents (libs/training/repa.py) needs the images the latents came from: ``store.with_source_images()``
+yields (features, target, image) with the image read from the folder the store was extracted from (``source`` in
+info.json, or ``config.dataset.source_path`` if it moved), cropped as the extraction cropped it and mirrored for the
+mirrored items, so the encoder sees exactly what the autoencoder saw. Item i of a store is image i of that folder in
+the extraction's order; the count (and ImageNet's labels) are checked against the store. This costs no storage
+(ImageNet's DINOv2-B tokens with mirrors would take 2 x 1.28M x 256 x 768 x 2 bytes = 1.0 TB in fp16) but loader
+time: each step decodes and crops the batch's JPEGs, as the extraction did once.
 """
 import json
 import os
@@ -155,6 +163,10 @@ class FeatureDataset(Dataset):
         state['_arrays'] = {}
         return state
 
+    def with_source_images(self, source_path: str = '') -> 'WithSourceImages':
+        """This store's items with their source images (module docstring); ``source_path`` '' : info.json's."""
+        return WithSourceImages(self, source_path)
+
     def __repr__(self) -> str:
         return (f'{type(self).__name__}(store={self.store!r}, n={len(self)}, data_shape={self.data_shape}, '
                 f'num_classes={self.num_classes})')
@@ -207,6 +219,21 @@ class ImageNetFeatures(FeatureDataset):
         image = index % self.num_images
         return self._features(image, flipped=index >= self.num_images), int(self.labels[index])
 
+    def source_images(self, path: str):
+        """The image dataset the store was extracted from, as extract_imagenet read it."""
+        from libs.data.datasets import ImageFolder
+        images = ImageFolder(path, self.resolution, labels_from_subfolders=True)
+        if len(images) != self.num_images or not np.array_equal(images.labels, self.labels[:self.num_images]):
+            raise UserError(f'{path} holds {len(images)} images in other classes or another order than the '
+                            f'{self.num_images} of {self.store}: point config.dataset.source_path at the folder '
+                            f'it was extracted from')
+        return images
+
+    def source_index(self, index: int):
+        """(the source image of item ``index``, whether the item is its mirror image)."""
+        index = self._index(index)
+        return index % self.num_images, index >= self.num_images
+
 
 class MSCOCOFeatures(FeatureDataset):
     """MS-COCO 2014 text-to-image features, one item per caption: (autoencoder features of its image, its CLIP
@@ -257,6 +284,18 @@ class MSCOCOFeatures(FeatureDataset):
         context = np.array(self._array(shard, 'contexts')[row], dtype=np.float32)
         return self._features(image), torch.from_numpy(context)
 
+    def source_images(self, path: str):
+        """The MS-COCO images the store was extracted from, as extract_mscoco read them."""
+        from libs.data.datasets import MSCOCO
+        images = MSCOCO(path, self.split, self.resolution)
+        if len(images) != self.num_images:
+            raise UserError(f'{path} holds {len(images)} {self.split} images, {self.store} was extracted from '
+                            f'{self.num_images}: point config.dataset.source_path at the folder it was extracted from')
+        return images
+
+    def source_index(self, index: int):
+        return self.image_index(index), False
+
     def empty_context(self) -> torch.Tensor:
         """CLIP features (77, D) of the empty prompt, from ``<root>/empty_context.npy``."""
         return read_empty_context(self.root, self.context_shape)
@@ -264,6 +303,34 @@ class MSCOCOFeatures(FeatureDataset):
     def test_prompts(self):
         """The sample-grid prompts and their CLIP features: (list of n str, (n, 77, D) float32 tensor)."""
         return read_test_prompts(self.root, self.context_shape)
+
+
+class WithSourceImages(Dataset):
+    """A feature store's items with the image each was extracted from: (features, target, image (3, R, R) in
+    [-1, 1]), the image mirrored when the item is a mirrored one. Other attributes are the store's."""
+
+    def __init__(self, store: FeatureDataset, source_path: str = ''):
+        self.store = store
+        path = source_path or store.info.get('source', '')
+        if not path or not os.path.isdir(path):
+            raise UserError(f'{store.store} was extracted from {path or "a folder it does not record"}, which is not '
+                            f'there; REPA reads the images beside the latents: put them back or set '
+                            f'config.dataset.source_path')
+        self.images = store.source_images(path)
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, index: int):
+        features, target = self.store[index]
+        source, mirrored = self.store.source_index(index)
+        image = self.images[source][0]
+        return features, target, image.flip(-1) if mirrored else image
+
+    def __getattr__(self, name):
+        if name in ('store', 'images'):  # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.store, name)
 
 
 def read_empty_context(root: str, context_shape=None) -> torch.Tensor:

@@ -18,13 +18,12 @@ import torch
 import torch.nn.functional as F
 
 from libs.errors import UserError, first_line
+from libs.fileio import check_model_folder
 from libs.images import to_uint8
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_DINOV2_DIR = os.path.join('assets', 'dinov2-vitl14')
 SOURCE_MODEL = 'facebook/dinov2-large'
-WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin', 'model.safetensors.index.json',
-                'pytorch_model.bin.index.json')
 INPUT_SIZE = 224
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -41,11 +40,7 @@ def load_dinov2(path: str = '', device='cpu'):
     path = dinov2_folder(path)
     where = (f'put config.json and model.safetensors of {SOURCE_MODEL} (ViT-L/14) in {path}/ '
              f'(default location {DEFAULT_DINOV2_DIR}/)')
-    if not os.path.isdir(path):
-        raise UserError(f'DINOv2 folder {path}/ not found: {where}')
-    present = set(os.listdir(path))
-    if 'config.json' not in present or not present.intersection(WEIGHT_FILES):
-        raise UserError(f'DINOv2 folder {path}/ lacks config.json or the weights: {where}')
+    check_model_folder(path, 'DINOv2', where)
     from transformers import Dinov2Model
     try:
         model = Dinov2Model.from_pretrained(path, local_files_only=True, dtype=torch.float32)

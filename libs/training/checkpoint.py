@@ -352,21 +352,32 @@ def read_train_state(ckpt: str) -> dict:
         return json.load(f)
 
 
-def load_object(ckpt: str, name: str):
+def load_object(ckpt: str, name: str, weights_only: bool = False):
     """torch.load a file of a checkpoint to the CPU (the caller moves it), with a one-line error if missing."""
     path = os.path.join(ckpt, name)
     if not os.path.isfile(path):
         raise UserError(f'checkpoint {ckpt} is incomplete: {name} is missing')
-    return torch.load(path, map_location='cpu', weights_only=False)
+    return torch.load(path, map_location='cpu', weights_only=weights_only)
+
+
+# The files every checkpoint may hold; any other .pth file belongs to the training objective (REPA's projector).
+CORE_FILES = ('nnet.pth', 'nnet_ema.pth', 'optimizer.pth', 'lr_scheduler.pth', 'grad_scaler.pth')
+
+
+def objective_files(ckpt: str) -> list:
+    """The .pth files of checkpoint ``ckpt`` that belong to the training objective, sorted."""
+    return sorted(name for name in os.listdir(ckpt) if name.endswith('.pth') and name not in CORE_FILES
+                  and not name.startswith('rng_state_'))
 
 
 class DamagedCheckpoint(Exception):
     """A file of a checkpoint does not load; the message names it."""
 
 
-def read_checkpoint(ckpt: str, rank: int, num_processes: int) -> dict:
+def read_checkpoint(ckpt: str, rank: int, num_processes: int, objective_files: tuple = ()) -> dict:
     """Everything process ``rank`` needs to resume from ``ckpt``, loaded to the CPU: 'state' (train_state.json), the
-    .pth files by name, and 'rng' (None when the checkpoint was written by another number of processes)."""
+    .pth files by name, and 'rng' (None when the checkpoint was written by another number of processes). Of the
+    training objective's ``objective_files`` (plain tensors, read with weights_only=True), those present."""
     def load(name, reader):
         try:
             return reader()
@@ -381,6 +392,9 @@ def read_checkpoint(ckpt: str, rank: int, num_processes: int) -> dict:
         names.append('grad_scaler.pth')
     for name in names:
         contents[name] = load(name, lambda: load_object(ckpt, name))
+    for name in objective_files:
+        if os.path.isfile(os.path.join(ckpt, name)):
+            contents[name] = load(name, lambda: load_object(ckpt, name, weights_only=True))
     contents['rng'] = None
     if contents['state'].get('num_processes', 1) == num_processes:
         name = f'rng_state_{rank}.pth'

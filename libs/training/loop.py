@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from libs.cli import enable_tf32
 from libs.config import compile_mode, device_switch, to_json
 from libs.data import build_dataset, data_spec
-from libs.data.augment import random_flip
+from libs.data.augment import flip_mask, flipped
 from libs.diffusion import build_framework
 from libs.diffusion.conditioning import build_conditioning
 from libs.errors import UserError
@@ -37,10 +37,11 @@ from libs.nets import build_nnet, check_state_dict, count_parameters, strip_wrap
 from libs.nets.compile import compile_regions
 from libs.rng import SampleRandom, loader_seed, seeded, training_seed
 from libs.training.checkpoint import (Agreement, CheckpointManager, DamagedCheckpoint, attempt, detect_storage, now,
-                                      one_line, read_checkpoint, rng_state, set_rng_state, verify)
+                                      objective_files, one_line, read_checkpoint, rng_state, set_rng_state, verify)
 from libs.training.data_order import ResumableBatchSampler
 from libs.training.objectives import build_objective
 from libs.training.optim import build_lr_scheduler, build_optimizer, load_optimizer_state, update_ema
+from libs.training.repa import with_repa
 
 logger = logging.getLogger(__name__)
 
@@ -221,7 +222,13 @@ class Trainer:
 
         self.nnet_ema = copy.deepcopy(nnet).requires_grad_(False).eval()
         self.path = default_path(config, self.device, grad_scaler=acc.scaler is not None)
-        optimizer = build_optimizer(config.optimizer, nnet.parameters(), fused=self.path['fused_optimizer'],
+        self.objective = with_repa(build_objective(config.objective, self.framework), config, self.device,
+                                   3 if self.spec.latent else self.spec.data_shape[0], acc.autocast)
+        if self.objective.needs_images and self.spec.latent:  # REPA's encoder sees the images the latents came from
+            self.dataset = self.dataset.with_source_images(config.dataset.get('source_path', ''))
+        # the module accelerate wraps: the backbone, or the objective's module around it (REPA: with its projector)
+        module = self.objective.training_module(nnet)
+        optimizer = build_optimizer(config.optimizer, module.parameters(), fused=self.path['fused_optimizer'],
                                     device=self.device)
         self.lr_scheduler = build_lr_scheduler(config.lr_scheduler, optimizer, tc.n_steps)
         ckpt_root = os.path.join(workdir, 'ckpts')
@@ -234,17 +241,15 @@ class Trainer:
         self.step = 0
         resume_from, contents = self._find_checkpoint(resume)
         if resume_from:
-            self._load_weights(resume_from, contents, nnet)
+            self._load_weights(resume_from, contents, nnet, module)
 
         self.denoiser_ema = self.framework.denoiser(self.nnet_ema)
-        self.objective = build_objective(config.objective, self.framework)
-        # self.nnet is the module accelerate wraps (the backbone, or the objective's module around it)
         # in place, after the EMA's deep copy: parameter names and checkpoint keys stay the release's
         if self.path['compile']:
             compile_regions(nnet, whole=self.path['compile'] == 'full')
         if self.path['sample_compile']:
             compile_regions(self.nnet_ema, whole=self.path['sample_compile'] == 'full')
-        self.nnet, self.optimizer = acc.prepare(self.objective.training_module(nnet), optimizer)
+        self.nnet, self.optimizer = acc.prepare(module, optimizer)
         self.nnet_ema.to(self.device)
         if resume_from:
             self._load_optimizer_and_rng(resume_from, contents)
@@ -317,7 +322,8 @@ class Trainer:
         if first is None:
             contents, problem = None, None
             try:
-                contents = read_checkpoint(ckpt, self.accelerator.process_index, self.accelerator.num_processes)
+                contents = read_checkpoint(ckpt, self.accelerator.process_index, self.accelerator.num_processes,
+                                           self.objective.files)
             except DamagedCheckpoint as exc:
                 problem = str(exc)
             first = agreement.first_problem(agreement.exchange(problem, what))
@@ -327,11 +333,22 @@ class Trainer:
             self.ckpts.damaged[step] = first
         return first, None
 
-    def _load_weights(self, ckpt: str, contents: dict, nnet: torch.nn.Module) -> None:
+    def _load_weights(self, ckpt: str, contents: dict, nnet: torch.nn.Module, module: torch.nn.Module) -> None:
         for name, model in (('nnet.pth', nnet), ('nnet_ema.pth', self.nnet_ema)):
             weights = strip_wrapper_prefixes(contents[name])
             check_state_dict(model, weights, os.path.join(ckpt, name))
             model.load_state_dict(weights)
+        unused = sorted(set(objective_files(ckpt)) - set(self.objective.files))
+        if unused:
+            raise UserError(f'checkpoint {ckpt} holds {unused[0]}, which this run\'s objective does not use (it was '
+                            f'trained with other config.objective / config.repa settings): resume with those, or '
+                            f'train in a fresh work directory')
+        for name in self.objective.files:
+            if name not in contents:
+                raise UserError(f'checkpoint {ckpt} has no {name}, which this run\'s objective needs (it was trained '
+                                f'with other config.objective / config.repa settings): resume with those, or train '
+                                f'in a fresh work directory')
+        self.objective.load_state_files(module, contents, ckpt)
         self.step = contents['state']['step']
 
     def _load_optimizer_and_rng(self, ckpt: str, contents: dict) -> None:
@@ -394,6 +411,8 @@ class Trainer:
             return
         ckpts.write(tmp, 'nnet.pth', {k: v.cpu() for k, v in self.backbone().state_dict().items()})
         ckpts.write(tmp, 'nnet_ema.pth', {k: v.cpu() for k, v in self.nnet_ema.state_dict().items()})
+        for name, state in self.objective.state_files(self.accelerator.unwrap_model(self.nnet)).items():
+            ckpts.write(tmp, name, state)
         ckpts.write(tmp, 'optimizer.pth', self.optimizer.state_dict())
         ckpts.write(tmp, 'lr_scheduler.pth', self.lr_scheduler.state_dict())
         if acc.scaler is not None:
@@ -483,16 +502,24 @@ class Trainer:
                 yield batch
 
     def prepare_batch(self, batch):
-        """(data, targets) from the loader -> (the model's input on the device: images flipped at random if
-        configured, or latents from the stored autoencoder features; the network's condition dict, with the condition
-        dropped at rate p_uncond; the targets on the device: labels, or text contexts)."""
-        x, y = batch
+        """(data, targets[, source images]) from the loader -> (the model's input on the device: images flipped at
+        random if configured, or latents from the stored autoencoder features; the network's condition dict, with the
+        condition dropped at rate p_uncond; the targets on the device: labels, or text contexts; the clean images in
+        [-1, 1] when the objective needs them (REPA): the data themselves in pixel space, else the source images the
+        feature store's loader adds, flipped with the data; otherwise None)."""
+        x, y, *source = batch
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
+        source = source[0].to(self.device, non_blocking=True) if source else None
         if self.config.dataset.get('random_flip', False):
-            x = random_flip(x)
+            flip = flip_mask(x)
+            x = flipped(x, flip)
+            source = None if source is None else flipped(source, flip)
+        images = None
+        if self.objective.needs_images:
+            images = x if source is None else source
         x = self.space.training_input(x)
-        return x, self.conditioning.training_condition(y, self.config.train.p_uncond), y
+        return x, self.conditioning.training_condition(y, self.config.train.p_uncond), y, images
 
     def train_step(self, data) -> dict:
         acc, tc = self.accelerator, self.config.train
@@ -501,9 +528,9 @@ class Trainer:
         nonfinite = torch.zeros((), device=self.device)
         grad_norm = None
         for _ in range(tc.gradient_accumulation_steps):
-            x, cond, labels = self.prepare_batch(next(data))
+            x, cond, labels, images = self.prepare_batch(next(data))
             with acc.accumulate(self.nnet):
-                loss, extra = self.objective(self.nnet, x, cond, labels)
+                loss, extra = self.objective(self.nnet, x, cond, labels, images)
                 nonfinite = torch.maximum(nonfinite, (~torch.isfinite(loss)).float())
                 acc.backward(loss)
                 if acc.sync_gradients:
