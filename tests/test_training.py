@@ -486,3 +486,36 @@ def test_the_grad_scaler_starts_at_the_configured_scale(tmp_path):
     config.train.grad_scaler_init_scale = 1024.0
     accelerator = loop_module.make_accelerator(config, str(tmp_path))
     assert accelerator.scaler_handler.to_kwargs() == {'init_scale': 1024.0}
+
+
+class HostReads(torch.overrides.TorchFunctionMode):
+    """Counts the tensor reads to the host (item, tolist, bool, float, ...) made by the suite's own code, but for the
+    batch sampler, whose indices are host tensors from the start."""
+    READS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__float__,
+             torch.Tensor.__int__, torch.Tensor.__index__, torch.Tensor.numpy, torch.Tensor.cpu}
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.READS:
+            caller = sys._getframe(1).f_code.co_filename
+            if caller.startswith(os.path.join(ROOT, 'libs')) and not caller.endswith('data_order.py'):
+                self.calls.append(f'{func.__name__} in {os.path.relpath(caller, ROOT)}')
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_step_reads_the_device_once_and_a_log_line_once(tmp_path):
+    """Every per-step decision (non-finite loss or gradients, SIGTERM, time budget) comes from one read of one
+    all-reduced flag vector; the logged losses and norms are read only at the log interval, together."""
+    trainer = Trainer(tiny_config(n_steps=4, log_interval=100, grad_clip=1.0), str(tmp_path))
+    data = trainer.batches()
+    for _ in range(2):
+        with HostReads() as reads:
+            metrics = trainer.train_step(data)
+        assert reads.calls == ['tolist in libs/training/loop.py']
+    with HostReads() as reads:
+        values = trainer.log(metrics, images_per_sec=1.0)
+    assert reads.calls == ['tolist in libs/training/loop.py']
+    assert set(values) >= {'loss', 'grad_norm'} and values['loss'] == pytest.approx(metrics['loss'].item())

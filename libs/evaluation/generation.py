@@ -26,7 +26,7 @@ def score_samples(run: EvalRun, mode: str, sample_cfg, scorer, png_dir: str) -> 
 
 def eval_sample(config, nnet_path: str, ema: bool = True) -> dict:
     """Sample ``config.sample.n_samples``, score them (FID or the digit score), keep PNGs in ``sample.path``."""
-    run = EvalRun.load(config, nnet_path, ema, mode='sample')
+    run = EvalRun.load(config, nnet_path, ema, mode='sample', sampling=True)
     scorer = run.scorer()  # before any sampling: missing FID files fail now
     return score_samples(run, 'sample', config.sample, scorer, config.sample.path)
 
@@ -34,7 +34,7 @@ def eval_sample(config, nnet_path: str, ema: bool = True) -> dict:
 def eval_gen(config, nnet_path: str, ema: bool = True) -> dict:
     """``config.sample`` and, with ``clf_eval.ancestral``, that sampler over every step of the discrete chain."""
     from libs.diffusion.schedules import DiscreteSchedule
-    run = EvalRun.load(config, nnet_path, ema, mode='gen')
+    run = EvalRun.load(config, nnet_path, ema, mode='gen', sampling=True)
     runs = [config.sample]
     if config.clf_eval.ancestral:
         schedule = getattr(run.framework, 'schedule', None)

@@ -27,11 +27,12 @@ import subprocess
 import torch
 from tqdm.auto import tqdm
 
-from libs.config import to_json
+from libs.config import compile_mode, to_json
 from libs.errors import UserError
 from libs.evaluation.shards import ShardStore
 from libs.fileio import atomic_open, file_sha256
 from libs.images import save_pngs
+from libs.nets.compile import compile_regions
 from libs.rng import SampleRandom, eval_process_seed
 
 logger = logging.getLogger(__name__)
@@ -294,8 +295,11 @@ class EvalRun:
     spec: object
 
     @classmethod
-    def load(cls, config, nnet_path: str, ema: bool = True, mode: str = 'sample', classifier: bool = False):
-        """Build the network and load its weights once; a network without a head fails first when one is needed."""
+    def load(cls, config, nnet_path: str, ema: bool = True, mode: str = 'sample', classifier: bool = False,
+             sampling: bool = False):
+        """Build the network and load its weights once; a network without a head fails first when one is needed.
+        ``sampling``: the mode samples, so its blocks are compiled when ``config.sample.compile`` says so (on CUDA
+        by default; libs/nets/compile.py)."""
         from libs.data import data_spec, is_latent
         from libs.diffusion import build_framework
         from libs.nets import build_nnet, load_nnet_weights
@@ -316,6 +320,9 @@ class EvalRun:
         weights = load_nnet_weights(nnet, nnet_path, ema=ema)
         accelerator = eval_accelerator(config)
         nnet = nnet.eval().requires_grad_(False).to(accelerator.device)
+        compiling = compile_mode(config.sample.compile, 'sample.compile', accelerator.device) if sampling else ''
+        if compiling:
+            compile_regions(nnet, whole=compiling == 'full')
         return cls(config, accelerator, nnet, weights, ema, framework, spec)
 
     @property

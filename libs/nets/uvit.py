@@ -116,6 +116,10 @@ class UViTTrunk(PatchTokens, SquareImageInput, nn.Module):
     def token_blocks(self) -> int:
         return len(self.in_blocks) + 1 + len(self.out_blocks)
 
+    def repeated_blocks(self) -> list:
+        """The transformer blocks in execution order (in, mid, out blocks), what regional compilation compiles."""
+        return [*self.in_blocks, self.mid_block, *self.out_blocks]
+
     def feature_layers(self) -> list:
         """``block_0``, ``block_1``, ...: the transformer blocks in execution order (in, mid, out blocks)."""
         return [f'block_{i}' for i in range(self.token_blocks())]
