@@ -1,4 +1,5 @@
-"""Train a latent diffusion model on stored Stable Diffusion autoencoder features (ImageNet 256 / 512).
+"""Train a latent diffusion model on stored autoencoder features (ImageNet 256 / 512; any autoencoder of
+libs/latent/autoencoder.py: Stable Diffusion's, SD3's, FLUX's, DC-AE's).
 
     accelerate launch scripts/extract_imagenet_feature.py --resolution 256 --path <ImageNet>/train \
         --out assets/datasets/imagenet256_features                      # once

@@ -12,7 +12,7 @@ def get_config():
     return resolve(d(
         seed=1234,
         pred='noise_pred',
-        autoencoder=d(pretrained_path='assets/stable-diffusion/autoencoder_kl.pth', scale_factor=0.18215),
+        autoencoder=d(pretrained_path='assets/stable-diffusion/autoencoder_kl.pth'),  # its scale 0.18215
         train=d(n_steps=300000, batch_size=1024, mode='cond', p_uncond=0.15, log_interval=10, eval_interval=5000,
                 save_interval=50000, grid_size=50),
         optimizer=d(name='adamw', lr=0.0002, weight_decay=0.03, betas=(0.99, 0.99)),

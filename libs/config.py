@@ -28,9 +28,13 @@ def defaults() -> ml_collections.ConfigDict:
     return d(
         seed=1234,
         framework='gaussian',            # the diffusion framework (libs/diffusion: FRAMEWORKS)
-        pred='noise_pred',               # Gaussian framework: the network predicts 'noise_pred', 'x0_pred' or 'v_pred'
+        pred='noise_pred',               # Gaussian framework: the network predicts 'noise_pred', 'x0_pred', 'v_pred'
+                                         # (Salimans' v), 'velocity' (the flow velocity dx_t/dt, SiT) or 'score'
         min_snr_gamma=0.0,               # Gaussian framework: Min-SNR-gamma loss weighting (e.g. 5); 0: plain L_simple
+        loss_weight='',                  # Gaussian framework: SiT's weighting of the noise / score loss: '' (none),
+                                         # 'velocity' or 'likelihood'
         learned_variance=False,          # Gaussian framework: the backbone also outputs a variance (DiT learn_sigma)
+        drop_variance=False,             # Gaussian framework: the backbone's variance half is dropped (SiT's release)
         vlb_lambda=0.001,                # learned variance: L_simple + vlb_lambda N L_n, L_n in bits/dim (DiT: N=1000)
         mixed_precision='',              # '', 'no', 'fp16', 'bf16'; '' keeps what `accelerate launch` says
         log_with='tensorboard',          # 'tensorboard', 'wandb' or 'none'
@@ -76,7 +80,9 @@ def defaults() -> ml_collections.ConfigDict:
             ema_rate=0.9999,
             keep_ckpts=0,                # how many checkpoints to keep; 0 keeps all
             num_workers=4,               # DataLoader workers per process, at most the CPUs it may run on
-            compile=False,               # torch.compile the network
+            compile='auto',              # torch.compile the trained network's blocks ('auto': on CUDA; 'full': whole)
+            fused_optimizer='auto',      # fused AdamW / Adam / SGD kernel, foreach where none ('auto': on CUDA)
+            foreach_ema='auto',          # the EMA update as one multi-tensor lerp ('auto': on CUDA)
             tf32=True,                   # TF32 matmuls / convolutions on Ampere and newer GPUs
             final_eval=True,             # evaluate with config.sample at the end of training
             grid_size=100,               # images in each sample grid
@@ -93,11 +99,21 @@ def defaults() -> ml_collections.ConfigDict:
             alpha=100.0,                 # hybrid: weight of L_simple
             augment='none',              # hybrid: augmentation of the classification batch
         ),
+        repa=d(                          # representation alignment (libs/training/repa.py; Yu et al. 2024), ViTs only
+            weight=0.0,                  # the alignment loss's weight; 0 switches REPA off (REPA: 0.5)
+            depth=8,                     # the block whose image tokens are aligned, 1-based in execution order
+                                         # (REPA: 8 of SiT-XL's 28)
+            encoder='dinov2',            # the frozen encoder (libs/latent/vision_encoders.py: ENCODERS)
+            encoder_path='',             # '' : the encoder's default place under assets/
+            projector_dim=2048,          # hidden width of the projector MLP (REPA: 2048)
+        ),
         lr_scheduler=d(name='customized', warmup_steps=5000),
         nnet=d(name='uvit'),
         autoencoder=d(
-            pretrained_path='',          # '' : pixel space; else the Stable Diffusion autoencoder (latent space)
-            scale_factor=0.18215,        # latents are the autoencoder's samples times this
+            pretrained_path='',          # '' : pixel space; else the autoencoder (latent space): a diffusers
+                                         # folder (AutoencoderKL, AutoencoderDC) or the release's autoencoder_kl.pth
+            scale_factor=0.0,            # latents = (z - shift) * scale; 0: the autoencoder's own scaling_factor
+                                         # (the store's info.json when training, the folder's config.json else)
             decode_batch_size=50,        # images decoded per autoencoder call when sampling
         ),
         text_encoder=d(
@@ -111,12 +127,22 @@ def defaults() -> ml_collections.ConfigDict:
             mini_batch_size=500,         # per process
             algorithm='euler_maruyama_sde',
             path='',                     # keep the samples as PNG files here
+            compile='auto',              # torch.compile the sampling network's blocks ('auto': on CUDA; 'full': whole)
             scale=0.0,                   # classifier-free guidance scale (0: none); DiT's cfg scale s is s - 1
             guided_channels=0,           # guide only the first this many channels of eps (DiT: 3); 0: all
             order=0,                     # 0: the algorithm's default order
             method='',                   # '' : the algorithm's default ('singlestep' / 'multistep')
             skip_type='',                # '' : the algorithm's default step grid
             t_end=0.0,                   # 0 : the algorithm's default end time
+            t_start=0.0,                 # 0 : the algorithm's default start: 1, or the schedule's t_max (1 - 1e-3 on
+                                         # the flow paths) for the log-SNR solvers and noise / score models
+            guidance_interval='',        # 'lo,hi': guide only where lo < sigma / alpha <= hi (Kynkaanniemi et al.
+                                         # 2024; hi may be inf); '' : at every noise level
+            diffusion_form='sigma',      # flow_sde: SiT's w(t): 'constant', 'SBDM', 'sigma', 'linear', 'decreasing',
+                                         # 'increasing-decreasing'
+            diffusion_norm=1.0,          # flow_sde: its magnitude
+            last_step='Mean',            # flow_sde: SiT's last step to t = 0: 'Mean', 'Tweedie', 'Euler', '' (none)
+            last_step_size=0.04,         # flow_sde: where the last step starts
             eta=0.0,                     # ddim: 0 deterministic, 1 the ancestral sampler's variance
             rho=7.0,                     # heun: EDM's rho-grid
             s_churn=0.0,                 # heun: EDM's churn (0: deterministic) between noise levels s_min..s_max
@@ -134,8 +160,14 @@ def defaults() -> ml_collections.ConfigDict:
         ),
         eval=d(
             metric='fid',                # 'fid' (Inception) or 'digits' (the offline digit classifier)
-            ref_stats='',                # '' : the dataset's default reference statistics
+            metrics='fid',               # with metric 'fid': fid,sfid,is,prec,recall,kid,fd_dinov2 (metric_set.py)
+            ref_stats='',                # '' : the dataset's default; statistics, an ADM reference batch or a folder
             inception_path='',           # '' : assets/fid_inception/ or the torch hub cache
+            dinov2_path='',              # fd_dinov2: '' : assets/dinov2-vitl14/
+            is_split_size=5000,          # is: consecutive parts of this many samples (ADM); --eval=gen: is_splits
+            pr_k=3,                      # prec, recall: the k of the k-NN radii (ADM: 3)
+            kid_subsets=100,             # kid: subsets of kid_subset_size samples (Binkowski et al.: 100 of 1000)
+            kid_subset_size=1000,
             train_n_samples=10000,       # samples for the score computed at each checkpoint (0: no score)
             train_algorithm='dpm_solver',
             train_sample_steps=50,
@@ -181,7 +213,7 @@ def defaults() -> ml_collections.ConfigDict:
             l2_eps=(0.0, 0.125, 0.25, 0.5, 1.0),
             attack_steps=10,             # PGD steps (step size 2.5 eps / steps, random start)
             ancestral='ddpm_ancestral',  # gen: also sample with this sampler over all N steps ('' : only config.sample)
-            is_splits=10,                # Inception Score splits
+            is_splits=10,                # gen: Inception Score over this many equal parts (HybViT's convention)
         ),
     )
 
@@ -255,6 +287,36 @@ def differences(old: dict, new: dict, sections) -> list:
         out.extend(f'{key}: {a.get(key)!r} -> {b.get(key)!r}' for key in sorted(set(a) | set(b))
                    if a.get(key) != b.get(key))
     return out
+
+
+SWITCH_WORDS = {'true': True, '1': True, 'on': True, 'yes': True, 'false': False, '0': False, 'off': False,
+                'no': False}
+
+
+def device_switch(value, key: str, device) -> bool:
+    """A switch that is on by default on a CUDA device (``train.compile``, ``train.fused_optimizer``, ...): 'auto' is
+    on for CUDA and off elsewhere; True or False (also as the strings a command-line override of an 'auto' field
+    gives, 'False', 'off', '0', ...) as given. UserError naming ``key`` for anything else."""
+    import torch
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if word == 'auto':
+        return torch.device(device).type == 'cuda'
+    if word in SWITCH_WORDS:
+        return SWITCH_WORDS[word]
+    raise UserError(f"config.{key} must be 'auto', True or False, got {value!r}")
+
+
+def compile_mode(value, key: str, device) -> str:
+    """``train.compile`` / ``sample.compile``: 'regional' (each repeated block; a switch that is on, 'auto' on CUDA),
+    'full' (the whole network) or '' (off)."""
+    if str(value).strip().lower() == 'full':
+        return 'full'
+    try:
+        return 'regional' if device_switch(value, key, device) else ''
+    except UserError:
+        raise UserError(f"config.{key} must be 'auto', True, False or 'full', got {value!r}") from None
 
 
 def parse_list(value, what: str, kind=str, allow_empty: bool = False) -> list:

@@ -23,7 +23,7 @@ def config_kind(config) -> str:
     if config.train.mode == 'text':
         return 'text'
     dataset_class = DATASETS.get(config.dataset.get('name', None))
-    return 'latent' if getattr(dataset_class, 'stores_moments', False) else 'pixel'
+    return 'latent' if getattr(dataset_class, 'stores_features', False) else 'pixel'
 
 
 def check_kind(config, script_kinds: tuple, scripts: dict) -> None:

@@ -1,6 +1,9 @@
-"""Files: written so that readers never see a half-written one, weights read with one-line errors, and pickles of
-numpy arrays read without running code."""
+"""Files: written so that readers never see a half-written one, weights read with one-line errors, pickles of numpy
+arrays read without running code, and small models trained once with a fixed recipe and cached (the digit
+classifier, the digits' REPA encoder)."""
 import contextlib
+import hashlib
+import json
 import os
 import pickle
 import tempfile
@@ -64,3 +67,72 @@ class ArraysOnly(pickle.Unpickler):
         if f'{module}.{name}' in NUMPY_ARRAY_GLOBALS:
             return NUMPY_ARRAY_GLOBALS[f'{module}.{name}']
         raise pickle.UnpicklingError(f'global {module}.{name} refused: only plain data and numpy arrays are read')
+
+
+# The weights files of a Hugging Face model folder (transformers' from_pretrained reads one of them).
+HF_WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin', 'model.safetensors.index.json',
+                   'pytorch_model.bin.index.json')
+
+
+def check_model_folder(path: str, what: str, where: str) -> None:
+    """One UserError line unless ``path`` is a folder with a Hugging Face model's config.json and weights: '<what>
+    folder <path>/ not found: <where>' or '... lacks config.json or the weights: <where>'."""
+    if not os.path.isdir(path):
+        raise UserError(f'{what} folder {path}/ not found: {where}')
+    present = set(os.listdir(path))
+    if 'config.json' not in present or not present.intersection(HF_WEIGHT_FILES):
+        raise UserError(f'{what} folder {path}/ lacks config.json or the weights: {where}')
+
+
+def file_sha256(path: str) -> str:
+    """The SHA-256 of a file's bytes, as hex, read in blocks of 16 MiB."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 24), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run torch on one CPU thread: faster for tiny tensors (especially on a busy machine), and the same weights
+    whatever the number of cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def recipe_hash(recipe: dict) -> str:
+    """A short hash of everything that determines a cached model's weights."""
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cached_model(path: str, recipe: dict, build, train) -> torch.nn.Module:
+    """The model ``build()`` with the weights cached at ``path`` when they were made with ``recipe``; a missing,
+    unreadable or stale cache (another recipe) is replaced by ``train()``'s model, trained on one thread.
+
+    The file holds ``{'recipe_hash', 'recipe', 'state_dict'}``: strings and tensors, read with weights_only=True.
+    """
+    digest = recipe_hash(recipe)
+    cache = None
+    if os.path.isfile(path):
+        try:
+            cache = torch.load(path, map_location='cpu', weights_only=True)
+        except Exception:  # whatever a damaged file makes torch.load raise: retrain
+            cache = None
+    if isinstance(cache, dict) and cache.get('recipe_hash') == digest:
+        model = build()
+        try:
+            model.load_state_dict(cache.get('state_dict'))
+            return model.eval()
+        except (RuntimeError, TypeError, AttributeError):
+            pass
+    with one_thread(), torch.enable_grad():  # may be called lazily from inside a no_grad block
+        model = train().eval()
+    with atomic_open(path) as f:
+        torch.save({'recipe_hash': digest, 'recipe': json.dumps(recipe, sort_keys=True),
+                    'state_dict': model.state_dict()}, f)
+    return model

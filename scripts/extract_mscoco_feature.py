@@ -1,4 +1,4 @@
-"""Autoencoder moments of the MS-COCO 2014 images and CLIP features of their captions, for text-to-image U-ViT.
+"""Autoencoder features of the MS-COCO 2014 images and CLIP features of their captions, for text-to-image models.
 
     python scripts/extract_mscoco_feature.py --path=assets/datasets/coco --split=train
     python scripts/extract_mscoco_feature.py --path=assets/datasets/coco --split=val
@@ -22,9 +22,10 @@ flags.DEFINE_enum('split', 'train', ['train', 'val'], 'Which COCO 2014 split.')
 flags.DEFINE_string('out', None, 'Feature root (default assets/datasets/mscoco<resolution>_features).')
 flags.DEFINE_integer('resolution', 256, 'Centre-crop size of the images.')
 flags.DEFINE_string('autoencoder', extract.DEFAULT_AUTOENCODER,
-                    "The release's autoencoder_kl.pth or a diffusers AutoencoderKL folder.")
+                    "The release's autoencoder_kl.pth or a diffusers autoencoder folder (AutoencoderKL, "
+                    'AutoencoderDC).')
 flags.DEFINE_string('text_encoder', extract.DEFAULT_TEXT_ENCODER, 'The CLIP ViT-L/14 folder (text model).')
-flags.DEFINE_enum('dtype', 'fp32', list(extract.DTYPES), 'Autoencoder precision (moments are stored as fp32).')
+flags.DEFINE_enum('dtype', 'fp32', list(extract.DTYPES), 'Autoencoder precision (features are stored as fp32).')
 flags.DEFINE_integer('batch_size', 64, 'Images per autoencoder call and process (their captions go to CLIP).')
 flags.DEFINE_integer('shard_size', 1000, 'Images per shard (the unit of resuming and of work per process).')
 flags.DEFINE_integer('num_workers', 4, 'Image-decoding workers per process.')

@@ -1,13 +1,18 @@
-"""The Stable Diffusion autoencoder: CompVis <-> diffusers key mapping, loading both formats, latent scaling."""
+"""The autoencoders: CompVis <-> diffusers key mapping, loading the CompVis file and diffusers folders of each known
+class (AutoencoderKL with and without a shift, AutoencoderDC), their latents against diffusers' own, the one-line
+errors."""
+import json
+
 import pytest
 import torch
 from diffusers import AutoencoderKL
 
-from libs.latent.autoencoder import (SCALE_FACTOR, SD_CONFIG, FrozenAutoencoder, compvis_to_diffusers, diffusers_to_compvis,
-                              load_autoencoder)
+from libs.data.latent_format import LatentFormat
 from libs.errors import UserError
+from libs.latent.autoencoder import (SCALE_FACTOR, SD_CONFIG, FrozenAutoencoder, autoencoder_format,
+                                     compvis_to_diffusers, diffusers_to_compvis, load_autoencoder)
 from tiny_models import TINY_AUTOENCODER as TINY
-from tiny_models import tiny_autoencoder
+from tiny_models import save_tiny_autoencoder, tiny_autoencoder, tiny_dc_autoencoder, tiny_shifted_autoencoder
 
 
 @pytest.fixture(scope='module')
@@ -89,7 +94,7 @@ def test_compvis_file_loads_and_matches_the_original(vae, compvis_file, images):
     assert not any(p.requires_grad for p in ae.parameters())
     ae.train()
     assert not ae.training and not ae.vae.training
-    torch.testing.assert_close(ae.encode_moments(images), raw_moments(vae, images), rtol=0, atol=1e-6)
+    torch.testing.assert_close(ae.encode_features(images), raw_moments(vae, images), rtol=0, atol=1e-6)
     latents = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(2))
     torch.testing.assert_close(ae.decode(latents), raw_decode(vae, latents), rtol=0, atol=1e-6)
 
@@ -102,23 +107,25 @@ def test_compvis_checkpoint_wrappers_are_unwrapped(vae, tmp_path, images):
     path = tmp_path / 'sd.ckpt'
     torch.save({'state_dict': wrapped}, path)
     ae = load_autoencoder(str(path), config=TINY)
-    torch.testing.assert_close(ae.encode_moments(images), raw_moments(vae, images), rtol=0, atol=1e-6)
+    torch.testing.assert_close(ae.encode_features(images), raw_moments(vae, images), rtol=0, atol=1e-6)
 
 
 def test_diffusers_folder_loads_in_the_requested_dtype(vae, tmp_path, images):
     vae.save_pretrained(tmp_path / 'vae')
     ae = load_autoencoder(str(tmp_path / 'vae'), dtype=torch.float64)
     assert ae.dtype == torch.float64 and ae.device == torch.device('cpu')
-    moments = ae.encode_moments(images)
+    moments = ae.encode_features(images)
     assert moments.dtype == torch.float64
     torch.testing.assert_close(moments.float(), raw_moments(vae, images), rtol=0, atol=1e-5)
 
 
 def test_shapes_sampling_and_scale_round_trip(vae, compvis_file, images):
     ae = load_autoencoder(compvis_file, config=TINY)
-    moments = ae.encode_moments(images)
+    assert ae.format == LatentFormat('AutoencoderKL', 4, 2, SCALE_FACTOR, 0.0, 'moments', compvis_file)
+    assert autoencoder_format(compvis_file, TINY) == ae.format
+    moments = ae.encode_features(images)
     assert moments.shape == (3, 8, 8, 8)
-    latents = ae.sample(moments, generator=torch.Generator().manual_seed(3))
+    latents = ae.to_latents(moments, generator=torch.Generator().manual_seed(3))
     assert latents.shape == (3, 4, 8, 8)
     mean, logvar = moments.chunk(2, dim=1)
     noise = torch.randn(mean.shape, generator=torch.Generator().manual_seed(3))
@@ -148,6 +155,7 @@ def test_missing_path_says_what_to_put_where(tmp_path):
     message = str(info.value)
     assert '\n' not in message
     assert path in message and 'autoencoder_kl.pth' in message and 'config.json' in message
+    assert 'AutoencoderDC, AutoencoderKL' in message and 'assets/README.md' in message
 
 
 def test_unmappable_and_missing_keys_are_named(vae, tmp_path):
@@ -168,3 +176,75 @@ def test_unmappable_and_missing_keys_are_named(vae, tmp_path):
 
     with pytest.raises(UserError, match='config.json is missing'):
         load_autoencoder(str(tmp_path))
+
+
+# ------------------------------------------------------------------------------------- diffusers folders by class
+
+# (tiny model, class, channels, factor, scale, shift, what a store holds)
+FOLDERS = {
+    'sd3_style_kl': (tiny_shifted_autoencoder, 'AutoencoderKL', 3, 2, 1.5305, 0.0609, 'moments'),
+    'dc_ae': (tiny_dc_autoencoder, 'AutoencoderDC', 8, 4, 0.4, 0.0, 'latents'),
+}
+
+
+@pytest.mark.parametrize('kind', sorted(FOLDERS))
+def test_each_class_loads_from_its_folder_and_speaks_as_diffusers_pipelines(kind, tmp_path, images):
+    make, name, channels, factor, scale, shift, stored = FOLDERS[kind]
+    model = make(seed=3)
+    path = save_tiny_autoencoder(tmp_path / kind, seed=3, make=make)
+    fmt = autoencoder_format(path)                                   # config.json alone
+    assert fmt == LatentFormat(name, channels, factor, scale, shift, stored, path)
+    ae = load_autoencoder(path)
+    assert type(ae.vae).__name__ == name and ae.format == fmt and not ae.training
+
+    # Encoding as the pipelines' image-to-image paths do: (z - shift) * scale, z the Gaussian's sample / the code.
+    with torch.no_grad():
+        encoded = model.encode(images)
+        if stored == 'moments':
+            z = encoded.latent_dist.sample(generator=torch.Generator().manual_seed(5))
+        else:
+            z = encoded.latent
+        expected = (z - shift) * scale
+    latents = ae.encode(images, generator=torch.Generator().manual_seed(5))
+    assert latents.shape == (3, channels, 16 // factor, 16 // factor)
+    torch.testing.assert_close(latents, expected, rtol=0, atol=1e-5 * float(expected.abs().max()))
+    features = ae.encode_features(images)
+    assert features.shape[1] == (2 * channels if stored == 'moments' else channels)
+
+    # Decoding as their last step does: z = latents / scale + shift.
+    with torch.no_grad():
+        decoded = model.decode(latents / scale + shift).sample
+    torch.testing.assert_close(ae.decode(latents), decoded, rtol=0, atol=1e-5)
+    torch.testing.assert_close(ae.decode(latents, batch_size=2), decoded, rtol=0, atol=1e-5)
+    assert decoded.shape == images.shape
+
+
+def test_unknown_and_broken_folders_are_one_line_each(tmp_path):
+    def message(path):
+        with pytest.raises(UserError) as info:
+            autoencoder_format(str(path))
+        assert '\n' not in str(info.value)
+        return str(info.value)
+
+    folder = tmp_path / 'vq'
+    folder.mkdir()
+    (folder / 'config.json').write_text(json.dumps({'_class_name': 'VQModel', 'latent_channels': 3}))
+    text = message(folder)
+    assert "'VQModel'" in text and 'known: AutoencoderDC, AutoencoderKL' in text
+    (folder / 'config.json').write_text('{"latent_channels": ')
+    assert 'cannot read' in message(folder)
+    (folder / 'config.json').write_text(json.dumps({'_class_name': 'AutoencoderKL', 'latents_mean': [0.1] * 4,
+                                                    'latents_std': [1.0] * 4}))
+    assert 'latents_mean' in message(folder)
+    (folder / 'config.json').unlink()
+    assert 'config.json is missing' in message(folder)
+    missing = tmp_path / 'assets' / 'dc-ae-f64c128-in-1.0-diffusers'
+    text = message(missing)
+    assert text.startswith(f'autoencoder not found at {missing}: put a diffusers autoencoder folder there')
+
+    empty_weights = tmp_path / 'no_weights'
+    tiny_dc_autoencoder().save_pretrained(empty_weights)
+    (empty_weights / 'diffusion_pytorch_model.safetensors').unlink()
+    with pytest.raises(UserError, match='cannot load the diffusers AutoencoderDC in') as info:
+        load_autoencoder(str(empty_weights))
+    assert '\n' not in str(info.value)

@@ -76,3 +76,22 @@ def test_ddae_configs_have_the_releases_networks_and_hyperparameters(name):
     else:
         assert (config.sample.algorithm, config.sample.sample_steps, config.sample.eta) == ('ddim', 100, 0.0)
         assert build_framework(config).schedule.model_time(torch.tensor(0.5)).item() == 0.5   # DDAE's n / N
+
+
+def test_sit_xl_2_is_dit_xl_2_trained_as_a_flow():
+    """SiT's release: DiT-XL/2's network and 2C head (675,129,632 parameters, the variance half dropped), the linear
+    path, velocity prediction, DiT's optimiser and EMA, its SDE sampler with 250 evaluations."""
+    config = load_config_file(os.path.join(ROOT, 'configs', 'imagenet256_sit_xl2.py'))
+    with torch.device('meta'):
+        nnet = build_nnet(config.nnet)
+    assert count_parameters(nnet) == 675_129_632 and nnet.output == 'image+variance'
+    framework = build_framework(config)
+    framework.check_backbone(nnet)
+    assert (framework.prediction, framework.drop_variance, framework.loss_weight) == ('velocity', True, '')
+    assert type(framework.schedule).__name__ == 'LinearPath' and framework.schedule.train_range == (0.0, 1.0)
+    assert framework.schedule.model_time(torch.tensor(0.0)).item() == 1.0    # SiT's time: 1 at the data
+    assert (config.optimizer.name, config.optimizer.lr, config.optimizer.weight_decay) == ('adamw', 1e-4, 0.0)
+    assert (config.train.batch_size, config.train.ema_rate, config.nnet.class_dropout_prob) == (256, 0.9999, 0.1)
+    assert (config.sample.algorithm, config.sample.sample_steps, config.sample.diffusion_form,
+            config.sample.last_step, config.sample.last_step_size) == ('flow_sde', 250, 'sigma', 'Mean', 0.04)
+    assert framework.build_sampler(config.sample).consumes == 'velocity'

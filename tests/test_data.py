@@ -152,12 +152,12 @@ def test_the_registry_and_the_names_libs_data_exported_before_the_split():
     import libs.data
     from libs.data import datasets
     exported = {
-        libs.data: ['DATASETS', 'DataSpec', 'IMAGE_DATASETS', 'ImageNetFeatures', 'LATENT_DOWNSAMPLING',
-                    'MSCOCOFeatures', 'build_dataset', 'build_from', 'data_spec'],
+        libs.data: ['DATASETS', 'DataSpec', 'IMAGE_DATASETS', 'ImageNetFeatures', 'LatentFormat', 'MSCOCOFeatures',
+                    'build_dataset', 'build_from', 'class_from', 'data_spec', 'dataset_class', 'is_latent'],
         datasets: ['CELEBA_ALIGNED_SIZE', 'CELEBA_CROP_BOX', 'CelebA64', 'Cifar10', 'Cifar100', 'Digits',
                    'IMAGE_DATASETS', 'IMAGE_EXTENSIONS', 'ImageDataset', 'ImageFolder', 'ImageNet32', 'ImageNet64',
                    'ImageNetSubset', 'Interpolated', 'MSCOCO', 'Mnist', 'STL10', 'SVHN', 'TinyImageNet', 'build_from',
-                   'crop_and_resize']}
+                   'class_from', 'crop_and_resize']}
     for module, names in exported.items():
         assert set(names) <= {n for n in dir(module) if not isinstance(getattr(module, n), types.ModuleType)}, module
     for name, cls in datasets.IMAGE_DATASETS.items():   # one class per name, in its family's module

@@ -222,7 +222,7 @@ def test_guidance_of_three_of_four_channels_takes_the_fourth_and_the_variance_fr
     eps = framework.guided(denoiser, cond, null, scale, channels=3)(x, t)
     torch.testing.assert_close(eps[:, :3], dit.expand(2, 3, 4, 4))
     torch.testing.assert_close(eps[:, 3:], y.expand(2, 1, 4, 4))
-    both = framework.guided(denoiser, cond, null, scale, channels=3, with_variance=True)(x, t)
+    both = framework.guided(denoiser, cond, null, scale, channels=3, consumes='noise+variance')(x, t)
     torch.testing.assert_close(both[:, :3], dit.expand(2, 3, 4, 4))
     torch.testing.assert_close(both[:, 3:], torch.cat([y, 5 * y.expand(2, 4, 1, 1)], 1).expand(2, 5, 4, 4))
     torch.testing.assert_close(denoiser.variance(x, t, **cond), 5 * y.expand(2, 4, 4, 4))

@@ -44,9 +44,10 @@ def test_fid_of_eval_equals_fid_of_its_pngs_and_is_stored_with_its_settings(tmp_
     result = run_eval([f'--nnet_path={weights}', '--config.eval.metric=fid', f'--config.eval.ref_stats={ref}',
                        f'--config.eval.inception_path={random_weights}', '--config.sample.n_samples=12',
                        '--config.sample.mini_batch_size=5', '--config.sample.sample_steps=4',
-                       f'--config.sample.path={pngs}'])
+                       f'--config.sample.path={pngs}', '--config.eval.metrics=fid,is',
+                       '--config.eval.is_split_size=5'])
     assert result.returncode == 0, result.stderr[-3000:]
-    printed = float(result.stdout.strip().splitlines()[-1].split('fid=')[1])
+    printed = float(result.stdout.strip().splitlines()[-1].split('fid=')[1].split()[0])
     record_path = os.path.join(os.path.dirname(weights),
                                'eval_sample_digits_n12_fid_unipc_nfe4_scale0.5_ema.json')
     record = json.loads(open(record_path).read())
@@ -54,6 +55,8 @@ def test_fid_of_eval_equals_fid_of_its_pngs_and_is_stored_with_its_settings(tmp_
     settings = record['settings']
     assert record['n'] == 12 and settings['nfe'] == 4 and settings['algorithm'] == 'unipc'
     assert record['ema'] is True and settings['guidance_scale'] == 0.5 and settings['reference_statistics'] == str(ref)
+    assert settings['metrics'] == ['fid', 'is'] and settings['inception_score_split'] == {'split_size': 5}
+    assert settings['inception'] == random_weights and settings['reference_kind'] == 'statistics'
     assert record['weights'] == weights and record['mode'] == 'sample'
     assert record['provenance']['device'] == 'cpu' and record['provenance']['torch'] == torch.__version__
     files = sorted(os.listdir(pngs))
@@ -62,6 +65,9 @@ def test_fid_of_eval_equals_fid_of_its_pngs_and_is_stored_with_its_settings(tmp_
     images = torch.from_numpy(np.stack([load_png(str(pngs / f)) for f in files])).permute(0, 3, 1, 2)
     from_pngs = fid.fid_from_activations(features(images), str(ref))
     assert from_pngs == pytest.approx(record['fid'], rel=1e-3)
+    from libs.metrics.inception_score import inception_score_of_features   # ADM's parts: 5, 5 and 2 samples
+    expected_is = inception_score_of_features(features(images), fid.load_logit_weights(random_weights), split_size=5)
+    assert record['inception_score'] == pytest.approx(expected_is[0], rel=1e-3)
 
 
 def test_digits_score_of_a_checkpoint_directory(tmp_path, weights):
@@ -144,26 +150,62 @@ def _samples_as_files(tmp_path):
     return images
 
 
-def test_compute_fid_scores_sample_files_without_a_model(tmp_path, random_weights):
+def test_score_samples_against_a_reference_batch_and_statistics_without_a_model(tmp_path, random_weights):
+    """The npz of samples against an ADM-style reference batch (arr_0 with mu and sigma), every Inception metric
+    and the reference check; the PNGs through the old name compute_fid.py against statistics alone."""
+    from libs.images import to_uint8
     from libs.metrics.inception_score import inception_score_of_features
     images = _samples_as_files(tmp_path)
     features = fid.InceptionFeatures(fid.load_inception(random_weights))
+    reference_images = to_uint8(torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(4)) * 2 - 1)
+    mu, sigma = fid.activation_statistics(features(reference_images))
     ref = tmp_path / 'ref.npz'
-    fid.save_stats(str(ref), *fid.activation_statistics(features(torch.rand(10, 3, 16, 16) * 2 - 1)))
+    fid.save_stats(str(ref), mu, sigma)
+    batch = tmp_path / 'VIRTUAL_batch.npz'
+    np.savez(batch, arr_0=reference_images.permute(0, 2, 3, 1).numpy(), mu=mu, sigma=sigma)
     acts = features(images)
-    expected_fid = fid.fid_from_activations(acts, str(ref))
-    expected_is = inception_score_of_features(acts, fid.load_logit_weights(random_weights), 2)[0]
-    for samples, name in ((tmp_path / 'samples.npz', 'eval_files_samples_n12_fid.json'),
-                          (tmp_path / 'pngs', 'eval_files_pngs_n12_fid.json')):
-        result = subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', 'compute_fid.py'),
-                                 f'--samples={samples}', f'--ref_stats={ref}', f'--inception={random_weights}',
-                                 '--is_splits=2', '--batch_size=5'], cwd=ROOT, capture_output=True, text=True,
-                                timeout=600)
+    expected_fid = fid.frechet_distance_of_activations(acts, mu, sigma)
+    weight = fid.load_logit_weights(random_weights)
+    runs = [(['score_samples.py', f'--samples={tmp_path / "samples.npz"}', f'--reference={batch}',
+              '--metrics=fid,sfid,is,prec,recall,kid', '--kid_subset_size=5', '--kid_subsets=4', '--check_reference',
+              '--is_split_size=5'], 'eval_files_samples_n12_fid.json', {'split_size': 5}),
+            (['compute_fid.py', f'--samples={tmp_path / "pngs"}', f'--ref_stats={ref}', '--is_splits=2'],
+             'eval_files_pngs_n12_fid.json', {'splits': 2})]
+    for (script, *args), name, split in runs:
+        result = subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', script), *args,
+                                 f'--inception={random_weights}', '--batch_size=5'], cwd=ROOT, capture_output=True,
+                                text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
         record = json.loads((tmp_path / name).read_text())
-        assert record['n'] == 12 and record['settings']['reference_statistics'] == str(ref)
+        settings = record['settings']
+        assert record['n'] == 12 and settings['inception_score_split'] == split
         assert record['fid'] == pytest.approx(expected_fid, rel=1e-6)
-        assert record['inception_score'] == pytest.approx(expected_is, rel=1e-6)
+        assert record['inception_score'] == pytest.approx(
+            inception_score_of_features(acts, weight, split.get('splits'), split.get('split_size'))[0], rel=1e-6)
+        assert f"fid={record['fid']:.6g}" in result.stdout
+    assert settings['reference_statistics'] == str(ref) and settings['reference_kind'] == 'statistics'
+    record = json.loads((tmp_path / 'eval_files_samples_n12_fid.json').read_text())
+    settings = record['settings']
+    assert settings['reference_kind'] == 'batch' and settings['reference_images'] == 6
+    assert settings['reference_statistics_source'] == {'pool': 'stored', 'spatial': 'computed from 6 images'}
+    assert (settings['pr_k'], settings['kid_subsets'], settings['kid_subset_size']) == (3, 4, 5)
+    assert len(settings['reference_sha256']) == len(settings['inception_sha256']) == 64
+    assert 0 <= record['precision'] <= 1 and 0 <= record['recall'] <= 1 and record['sfid'] > 0
+    assert 'kid' in record and 'kid_std' in record
+    # the stored mu, sigma are those of these very images under these weights: the check finds them again
+    check = record['reference_check']
+    assert set(check) == {'pool'} and check['pool']['frechet_distance'] == pytest.approx(0, abs=1e-6 * np.trace(sigma))
+
+
+def test_samples_of_another_resolution_than_the_reference_fail_first(tmp_path):
+    from libs.errors import UserError
+    from libs.evaluation.sample_files import score_sample_files
+    _samples_as_files(tmp_path)
+    np.savez(tmp_path / 'ref.npz', arr_0=np.zeros((4, 8, 8, 3), np.uint8))
+    with pytest.raises(UserError) as info:   # before any network is loaded: no Inception weights are needed
+        score_sample_files(str(tmp_path / 'samples.npz'), str(tmp_path / 'ref.npz'))
+    assert str(info.value) == (f'the reference {tmp_path / "ref.npz"} holds 8x8 images and the samples are 16x16: '
+                               'compare samples with a reference of their own resolution')
 
 
 def test_compute_fid_errors_are_one_line(tmp_path):

@@ -22,9 +22,11 @@ from libs.data import build_dataset
 from libs.data.datasets import MSCOCO, crop_and_resize
 from libs.errors import UserError
 from libs.data.feature_store import ImageNetFeatures, MSCOCOFeatures
+from libs.data.latent_format import LatentFormat
 from libs.images import from_uint8
 from libs.latent.text_encoder import load_text_encoder
-from tiny_models import TEXT_HIDDEN_SIZE, save_tiny_autoencoder, save_tiny_text_encoder
+from libs.latent.moments import latents_from_features
+from tiny_models import TEXT_HIDDEN_SIZE, save_tiny_autoencoder, save_tiny_text_encoder, tiny_dc_autoencoder
 
 LABELS = [0, 0, 0, 1, 1, 2, 2]  # of the sorted class folders below
 RES = 16  # the tiny autoencoder halves once: moments (8, 8, 8)
@@ -161,25 +163,29 @@ def test_imagenet_store_layout_moments_flips_and_labels(imagenet_root, imagenet_
         format=1, kind='imagenet', split='train', resolution=RES, latent_shape=[4, 8, 8], num_images=7, num_shards=3,
         shard_size=3, num_classes=3, flip=True)
     assert info['source'] == os.path.abspath(imagenet_dir[0]) and info['autoencoder'] == os.path.abspath(models[0])
+    assert {k: info[k] for k in ('autoencoder_class', 'latent_channels', 'downsampling', 'scaling_factor',
+                                 'shift_factor', 'stored')} == dict(
+        autoencoder_class='AutoencoderKL', latent_channels=4, downsampling=2, scaling_factor=0.18215, shift_factor=0.0,
+        stored='moments')
 
     stored = load_store(store, ['moments.npy', 'moments_flip.npy', 'labels.npy'])
     assert stored['labels.npy'].tolist() == labels == LABELS
     autoencoder = load_autoencoder(models[0])
     crops = center_crops(files)
-    torch.testing.assert_close(torch.from_numpy(stored['moments.npy']), autoencoder.encode_moments(crops),
+    torch.testing.assert_close(torch.from_numpy(stored['moments.npy']), autoencoder.encode_features(crops),
                                rtol=0, atol=1e-5)
     torch.testing.assert_close(torch.from_numpy(stored['moments_flip.npy']),
-                               autoencoder.encode_moments(crops.flip(3)), rtol=0, atol=1e-5)
+                               autoencoder.encode_features(crops.flip(3)), rtol=0, atol=1e-5)
     assert np.abs(stored['moments.npy'] - stored['moments_flip.npy']).max() > 1e-2  # the mirror is another image
 
 
 def test_imagenet_features_dataset(imagenet_root):
     stored = load_store(os.path.join(imagenet_root, 'train'), ['moments.npy', 'moments_flip.npy', 'labels.npy'])
     ds = build_dataset(cfg(name='imagenet_features', path=imagenet_root, resolution=RES))
-    assert isinstance(ds, ImageNetFeatures) and ds.stores_moments
+    assert isinstance(ds, ImageNetFeatures) and ds.stores_features
     assert len(ds) == 14 and ds.num_images == 7 and ds.num_classes == 3
     assert (ds.data_shape, ds.channels, ds.resolution) == ((4, 8, 8), 4, RES)
-    assert ds.moments_shape == (8, 8, 8) and ds.image_shape == (3, RES, RES)
+    assert ds.features_shape == (8, 8, 8) and ds.image_shape == (3, RES, RES)
     assert ds.labels.tolist() == LABELS * 2
     assert ds.fid_stats == f'assets/fid_stats/fid_stats_imagenet{RES}_guided_diffusion.npz'
     for index in (0, 4, 6):
@@ -199,6 +205,65 @@ def test_imagenet_features_dataset(imagenet_root):
         'mine.npz'
 
 
+def test_a_deterministic_autoencoder_stores_its_codes(imagenet_dir, models, tmp_path, one_thread):
+    dc = save_tiny_autoencoder(tmp_path / 'dc', make=tiny_dc_autoencoder)
+    done = extract_imagenet(imagenet_dir, (dc,) + models[1:], tmp_path / 'features')
+    assert done['images_encoded'] == 7
+    store = tmp_path / 'features' / 'train'
+    assert sorted(os.listdir(store / 'shard_00002')) == ['labels.npy', 'latents.npy', 'latents_flip.npy']
+    info = json.loads((store / 'info.json').read_text())
+    assert (info['latent_shape'], info['stored'], info['downsampling'], info['autoencoder_class']) == (
+        [8, 4, 4], 'latents', 4, 'AutoencoderDC')
+
+    ds = ImageNetFeatures(str(tmp_path / 'features'))
+    assert ds.latent_format == LatentFormat('AutoencoderDC', 8, 4, 0.4, 0.0, 'latents', str(store))
+    assert (ds.data_shape, ds.features_shape, ds.resolution) == ((8, 4, 4), (8, 4, 4), RES)
+    crops = center_crops(imagenet_dir[1])
+    codes = load_autoencoder(dc).encode_features(crops)
+    stored = torch.stack([ds[i][0] for i in range(14)])
+    torch.testing.assert_close(stored[:7], codes, rtol=0, atol=1e-5)
+    torch.testing.assert_close(stored[7:], load_autoencoder(dc).encode_features(crops.flip(3)), rtol=0, atol=1e-5)
+    # Training input: the code itself, scaled; no noise drawn.
+    torch.testing.assert_close(latents_from_features(stored[:7], ds.latent_format), 0.4 * codes, rtol=0, atol=1e-5)
+
+
+def test_a_store_written_before_the_format_was_recorded_reads_as_stable_diffusion_moments(imagenet_root, tmp_path):
+    old = tmp_path / 'old'
+    shutil.copytree(imagenet_root, old)
+    info = json.loads((old / 'train' / 'info.json').read_text())
+    for key in ('autoencoder_class', 'latent_channels', 'downsampling', 'scaling_factor', 'shift_factor', 'stored'):
+        del info[key]
+    (old / 'train' / 'info.json').write_text(json.dumps(info))
+    ds, new = ImageNetFeatures(str(old)), ImageNetFeatures(imagenet_root)
+    assert ds.latent_format == LatentFormat('AutoencoderKL', 4, 2, 0.18215, 0.0, 'moments', str(old / 'train'))
+    assert torch.equal(ds[9][0], new[9][0]) and ds[9][1] == new[9][1]
+
+
+def test_stores_give_repa_the_source_image_of_each_item_mirrored_with_it(imagenet_root, imagenet_dir, mscoco_root,
+                                                                          coco_dir, tmp_path):
+    store = ImageNetFeatures(imagenet_root)
+    with_images = store.with_source_images()
+    crops = center_crops(imagenet_dir[1])       # what the autoencoder encoded
+    assert len(with_images) == 14 and with_images.num_classes == 3 and with_images.data_shape == (4, 8, 8)
+    for index in (0, 5, 7, 12):
+        moments, label, image = with_images[index]
+        assert torch.equal(moments, store[index][0]) and label == store[index][1]
+        expected = crops[index % 7].flip(-1) if index >= 7 else crops[index]   # the mirrored crop of a mirror item
+        assert torch.equal(image, expected)
+    moved = tmp_path / 'moved'
+    shutil.copytree(imagenet_dir[0], moved)
+    assert torch.equal(store.with_source_images(str(moved))[3][2], crops[3])   # config.dataset.source_path
+    assert torch.equal(pickle.loads(pickle.dumps(with_images))[8][2], crops[1].flip(-1))   # DataLoader workers
+    os.remove(next(moved.glob('n03/*')))
+    assert 'other classes or another order' in one_line_error(store.with_source_images, str(moved))
+    assert 'config.dataset.source_path' in one_line_error(store.with_source_images, str(tmp_path / 'gone'))
+
+    captions = MSCOCOFeatures(mscoco_root).with_source_images()
+    source = MSCOCO(coco_dir, 'train', RES)
+    for index in (0, len(captions) - 1):
+        assert torch.equal(captions[index][2], source[captions.image_index(index)][0])
+
+
 def test_noflip_stores_no_mirrors(imagenet_dir, models, tmp_path, one_thread):
     extract_imagenet(imagenet_dir, models, tmp_path, flip=False, shard_size=4, batch_size=3)
     assert sorted(os.listdir(tmp_path / 'train' / 'shard_00001')) == ['labels.npy', 'moments.npy']
@@ -208,7 +273,7 @@ def test_noflip_stores_no_mirrors(imagenet_dir, models, tmp_path, one_thread):
 
 def test_interrupted_extraction_resumes_and_equals_a_clean_run(imagenet_root, imagenet_dir, models, tmp_path,
                                                                monkeypatch, one_thread):
-    encoded, original = [], FrozenAutoencoder.encode_moments
+    encoded, original = [], FrozenAutoencoder.encode_features
     fail_at_call = [None]
 
     def counting(self, images):
@@ -216,7 +281,7 @@ def test_interrupted_extraction_resumes_and_equals_a_clean_run(imagenet_root, im
             raise RuntimeError('killed')
         encoded.append(len(images))
         return original(self, images)
-    monkeypatch.setattr(FrozenAutoencoder, 'encode_moments', counting)
+    monkeypatch.setattr(FrozenAutoencoder, 'encode_features', counting)
 
     # Calls (images, mirrors) per batch of 2: shard 0 takes 4 calls; the 7th is in shard 1's second batch.
     fail_at_call[0] = 6
@@ -306,14 +371,14 @@ def test_mscoco_store_moments_contexts_and_captions(mscoco_root, coco_dir, model
         torch.testing.assert_close(torch.from_numpy(contexts), encoder.encode(sum(captions, [])), rtol=0, atol=1e-5)
         moments.append(np.load(os.path.join(folder, 'moments.npy')))
     torch.testing.assert_close(torch.from_numpy(np.concatenate(moments)),
-                               autoencoder.encode_moments(center_crops(images.files)), rtol=0, atol=1e-5)
+                               autoencoder.encode_features(center_crops(images.files)), rtol=0, atol=1e-5)
 
 
 def test_mscoco_features_dataset_has_one_item_per_caption(mscoco_root, coco_dir, models, one_thread):
     ds = build_dataset(cfg(name='mscoco_features', path=mscoco_root))
-    assert isinstance(ds, MSCOCOFeatures) and ds.stores_moments
+    assert isinstance(ds, MSCOCOFeatures) and ds.stores_features
     assert len(ds) == 9 and ds.num_images == 5 and ds.num_classes == 0 and ds.labels.tolist() == [-1] * 9
-    assert (ds.data_shape, ds.moments_shape, ds.context_shape) == ((4, 8, 8), (8, 8, 8), (77, TEXT_HIDDEN_SIZE))
+    assert (ds.data_shape, ds.features_shape, ds.context_shape) == ((4, 8, 8), (8, 8, 8), (77, TEXT_HIDDEN_SIZE))
     assert ds.fid_stats == f'assets/fid_stats/fid_stats_mscoco{RES}_val.npz'
     images = MSCOCO(coco_dir, 'train', RES)
     caption_image = [i for i, captions in enumerate(images.captions) for _ in captions]
@@ -432,5 +497,5 @@ def test_a_missing_autoencoder_is_one_error_line_and_status_2(imagenet_dir, tmp_
         run(extract.extract_imagenet, imagenet_dir[0], str(tmp_path), RES, str(tmp_path / 'missing.pth'))
     assert info.value.code == 2
     stderr = capsys.readouterr().err
-    assert stderr.count('\n') == 1 and stderr.startswith('error: Stable Diffusion autoencoder not found at ')
+    assert stderr.count('\n') == 1 and stderr.startswith('error: autoencoder not found at ')
     assert not os.path.exists(tmp_path / 'train' / 'shard_00000.tmp')

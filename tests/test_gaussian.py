@@ -87,8 +87,8 @@ def test_denoiser_time_conventions_and_dtypes():
     discrete.noise(x, torch.tensor([0.001, 0.5, 1.0]))
     assert_close(discrete.nnet.times[-1], torch.tensor([1.0, 500.0, 1000.0]), rtol=1e-6)
 
-    with pytest.raises(UserError, match="known: noise, x0, v"):
-        Denoiser(net, VPSDE(), prediction='score')
+    with pytest.raises(UserError, match="known: noise, x0, v, velocity, score"):
+        Denoiser(net, VPSDE(), prediction='eps')
 
 
 def expected_l_simple(schedule, s, prediction):
@@ -199,16 +199,18 @@ def test_the_framework_from_config_and_its_backbone_check():
     framework = build_framework(d(pred='x0_pred', schedule=d(name='cosine', N=100)))
     assert isinstance(framework, GaussianFramework) and framework.prediction == 'x0'
     assert isinstance(framework.schedule, DiscreteSchedule) and framework.schedule.num_steps == 100
-    assert CONFIG_PREDICTIONS == {'noise_pred': 'noise', 'x0_pred': 'x0', 'v_pred': 'v'}
+    assert CONFIG_PREDICTIONS == {'noise_pred': 'noise', 'x0_pred': 'x0', 'v_pred': 'v', 'velocity': 'velocity',
+                                  'score': 'score'}
     assert build_framework(d(pred='v_pred', schedule=d(name='vpsde'))).prediction == 'v'
     denoiser = framework.denoiser(RecordingNet())
     assert (denoiser.schedule, denoiser.prediction) == (framework.schedule, 'x0')
-    with pytest.raises(UserError, match="config.pred must be one of noise_pred, x0_pred, v_pred, got 'eps_pred'"):
+    with pytest.raises(UserError, match="config.pred must be one of noise_pred, x0_pred, v_pred, velocity, score, "
+                                        "got 'eps_pred'"):
         GaussianFramework.from_config(d(pred='eps_pred', schedule=d(name='vpsde')))
     with pytest.raises(UserError, match="unknown config.framework 'flow_matching'"):
         build_framework(d(framework='flow_matching', pred='noise_pred', schedule=d(name='vpsde')))
-    with pytest.raises(UserError, match='known: noise, x0, v'):
-        GaussianFramework(VPSDE(), 'score')
+    with pytest.raises(UserError, match='known: noise, x0, v, velocity, score'):
+        GaussianFramework(VPSDE(), 'eps')
 
     class Declared(RecordingNet):
         output = 'image'

@@ -1,5 +1,7 @@
 """Inception Score on predictions with known scores, and the 1008-way logits taken from the FID features."""
 import math
+
+import numpy as np
 from unittest import mock
 
 import pytest
@@ -33,6 +35,24 @@ def test_soft_predictions_and_the_spread_over_splits():
     # Two splits: one-hot over two classes (IS 2), then identical rows (IS 1): mean 1.5, population std 0.5.
     halves = torch.cat([torch.eye(2, dtype=torch.float64).repeat(5, 1), torch.tensor([[0.3, 0.7]]).repeat(10, 1)])
     assert inception_score(halves, splits=2) == pytest.approx((1.5, 0.5), rel=1e-12)
+
+
+def test_a_uniform_classifier_scores_one_in_either_convention():
+    uniform = torch.full((12, 1008), 1 / 1008, dtype=torch.float64)
+    assert inception_score(uniform, splits=3) == pytest.approx((1.0, 0.0), abs=1e-12)
+    assert inception_score(uniform, split_size=5) == pytest.approx((1.0, 0.0), abs=1e-12)
+
+
+def test_adms_parts_of_a_fixed_size_with_a_shorter_last_part():
+    # split_size 4 over 10 rows: [0, 4) one-hot over 4 classes (IS 4), [4, 8) over 2 classes (IS 2), [8, 10) one
+    # class (IS 1); ADM averages the three parts alike
+    probs = torch.nn.functional.one_hot(torch.tensor([0, 1, 2, 3, 0, 1, 0, 1, 5, 5]), 8).double()
+    mean, std = inception_score(probs, splits=10, split_size=4)   # split_size wins
+    assert mean == pytest.approx(7 / 3, rel=1e-12) and std == pytest.approx(np.std([4, 2, 1]), rel=1e-12)
+    # two equal parts instead: one-hot rows score exp(entropy of the part's class frequencies)
+    first = math.exp(-(0.4 * math.log(0.4) + 3 * 0.2 * math.log(0.2)))    # classes 0, 1, 2, 3, 0
+    second = math.exp(-(2 * 0.4 * math.log(0.4) + 0.2 * math.log(0.2)))   # classes 1, 0, 1, 5, 5
+    assert inception_score(probs, splits=2)[0] == pytest.approx((first + second) / 2, rel=1e-12)
 
 
 def test_logits_of_the_fid_features_are_the_inception_classifier_without_bias(random_weights, one_thread):

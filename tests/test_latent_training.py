@@ -1,6 +1,7 @@
-"""Latent and text-to-image U-ViT end to end, with a tiny autoencoder and a tiny CLIP built here: extract features ->
-train (train_ldm.py / train_t2i_discrete.py and the shared Trainer) -> guided sampling -> decode -> FID JSON; plus
-the condition objects (label / text dropout, the "no condition" of guidance) and the one-line errors."""
+"""Latent and text-to-image models end to end, with tiny autoencoders (Stable Diffusion's AutoencoderKL, DC-AE's
+AutoencoderDC) and a tiny CLIP built here: extract features -> train (train_ldm.py / train_t2i_discrete.py and the
+shared Trainer) -> guided sampling -> decode -> FID JSON; plus the condition objects (label / text dropout, the "no
+condition" of guidance), the latent geometry and the one-line errors."""
 import json
 import os
 import subprocess
@@ -9,24 +10,35 @@ import sys
 import numpy as np
 import pytest
 import torch
+from diffusers import AutoencoderDC
 from PIL import Image
 
 from conftest import reset_accelerate
 from libs.diffusion.conditioning import ClassLabels, TextContexts, Unconditional
 from libs.config import load_config_file
+from libs.data import build_dataset, data_spec
+from libs.data.latent_format import LatentFormat
 from libs.diffusion.gaussian import GaussianFramework
 from libs.diffusion.schedules import VPSDE
 from libs.errors import UserError
 from libs.evaluation import run_eval_mode
-from libs.evaluation.harness import EvalRun
+from libs.evaluation.harness import EvalRun, draw_samples
 from libs.latent.extract import extract_empty_context, extract_imagenet, extract_mscoco, extract_test_prompts
-from libs.latent.spaces import LatentSpace
+from libs.latent.spaces import LatentSpace, latent_format
+from libs.rng import SampleRandom
 from libs.training.loop import Trainer
-from tiny_models import TEXT_HIDDEN_SIZE, save_tiny_autoencoder, save_tiny_text_encoder
+from tiny_models import TEXT_HIDDEN_SIZE, save_tiny_autoencoder, save_tiny_text_encoder, tiny_dc_autoencoder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RES = 16        # images; the tiny autoencoder halves them: latents (4, 8, 8)
+RES = 16        # images; the tiny autoencoder halves them: latents (4, 8, 8); the tiny DC-AE quarters them: (8, 4, 4)
 TINY_NET = dict(img_size=RES // 2, patch_size=2, in_chans=4, embed_dim=32, depth=2, num_heads=2)
+# Each DC-AE config with a tiny network of its backbone at patch size 1 on the tiny DC-AE's (8, 4, 4) latents.
+TINY_DC_NETS = {
+    'imagenet512_uvit_huge_dcae.py': dict(img_size=RES // 4, patch_size=1, in_chans=8, embed_dim=32, depth=2,
+                                          num_heads=2, num_classes=3),
+    'imagenet512_dit_xl1_dcae.py': dict(input_size=RES // 4, patch_size=1, in_channels=8, hidden_size=32, depth=2,
+                                        num_heads=2, num_classes=2),
+}
 
 
 def write_image(path, rng, tint):
@@ -50,6 +62,7 @@ def assets(tmp_path_factory, random_weights):
             write_image(base / 'imagenet' / wnid / f'{i}.png', rng, (60, -60)[label])
             images.append(base / 'imagenet' / wnid / f'{i}.png')
     a['imagenet'] = str(base / 'imagenet_features')
+    a['imagenet_images'] = str(base / 'imagenet')
     extract_imagenet(str(base / 'imagenet'), a['imagenet'], resolution=RES, autoencoder=a['ae'], batch_size=4,
                      shard_size=5, num_workers=0)
 
@@ -86,11 +99,11 @@ def assets(tmp_path_factory, random_weights):
     return a
 
 
-def tiny_config(a, config_file, **train):
-    """A paper config with the tiny network and the files of ``assets``; checkpoints with a 4-sample FID (each FID
-    costs seconds: a 2048-dimensional matrix square root)."""
+def tiny_config(a, config_file, net=TINY_NET, **train):
+    """A paper config with the tiny network ``net`` and the files of ``assets``; checkpoints with a 4-sample FID
+    (each FID costs seconds: a 2048-dimensional matrix square root)."""
     config = load_config_file(os.path.join(ROOT, 'configs', config_file))
-    config.nnet.update(TINY_NET)
+    config.nnet.update(net)
     config.autoencoder.pretrained_path = a['ae']
     config.log_with = 'none'
     config.train.update({**dict(batch_size=4, log_interval=1, num_workers=0, grid_size=4, final_eval=False),
@@ -122,16 +135,21 @@ pytestmark = pytest.mark.usefixtures('fresh_accelerate_state')
 
 
 # ------------------------------------------------------------------------------------------------ small parts
-def test_latents_are_drawn_from_the_stored_moments():
-    space = LatentSpace('', 0.5, 'cpu')
+def test_latents_are_drawn_from_the_stored_moments_or_taken_from_stored_codes():
+    space = LatentSpace('', LatentFormat('AutoencoderKL', 4, 2, 0.5), 'cpu')
     mean = torch.randn(1, 4, 8, 8)
     certain = torch.cat([mean, torch.full_like(mean, -60.0)], dim=1)      # variance ~0: the latent is 0.5 * mean
     assert torch.allclose(space.training_input(certain), 0.5 * mean, atol=1e-6)
     wide = torch.cat([torch.zeros(2000, 4, 1, 1), torch.full((2000, 4, 1, 1), np.log(4.0))], dim=1)
     draws = space.training_input(wide)                                    # std 2, times 0.5 -> std 1
     assert abs(draws.std().item() - 1.0) < 0.05 and abs(draws.mean().item()) < 0.05
-    with pytest.raises(Exception, match='config.autoencoder.pretrained_path'):
+    with pytest.raises(UserError, match='config.autoencoder.pretrained_path'):
         space.decode(torch.zeros(1, 4, 8, 8))
+
+    shifted = LatentSpace('', LatentFormat('AutoencoderKL', 4, 8, 1.5, shift=0.25), 'cpu')  # SD3's kind
+    assert torch.allclose(shifted.training_input(certain), 1.5 * (mean - 0.25), atol=1e-5)
+    codes = LatentSpace('', LatentFormat('AutoencoderDC', 4, 32, 0.3, stored='latents'), 'cpu')
+    assert torch.equal(codes.training_input(mean), 0.3 * mean)         # deterministic: no noise drawn
 
 
 def test_condition_dropout_and_the_unconditional_counterparts():
@@ -238,6 +256,41 @@ def test_latent_resume_is_exact(assets, tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a), name
 
 
+def test_repa_on_latents_sees_the_source_images_flipped_with_their_latents(assets, tmp_path, monkeypatch):
+    from transformers import Dinov2Config, Dinov2Model
+
+    from libs.training import repa
+    torch.manual_seed(0)
+    Dinov2Model(Dinov2Config(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                             patch_size=2, image_size=8)).save_pretrained(tmp_path / 'dinov2')
+    config = imagenet_config(assets)
+    config.dataset.random_flip = True
+    config.repa.update(weight=0.5, depth=1, encoder='dinov2', encoder_path=str(tmp_path / 'dinov2'), projector_dim=8)
+    seen = []
+    target = repa.Repa.target
+    monkeypatch.setattr(repa.Repa, 'target', lambda self, images: seen.append(images) or target(self, images))
+    trainer = Trainer(config, str(tmp_path / 'run'))
+    data = trainer.batches()
+    for _ in range(2):
+        metrics = trainer.train_step(data)
+    assert metrics['loss'] == pytest.approx(metrics['diffusion_loss'] + 0.5 * metrics['repa_loss'], rel=1e-5)
+    folder = os.path.join(os.path.dirname(assets['imagenet']), 'imagenet')
+    sources = torch.stack([torch.from_numpy(np.array(Image.open(os.path.join(folder, wnid, name)))).permute(2, 0, 1)
+                           for wnid in sorted(os.listdir(folder)) for name in sorted(os.listdir(folder + '/' + wnid))])
+    sources = torch.cat([sources, sources.flip(-1)]).float() / 127.5 - 1
+    assert len(seen) == 2 and all(image.shape == (3, RES, RES) for batch in seen for image in batch)
+    assert all((sources == image).flatten(1).all(1).any() for batch in seen for image in batch)
+    # the loader's random flip mirrors each image with its latent: moments of zero variance give latents 0.18215 mean
+    mean = torch.randn(64, 4, 8, 8)
+    moments = torch.cat([mean, torch.full_like(mean, -60.0)], dim=1)
+    images = torch.randn(64, 3, RES, RES)
+    x, _, _, given = trainer.prepare_batch((moments, torch.zeros(64, dtype=torch.int64), images))
+    mirrored = torch.isclose(x, 0.18215 * mean.flip(-1), atol=1e-6).flatten(1).all(1)
+    assert torch.isclose(x[~mirrored], 0.18215 * mean[~mirrored], atol=1e-6).all()
+    assert torch.equal(given[mirrored], images[mirrored].flip(-1)) and torch.equal(given[~mirrored], images[~mirrored])
+    assert 10 < mirrored.sum() < 54
+
+
 def test_text_to_image_training_with_test_prompt_grids_and_validation_caption_fid(assets, tmp_path):
     config = mscoco_config(assets)
     Trainer(config, str(tmp_path)).fit()
@@ -255,6 +308,91 @@ def test_latent_training_without_the_autoencoder_warns_once_and_trains(assets, t
     warnings = [r.getMessage() for r in caplog.records if 'config.autoencoder.pretrained_path' in r.getMessage()]
     assert len([w for w in warnings if w.startswith('no sample grids')]) == 1
     assert (tmp_path / 'ckpts' / '2.ckpt' / 'nnet_ema.pth').is_file()
+
+
+# ----------------------------------------------------------------------------------------- DC-AE's latents
+@pytest.fixture(scope='module')
+def dc_assets(assets, tmp_path_factory):
+    """The tiny DC-AE and its store of the ImageNet-style tree (codes (8, 4, 4), flips)."""
+    base = tmp_path_factory.mktemp('dc')
+    dc = {'ae': save_tiny_autoencoder(base / 'ae', make=tiny_dc_autoencoder), 'store': str(base / 'features')}
+    extract_imagenet(assets['imagenet_images'], dc['store'], resolution=RES, autoencoder=dc['ae'], batch_size=6,
+                     shard_size=12, num_workers=0)
+    reset_accelerate()
+    return dc
+
+
+def dc_config(a, dc, config_file):
+    config = tiny_config(a, config_file, TINY_DC_NETS[config_file], n_steps=2, save_interval=2, eval_interval=2)
+    config.autoencoder.update(pretrained_path=dc['ae'], scale_factor=0.0)   # the store's (and folder's) 0.4
+    config.dataset.path = dc['store']
+    config.eval.train_n_samples = 0
+    config.mixed_precision = 'no'                                           # DC-AE's bf16 is slow on a CPU
+    return config
+
+
+def test_dc_ae_latents_train_sample_and_decode(assets, dc_assets, tmp_path):
+    config = dc_config(assets, dc_assets, 'imagenet512_uvit_huge_dcae.py')
+    trainer = Trainer(config, str(tmp_path))
+    assert trainer.spec.latent_format.stored == 'latents' and trainer.spec.resolution == RES
+    assert trainer.spec.fid_stats == f'assets/fid_stats/fid_stats_imagenet{RES}_guided_diffusion.npz'
+    trainer.fit()
+    assert Image.open(tmp_path / 'samples' / '2.png').size[0] >= 2 * RES   # decoded images, not 4x4 codes
+
+    # Evaluation takes the geometry from the autoencoder's folder, and decodes as diffusers' Sana pipeline does.
+    reset_accelerate()
+    config.sample.sample_steps = 2
+    run = EvalRun.load(config, str(tmp_path / 'ckpts' / '2.ckpt'))
+    assert run.spec.latent_format == LatentFormat('AutoencoderDC', 8, 4, 0.4, 0.0, 'latents', dc_assets['ae'])
+    assert run.spec.data_shape == (8, 4, 4) and run.spec.resolution == RES
+    random = SampleRandom(config.seed, range(3), run.device)
+    samples, _ = draw_samples(run.framework, run.denoiser(), run.framework.build_sampler(config.sample),
+                              run.spec.data_shape, run.conditioning(), random, config.sample.scale)
+    images = run.space().decode(samples)
+    with torch.no_grad():
+        expected = AutoencoderDC.from_pretrained(dc_assets['ae']).decode(samples / 0.4).sample.clamp(-1, 1)
+    assert images.shape == (3, 3, RES, RES) and samples.abs().max() > 0.1
+    torch.testing.assert_close(images, expected, rtol=0, atol=1e-5)
+
+
+def test_dit_trains_on_dc_ae_latents_at_patch_size_1(assets, dc_assets, tmp_path):
+    config = dc_config(assets, dc_assets, 'imagenet512_dit_xl1_dcae.py')
+    Trainer(config, str(tmp_path)).fit()
+    assert Image.open(tmp_path / 'samples' / '2.png').size[0] >= 2 * RES
+    weights = torch.load(tmp_path / 'ckpts' / '2.ckpt' / 'nnet_ema.pth', weights_only=True)
+    assert weights['final_layer.linear.weight'].shape[0] == 2 * 8                # eps and variance, 8 channels
+
+
+def test_latent_geometry_comes_from_the_autoencoder_and_a_mismatch_is_one_line(assets, dc_assets, tmp_path):
+    config = dc_config(assets, dc_assets, 'imagenet512_uvit_huge_dcae.py')
+    store = build_dataset(config.dataset)
+    fmt = latent_format(config, store)
+    assert fmt == LatentFormat('AutoencoderDC', 8, 4, 0.4, 0.0, 'latents', store.store)
+    assert latent_format(config) == LatentFormat('AutoencoderDC', 8, 4, 0.4, 0.0, 'latents', dc_assets['ae'])
+    config.autoencoder.scale_factor = 0.2889                                # a config's scale wins
+    assert latent_format(config, store).scale == latent_format(config).scale == 0.2889
+    assert data_spec(config.dataset, (8, 4, 4), fmt).resolution == RES
+
+    def one_line(call, *args):
+        with pytest.raises(UserError) as info:
+            call(*args)
+        assert '\n' not in str(info.value)
+        return str(info.value)
+
+    message = one_line(data_spec, config.dataset, (4, 8, 8), fmt)           # a 4-channel network on DC-AE codes
+    assert '4-channel latents (config.nnet)' in message and store.store in message and 'gives 8' in message
+    config.dataset.resolution = 2 * RES
+    message = one_line(data_spec, config.dataset, (8, 4, 4), fmt)
+    assert f'config.dataset.resolution is {2 * RES}' in message and f'{RES}x{RES} images' in message
+    del config.dataset['resolution']
+    config.autoencoder.pretrained_path = assets['ae']                      # the KL autoencoder, not the store's
+    message = one_line(latent_format, config, store)
+    assert store.store in message and assets['ae'] in message and 'AutoencoderDC' in message
+
+    # Evaluation reads no store: the checkpoint's network against the configured autoencoder folder.
+    reset_accelerate()
+    message = one_line(run_eval_mode, config, 'sample', str(tmp_path / 'never_read.ckpt'))
+    assert '8-channel latents (config.nnet)' in message and assets['ae'] in message and 'gives 4' in message
 
 
 # ---------------------------------------------------------------------------------------------- the scripts
@@ -307,7 +445,7 @@ def test_the_scripts_train_evaluate_and_sample_from_prompts(assets, tmp_path):
      'error: train_ldm.py is for latent models, but this config is a text one: run it with train_t2i_discrete.py'),
     ('eval_ldm.py', 'imagenet256_uvit_large.py', ['--nnet_path=absent.pth', '--config.autoencoder.pretrained_path=',
                                                   '--config.dataset.path={imagenet}'],
-     'error: decoding latents needs the Stable Diffusion autoencoder'),
+     'error: decoding latents needs the autoencoder: set config.autoencoder.pretrained_path'),
     ('train_ldm.py', 'imagenet256_uvit_large.py', ['--config.dataset.path=/nonexistent/features'],
      'error: no imagenet features at /nonexistent/features/train: extract them with'),
 ])

@@ -204,12 +204,14 @@ def test_bad_input_raises_user_error():
 
 def test_each_framework_answers_for_its_own_likelihood_bound():
     """A discrete Gaussian chain gives the variational bound with config.clf_eval's options, the CTMC its own bound
-    with config.ctmc's; a continuous schedule (the VP SDE, EDM's) says in one line that it has none."""
+    with config.ctmc's; a continuous schedule (the VP SDE, EDM's, flow matching's path) says in one line that it has
+    none."""
     from libs.config import defaults
     from libs.diffusion.ctmc import CTMCFramework
     from libs.diffusion.edm import EDMFramework, EDMPrecond
     from libs.diffusion.gaussian import GaussianFramework
     from libs.diffusion.rates import build_rate
+    from libs.diffusion.schedules import LinearPath
     config = defaults()
     config.clf_eval.update(nll_variance='beta_tilde', nll_steps_per_call=3)
     config.ctmc.nll_time_samples = 2
@@ -230,7 +232,8 @@ def test_each_framework_answers_for_its_own_likelihood_bound():
     bits = bound.bits_per_dim(Uniform(), x0, generator=torch.Generator().manual_seed(2))
     assert torch.equal(bits, ctmc.nll_bound(Uniform(), x0, generator=torch.Generator().manual_seed(2), time_samples=2))
     assert not torch.equal(bits, ctmc.nll_bound(Uniform(), x0, generator=torch.Generator().manual_seed(2)))  # 8 times
-    for framework in (GaussianFramework(VPSDE()), EDMFramework(EDMPrecond())):
+    flow = GaussianFramework(LinearPath(), prediction='velocity')  # SiT's flow matching, in the Gaussian family
+    for framework in (GaussianFramework(VPSDE()), EDMFramework(EDMPrecond()), flow):
         with pytest.raises(UserError, match=r'has no likelihood bound: the variational bound needs a discrete chain'
                                             r" \(config.schedule.name 'linear' or 'cosine'\)$"):
             framework.likelihood_bound(config)

@@ -48,6 +48,16 @@ class Gaussian:
         alpha, sigma = self._scales(t, x)
         return sigma * (x - alpha * self.m) / (alpha ** 2 * self.s ** 2 + sigma ** 2)
 
+    def velocity(self, x, t):
+        """dx_t / dt = alpha' E[x_0 | x] + sigma' E[eps | x], what SiT's samplers take."""
+        self.calls += 1
+        alpha, sigma = self._scales(t, x)
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        t = torch.as_tensor(t, dtype=F64)
+        d_alpha, d_sigma = self.schedule.d_alpha_dt(t).reshape(shape), self.schedule.d_sigma_dt(t).reshape(shape)
+        r = (x - alpha * self.m) / (alpha ** 2 * self.s ** 2 + sigma ** 2)
+        return d_alpha * self.m + (alpha * d_alpha * self.s ** 2 + sigma * d_sigma) * r
+
     def ode_solution(self, x_start, t_start, t_end):
         a0, s0 = self._scales(t_start, x_start)
         a1, s1 = self._scales(t_end, x_start)
@@ -390,7 +400,7 @@ def test_build_sampler_errors():
     schedule = VPSDE()
     assert set(SAMPLERS) == {'dpm_solver', 'dpm_solver++', 'euler_maruyama_sde', 'euler_maruyama_ode', 'unipc',
                              'unipc_bh1', 'ddpm_ancestral', 'ddpm_ancestral_beta_tilde', 'ddpm_ancestral_learned',
-                             'ddim', 'heun'}
+                             'ddim', 'heun', 'flow_euler', 'flow_heun', 'flow_sde'}
     with pytest.raises(UserError, match='known: dpm_solver, dpm_solver\\+\\+, euler_maruyama_sde'):
         build_sampler(ml_collections.ConfigDict({'algorithm': 'plms', 'sample_steps': 10}), schedule)
     with pytest.raises(UserError, match='sample_steps'):

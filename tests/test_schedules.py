@@ -130,11 +130,12 @@ def test_build_schedule():
     assert (vp.beta_min, vp.beta_max) == (0.1, 10.0)
     cosine = build_schedule({'name': 'cosine', 'N': 100})
     assert isinstance(cosine, DiscreteSchedule) and cosine.num_steps == 100
-    assert set(SCHEDULES) == {'vpsde', 'ddpm_linear', 'stable_diffusion', 'cosine', 'karras'}
+    assert set(SCHEDULES) == {'vpsde', 'ddpm_linear', 'stable_diffusion', 'cosine', 'karras', 'linear', 'gvp'}
     ddae = build_schedule({'name': 'ddpm_linear', 'time_scale': 1.0})   # DDAE's UNets see n / N
     assert ddae.model_time(torch.tensor(0.011)).item() == pytest.approx(0.011)
     assert build_schedule({'name': 'ddpm_linear'}).model_time(torch.tensor(0.011)).item() == pytest.approx(11.0)
-    with pytest.raises(UserError, match='known schedules: cosine, ddpm_linear, karras, stable_diffusion, vpsde'):
+    with pytest.raises(UserError, match='known schedules: cosine, ddpm_linear, gvp, karras, linear, stable_diffusion, '
+                                        'vpsde'):
         build_schedule({'name': 'edm'})
     with pytest.raises(UserError, match='no option'):
         build_schedule({'name': 'ddpm_linear', 'beta_min': 0.1})

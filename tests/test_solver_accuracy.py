@@ -22,8 +22,9 @@ from test_samplers import Gaussian
 F64 = torch.float64
 MEAN, STD = 0.5, 0.3
 NFES = (5, 10, 20, 50)
-# Where each preset's sampler ends when it is not at DPM_SOLVER_T_END (the Euler grid's last step goes to t = 0).
-END_TIMES = {'euler_maruyama_ode': 0.0}
+# Where each preset's sampler ends when it is not at DPM_SOLVER_T_END (the Euler grids' last step goes to t = 0; SiT's
+# Heun, which evaluates at its end, stops at the schedule's t_min on a VP schedule, whose velocity is infinite at 0).
+END_TIMES = {'euler_maruyama_ode': 0.0, 'flow_euler': 0.0, 'flow_heun': VPSDE.t_min}
 # The order-3 overrides of the presets that are not third order already (multistep DPM-Solver / DPM-Solver++).
 ORDER3_OVERRIDES = {'dpm_solver': {'method': 'multistep', 'order': 3}, 'dpm_solver++': {'order': 3}}
 # Issue 10's goal: the best configuration at 10 NFE has at most this error (half the release's DPM-Solver-3's).
@@ -48,11 +49,17 @@ def deterministic_presets(problem, x):
         except UserError as error:
             assert 'discrete schedule' in str(error), (name, error)
             continue
-        first = sampler(problem.eps, x[:8], noise=generator_noise(torch.Generator().manual_seed(1)))
-        second = sampler(problem.eps, x[:8], noise=generator_noise(torch.Generator().manual_seed(2)))
+        model_fn = model_function(problem, sampler)
+        first = sampler(model_fn, x[:8], noise=generator_noise(torch.Generator().manual_seed(1)))
+        second = sampler(model_fn, x[:8], noise=generator_noise(torch.Generator().manual_seed(2)))
         if torch.equal(first, second):
             names.append(name)
     return names
+
+
+def model_function(problem, sampler):
+    """The exact noise predictor, or the exact velocity for SiT's samplers."""
+    return problem.velocity if sampler.consumes == 'velocity' else problem.eps
 
 
 def configurations(problem, x):
@@ -67,7 +74,8 @@ def endpoint_error(problem, x, sample_cfg, nfe):
     """RMS error of the sampler's endpoint at `nfe` evaluations (config.sample_steps) against the exact map."""
     sampler = build_sampler(ml_collections.ConfigDict(dict(sample_cfg, sample_steps=nfe)), problem.schedule)
     end = END_TIMES.get(sample_cfg['algorithm'], DPM_SOLVER_T_END)
-    return (sampler(problem.eps, x) - problem.ode_solution(x, 1.0, end)).pow(2).mean().sqrt().item()
+    out = sampler(model_function(problem, sampler), x)
+    return (out - problem.ode_solution(x, 1.0, end)).pow(2).mean().sqrt().item()
 
 
 @pytest.fixture(scope='module')

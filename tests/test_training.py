@@ -81,10 +81,24 @@ def discrete_config(**train):
     return tiny_discrete(**train)
 
 
-@pytest.mark.parametrize('make_config', [tiny_config, edm_unet_config, discrete_config],
-                         ids=['uvit', 'edm_unet_augmented', 'ctmc_uvit'])
+def repa_config(**train):
+    """The tiny U-ViT with REPA (configs/digits_uvit_repa.py's settings) on its block 1; the encoder is a random one
+    the test writes."""
+    config = tiny_config(**train)
+    config.repa = load_config_file(os.path.join(ROOT, 'configs', 'digits_uvit_repa.py')).repa
+    config.repa.update(depth=1, projector_dim=16)
+    config.eval.train_n_samples = 0   # no score at the last checkpoint: the other cases check that it resumes
+    return config
+
+
+@pytest.mark.parametrize('make_config', [tiny_config, edm_unet_config, discrete_config, repa_config],
+                         ids=['uvit', 'edm_unet_augmented', 'ctmc_uvit', 'uvit_repa'])
 def test_resume_after_sigterm_equals_uninterrupted(tmp_path, monkeypatch, make_config):
+    from libs.nets import build_nnet
+    from test_repa import write_digits_encoder
     config = make_config(n_steps=8, save_interval=100)
+    if config.repa.weight:
+        config.repa.encoder_path = write_digits_encoder(tmp_path / 'digits_encoder.pt')
     straight = Trainer(config, str(tmp_path / 'a'))
     straight.fit()
 
@@ -114,6 +128,28 @@ def test_resume_after_sigterm_equals_uninterrupted(tmp_path, monkeypatch, make_c
             assert torch.equal(pa, pb), f'{name}.{key}'
     assert straight.optimizer.state_dict()['state'][0]['step'] == resumed.optimizer.state_dict()['state'][0]['step']
     assert straight.lr_scheduler.last_epoch == resumed.lr_scheduler.last_epoch == 8
+    # the weights files hold the backbone alone, with its own keys; REPA's projector has a file of its own
+    ckpt = tmp_path / 'b' / 'ckpts' / '8.ckpt'
+    keys = set(build_nnet(config.nnet).state_dict())
+    assert set(torch.load(ckpt / 'nnet.pth', weights_only=True)) == keys
+    assert set(torch.load(ckpt / 'nnet_ema.pth', weights_only=True)) == keys
+    assert (ckpt / 'repa_projector.pth').is_file() == bool(config.repa.weight)
+    if make_config in (tiny_config, repa_config):
+        # switching REPA on or off in a resumed run is one line (the projector and its optimiser state would not fit)
+        other = tiny_config() if config.repa.weight else repa_config()
+        other.repa.encoder_path = write_digits_encoder(tmp_path / 'digits_encoder.pt')
+        reset_accelerate()
+        with pytest.raises(UserError, match=f'{"holds" if config.repa.weight else "has no"} repa_projector.pth, which'):
+            Trainer(other, str(tmp_path / 'b'))
+    if config.repa.weight:
+        history = [json.loads(line) for line in open(tmp_path / 'b' / 'metrics.jsonl')]
+        assert all(row['loss'] == pytest.approx(row['diffusion_loss'] + 0.5 * row['repa_loss'], rel=1e-5)
+                   for row in history)
+        projector = torch.load(ckpt / 'repa_projector.pth', weights_only=True)
+        for key, value in straight.backbone().state_dict().items():
+            assert torch.equal(value, resumed.backbone().state_dict()[key])
+        assert all(torch.equal(value, resumed.objective.aligned.projector.state_dict()[key].cpu())
+                   for key, value in projector.items())
 
 
 def test_bf16_mixed_precision_keeps_the_loss_in_fp32(tmp_path, monkeypatch):
@@ -511,3 +547,36 @@ def test_the_grad_scaler_starts_at_the_configured_scale(tmp_path):
     config.train.grad_scaler_init_scale = 1024.0
     accelerator = loop_module.make_accelerator(config, str(tmp_path))
     assert accelerator.scaler_handler.to_kwargs() == {'init_scale': 1024.0}
+
+
+class HostReads(torch.overrides.TorchFunctionMode):
+    """Counts the tensor reads to the host (item, tolist, bool, float, ...) made by the suite's own code, but for the
+    batch sampler, whose indices are host tensors from the start."""
+    READS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__float__,
+             torch.Tensor.__int__, torch.Tensor.__index__, torch.Tensor.numpy, torch.Tensor.cpu}
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.READS:
+            caller = sys._getframe(1).f_code.co_filename
+            if caller.startswith(os.path.join(ROOT, 'libs')) and not caller.endswith('data_order.py'):
+                self.calls.append(f'{func.__name__} in {os.path.relpath(caller, ROOT)}')
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_step_reads_the_device_once_and_a_log_line_once(tmp_path):
+    """Every per-step decision (non-finite loss or gradients, SIGTERM, time budget) comes from one read of one
+    all-reduced flag vector; the logged losses and norms are read only at the log interval, together."""
+    trainer = Trainer(tiny_config(n_steps=4, log_interval=100, grad_clip=1.0), str(tmp_path))
+    data = trainer.batches()
+    for _ in range(2):
+        with HostReads() as reads:
+            metrics = trainer.train_step(data)
+        assert reads.calls == ['tolist in libs/training/loop.py']
+    with HostReads() as reads:
+        values = trainer.log(metrics, images_per_sec=1.0)
+    assert reads.calls == ['tolist in libs/training/loop.py']
+    assert set(values) >= {'loss', 'grad_norm'} and values['loss'] == pytest.approx(metrics['loss'].item())

@@ -149,6 +149,23 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(grads[0][k], grads[1][k], rtol=1e-5, atol=1e-7)
 
 
+def test_the_long_skip_hands_back_compact_gradients_with_the_same_numbers():
+    """JoinSkip is torch.cat in the forward; in the backward each input gets a compact gradient of its own, not a
+    slice that keeps the (B, L, 2D) gradient alive until the backward reaches the shallow block."""
+    from libs.nets.layers import JoinSkip
+    torch.manual_seed(0)
+    x, skip = torch.randn(2, 5, 8, requires_grad=True), torch.randn(2, 5, 8, requires_grad=True)
+    weight = torch.randn(16, 4)
+    joined = JoinSkip.apply(x, skip)
+    assert torch.equal(joined, torch.cat([x, skip], dim=-1))
+    ours = torch.autograd.grad((joined @ weight).sin().sum(), (x, skip))
+    plain = torch.autograd.grad((torch.cat([x, skip], dim=-1) @ weight).sin().sum(), (x, skip))
+    for grad, reference in zip(ours, plain):
+        assert torch.equal(grad, reference)
+        assert grad.is_contiguous() and grad.untyped_storage().nbytes() == grad.numel() * grad.element_size()
+    assert reference.untyped_storage().nbytes() == 2 * reference.numel() * reference.element_size()  # cat's slices
+
+
 def test_mismatched_checkpoint_names_the_first_offending_key(tmp_path):
     model = UViT(img_size=8, patch_size=2, in_chans=1, embed_dim=32, depth=2, num_heads=4)
     sd = model.state_dict()

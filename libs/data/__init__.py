@@ -4,11 +4,10 @@ libs/data/augment.py."""
 import dataclasses
 
 from libs.data.common import loader_workers
-from libs.data.datasets import IMAGE_DATASETS, build_from
+from libs.data.datasets import IMAGE_DATASETS, build_from, class_from
 from libs.data.feature_store import ImageNetFeatures, MSCOCOFeatures
+from libs.data.latent_format import LatentFormat
 from libs.errors import UserError
-
-LATENT_DOWNSAMPLING = 8  # the Stable Diffusion autoencoder: images are 8x the latents' size
 
 DATASETS = {
     **IMAGE_DATASETS,
@@ -22,26 +21,56 @@ def build_dataset(cfg, split: str = 'train'):
     return build_from(DATASETS, cfg, split)
 
 
+def dataset_class(cfg):
+    """The dataset class ``config.dataset.name`` names; an unknown name is one line listing the known ones."""
+    return class_from(DATASETS, cfg)
+
+
+def is_latent(cfg) -> bool:
+    """Whether ``config.dataset`` is a store of autoencoder features (the data of a latent model)."""
+    return bool(getattr(dataset_class(cfg), 'stores_features', False))
+
+
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
-    """What sampling and scoring need to know of the data, read from the config alone (never the training set):
+    """What sampling and scoring need to know of the data, read from the config (never the training set):
     ``data_shape`` (what the network sees), ``num_classes`` (0: unlabelled), ``fid_stats`` (the default reference
-    statistics, '' if none), ``latent`` (the data are autoencoder latents) and ``resolution`` (of the images)."""
+    statistics, '' if none), ``latent_format`` (a LatentFormat when the data are autoencoder latents, else None) and
+    ``resolution`` (of the images: the latents' size times the autoencoder's down-sampling factor)."""
 
     name: str
     data_shape: tuple
     num_classes: int
     fid_stats: str
-    latent: bool
+    latent_format: LatentFormat
     resolution: int
 
+    @property
+    def latent(self) -> bool:
+        return self.latent_format is not None
 
-def data_spec(cfg, data_shape) -> DataSpec:
-    """``config.dataset`` for a network taking ``data_shape`` (C, H, W) -> its DataSpec; an unknown name is one line."""
-    name = cfg.get('name', None)
-    if name not in DATASETS:
-        raise UserError(f"unknown dataset '{name}' in config.dataset.name; known: {', '.join(sorted(DATASETS))}")
-    latent = bool(getattr(DATASETS[name], 'stores_moments', False))
-    resolution = int(data_shape[-1]) * (LATENT_DOWNSAMPLING if latent else 1)
-    num_classes, fid_stats = DATASETS[name].describe(cfg, resolution)
-    return DataSpec(name, tuple(int(v) for v in data_shape), int(num_classes), fid_stats or '', latent, resolution)
+
+def data_spec(cfg, data_shape, latent_format: LatentFormat = None) -> DataSpec:
+    """``config.dataset`` for a network taking ``data_shape`` (C, H, W) -> its DataSpec. A latent dataset needs the
+    autoencoder's ``latent_format``: the network's channels must be its channels, and ``config.dataset.resolution``,
+    when set, the latents' size times its factor (one UserError line naming both sides otherwise)."""
+    latent = is_latent(cfg)
+    if latent != (latent_format is not None):
+        raise ValueError(f'dataset {cfg.name!r} is {"" if latent else "not "}latent: a latent_format is '
+                         f'{"needed" if latent else "out of place"}')
+    data_shape = tuple(int(v) for v in data_shape)
+    resolution = data_shape[-1]
+    if latent:
+        fmt = latent_format
+        if data_shape[0] != fmt.channels:
+            raise UserError(f'the network takes {data_shape[0]}-channel latents (config.nnet), but the autoencoder '
+                            f'of {fmt.source} gives {fmt.channels} ({fmt.describe()}): set the network\'s input '
+                            f'channels to {fmt.channels}, or use the autoencoder the model belongs to')
+        resolution *= fmt.factor
+        configured = cfg.get('resolution', None)
+        if configured and int(configured) != resolution:
+            raise UserError(f'config.dataset.resolution is {configured}, but {data_shape[-1]}x{data_shape[-1]} '
+                            f'latents (config.nnet) of the autoencoder of {fmt.source} (down-sampling '
+                            f'{fmt.factor}) are {resolution}x{resolution} images: set one to match the other')
+    num_classes, fid_stats = dataset_class(cfg).describe(cfg, resolution)
+    return DataSpec(cfg.name, data_shape, int(num_classes), fid_stats or '', latent_format, resolution)

@@ -42,8 +42,18 @@ def shifted(x: torch.Tensor, pad: int, choice: torch.Tensor) -> torch.Tensor:
 
 
 def random_flip(x: torch.Tensor) -> torch.Tensor:
-    flip = torch.rand(x.shape[0], device=x.device) < 0.5
-    return torch.where(flip[:, None, None, None], x.flip(3), x)
+    return flipped(x, flip_mask(x))
+
+
+def flip_mask(x: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: which images of the batch x (B, C, H, W) a random horizontal flip mirrors, each with probability
+    1/2."""
+    return torch.rand(x.shape[0], device=x.device) < 0.5
+
+
+def flipped(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x (B, C, H, W) with the images where ``mask`` (B,) is set mirrored left to right."""
+    return torch.where(mask[:, None, None, None], x.flip(3), x)
 
 
 # ------------------------------------------------------------------------------------------------ RandAugment

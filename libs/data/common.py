@@ -81,6 +81,7 @@ class ImageDataset(Dataset):
     default_fid_stats = None
     fid_stats_pattern = None     # default statistics per resolution, '...{}...'.format(resolution)
     label_classes = 0            # classes of the labels, known without reading the data; None: read them
+    loop_keys = ()               # config.dataset keys that the training loop reads for this dataset only
 
     describe = classmethod(describe)
 
@@ -120,13 +121,19 @@ class ImageDataset(Dataset):
                 f'num_classes={self.num_classes})')
 
 
-def build_from(registry: dict, cfg, split: str):
-    """``config.dataset`` (``name`` plus that dataset's keys) -> the dataset of ``split`` from ``registry``."""
+def class_from(registry: dict, cfg):
+    """The class of ``registry`` that ``config.dataset.name`` names; an unknown name is one line listing the rest."""
     name = cfg.get('name', None)
     if name not in registry:
         raise UserError(f"unknown dataset '{name}' in config.dataset.name; known: {', '.join(sorted(registry))}")
-    check_keys(registry[name], cfg)
-    return registry[name].from_config(cfg, split)
+    return registry[name]
+
+
+def build_from(registry: dict, cfg, split: str):
+    """``config.dataset`` (``name`` plus that dataset's keys) -> the dataset of ``split`` from ``registry``."""
+    cls = class_from(registry, cfg)
+    check_keys(cls, cfg)
+    return cls.from_config(cfg, split)
 
 
 def loader_workers(requested: int) -> int:
@@ -150,10 +157,10 @@ def config_keys(cls) -> list:
 
 
 def check_keys(cls, cfg) -> None:
-    """UserError (one line) for a key of ``config.dataset`` that dataset ``cls`` does not take: ``config_keys`` and
-    LOOP_KEYS. Catches a misspelt key, which the free-form section lets through."""
+    """UserError (one line) for a key of ``config.dataset`` that dataset ``cls`` does not take: ``config_keys``,
+    LOOP_KEYS and the class's own ``loop_keys``. Catches a misspelt key, which the free-form section lets through."""
     import difflib
-    accepted = set(config_keys(cls)) | set(LOOP_KEYS)
+    accepted = set(config_keys(cls)) | set(LOOP_KEYS) | set(cls.loop_keys)
     unknown = sorted(set(cfg.keys()) - accepted)
     if unknown:
         close = difflib.get_close_matches(unknown[0], sorted(accepted), n=1)

@@ -6,12 +6,12 @@ flips belong to the training loop. Every dataset carries ``name``, ``num_classes
 ``channels``, ``data_shape`` = (C, H, W), ``labels`` (int64 array of all labels, -1 when unlabeled) and ``fid_stats``
 (path of the reference statistics in the U-ViT release layout, or None; ``config.dataset.fid_stats`` overrides it).
 The feature datasets of libs/data/feature_store.py, registered beside these in libs/data/__init__.py, yield stored
-autoencoder moments instead of images (``stores_moments``).
+autoencoder features instead of images (``stores_features``).
 
 Nothing here downloads: each dataset reads files the user has put in place and says where they belong when missing.
 
 The datasets live in one module per family; this module is their registry (``config.dataset.name`` -> class):
-    common.py     ImageDataset (the base class), crop_and_resize, hwc_to_tensor, list_images, build_from
+    common.py     ImageDataset (the base class), crop_and_resize, hwc_to_tensor, list_images, class_from, build_from
     folders.py    image_folder: your own images, optionally one subfolder per class
     releases.py   cifar10, cifar100 (python pickles), mnist (idx files)
     digits.py     digits: scikit-learn's bundled 8x8 digits
@@ -20,7 +20,7 @@ The datasets live in one module per family; this module is their registry (``con
     synthetic.py  interpolated: out-of-distribution mixtures of another dataset
 Adding a dataset is a class in its family's module and a line here.
 """
-from libs.data.common import IMAGE_EXTENSIONS, ImageDataset, build_from, crop_and_resize
+from libs.data.common import IMAGE_EXTENSIONS, ImageDataset, build_from, class_from, crop_and_resize
 from libs.data.digits import Digits
 from libs.data.folders import ImageFolder
 from libs.data.mscoco import MSCOCO
@@ -55,4 +55,4 @@ IMAGE_DATASETS['interpolated'] = Interpolated
 
 __all__ = ['CELEBA_ALIGNED_SIZE', 'CELEBA_CROP_BOX', 'IMAGE_DATASETS', 'IMAGE_EXTENSIONS', 'MSCOCO', 'STL10', 'SVHN',
            'CelebA64', 'Cifar10', 'Cifar100', 'Digits', 'ImageDataset', 'ImageFolder', 'ImageNet32', 'ImageNet64',
-           'ImageNetSubset', 'Interpolated', 'Mnist', 'TinyImageNet', 'build_from', 'crop_and_resize']
+           'ImageNetSubset', 'Interpolated', 'Mnist', 'TinyImageNet', 'build_from', 'class_from', 'crop_and_resize']

@@ -1,22 +1,36 @@
-"""Feature stores: features extracted once (libs/latent/extract.py) and read at every training step: the Stable
-Diffusion autoencoder's moments of ImageNet and MS-COCO images, and the CLIP text features of the MS-COCO captions
-(latent and text-to-image U-ViT).
+"""Feature stores: features extracted once (libs/latent/extract.py) and read at every training step: an
+autoencoder's features of ImageNet and MS-COCO images, and the CLIP text features of the MS-COCO captions (latent and
+text-to-image models).
 
-A store is ``<root>/<split>/`` with items cut into shards of ``shard_size`` consecutive images::
+A store is ``<root>/<split>/`` with items cut into shards of ``shard_size`` consecutive images; what it holds of the
+autoencoder's code z is ``info.json``'s ``stored`` (libs/data/latent_format.py), moments of a Gaussian encoder
+(Stable Diffusion's, SD3's, FLUX's) or the deterministic codes of DC-AE::
 
-    shard_00000/moments.npy          (n, 8, h, w) float32  mean | logvar of the centre crop
-    shard_00000/moments_flip.npy     (n, 8, h, w) float32  ImageNet with flips: of the mirrored crop
+    shard_00000/moments.npy          (n, 2C, h, w) float32 stored 'moments': mean | logvar of the centre crop
+    shard_00000/latents.npy          (n, C, h, w) float32  stored 'latents': z of the centre crop
+    shard_00000/<stored>_flip.npy    as above              ImageNet with flips: of the mirrored crop
     shard_00000/labels.npy           (n,) int64            ImageNet: class index of the sorted wnid folders
     shard_00000/contexts.npy         (m, 77, D) float32    MS-COCO: CLIP features of every caption of the shard
     shard_00000/caption_offsets.npy  (n + 1,) int64        MS-COCO: image i has contexts[off[i]:off[i + 1]]
     shard_00000/captions.json        list of lists of str  MS-COCO: the caption texts
     manifest.json                    the extraction settings, written first and compared on every re-run
-    info.json                        written last, once every shard is complete; readers need it
+    info.json                        written last, once every shard is complete; readers need it. With the
+                                     autoencoder's LatentFormat: autoencoder_class, latent_channels, downsampling,
+                                     scaling_factor, shift_factor, stored (a store without them, written before
+                                     they were recorded, holds Stable Diffusion moments)
 
 An MS-COCO root also holds ``empty_context.npy`` (77, D) and ``test_prompts/`` (``prompts.txt`` and
 ``contexts.npy`` (n, 77, D)). A shard is written as ``shard_XXXXX.tmp/`` and renamed when complete, so an
 interrupted extraction resumes where it stopped; under ``accelerate launch`` shard i is written by process
 i % num_processes.
+
+REPA on latents (libs/training/repa.py) needs the images the latents came from: ``store.with_source_images()``
+yields (features, target, image) with the image read from the folder the store was extracted from (``source`` in
+info.json, or ``config.dataset.source_path`` if it moved), cropped as the extraction cropped it and mirrored for the
+mirrored items, so the encoder sees exactly what the autoencoder saw. Item i of a store is image i of that folder in
+the extraction's order; the count (and ImageNet's labels) are checked against the store. This costs no storage
+(ImageNet's DINOv2-B tokens with mirrors would take 2 x 1.28M x 256 x 768 x 2 bytes = 1.0 TB in fp16) but loader
+time: each step decodes and crops the batch's JPEGs, as the extraction did once.
 """
 import json
 import os
@@ -26,6 +40,7 @@ import torch
 from torch.utils.data import Dataset
 
 from libs.data.common import check_split, describe
+from libs.data.latent_format import LatentFormat
 from libs.errors import UserError
 
 FORMAT = 1
@@ -75,9 +90,10 @@ def read_info(root: str, split: str, kind: str) -> dict:
 class FeatureDataset(Dataset):
     """Common part of the feature datasets: a complete store read lazily, shard arrays memory-mapped on first use.
 
-    Follows the conventions of libs/data/datasets.py, except that items hold autoencoder moments, not images:
-    ``stores_moments``; ``data_shape`` = ``latent_shape`` = (4, h, w), what the diffusion model sees;
-    ``moments_shape`` = (8, h, w); ``image_shape`` = (3, resolution, resolution).
+    Follows the conventions of libs/data/datasets.py, except that items hold autoencoder features, not images:
+    ``stores_features``; ``latent_format`` (a LatentFormat) says which and how they become latents;
+    ``data_shape`` = ``latent_shape`` = (C, h, w), what the diffusion model sees; ``features_shape`` = (2C, h, w)
+    for moments, (C, h, w) for latents; ``image_shape`` = (3, resolution, resolution).
     """
 
     name = ''
@@ -87,7 +103,8 @@ class FeatureDataset(Dataset):
     default_fid_stats = None
     label_classes = 0
     has_contexts = False
-    stores_moments = True
+    stores_features = True
+    loop_keys = ('source_path',)  # config.dataset keys the training loop reads for this dataset (REPA's images)
     describe = classmethod(describe)
 
     def __init__(self, path: str, split: str, resolution: int = None, fid_stats=None):
@@ -101,8 +118,9 @@ class FeatureDataset(Dataset):
                             f'config.dataset.resolution is {resolution}: point config.dataset.path at the '
                             f'{resolution}x{resolution} features or fix the resolution')
         self.latent_shape = tuple(int(v) for v in self.info['latent_shape'])
+        self.latent_format = LatentFormat.from_info(self.info, self.store)
         self.channels = self.latent_shape[0]
-        self.moments_shape = (2 * self.channels,) + self.latent_shape[1:]
+        self.features_shape = (self.latent_format.stored_channels,) + self.latent_shape[1:]
         self.image_shape = (3, self.resolution, self.resolution)
         self.num_images = int(self.info['num_images'])
         self.shard_size = int(self.info['shard_size'])
@@ -132,8 +150,9 @@ class FeatureDataset(Dataset):
             self._arrays[key] = np.load(path, mmap_mode='r')
         return self._arrays[key]
 
-    def _moments(self, image: int, name: str = 'moments') -> torch.Tensor:
+    def _features(self, image: int, flipped: bool = False) -> torch.Tensor:
         shard, row = divmod(image, self.shard_size)
+        name = self.latent_format.stored + ('_flip' if flipped else '')
         return torch.from_numpy(np.array(self._array(shard, name)[row], dtype=np.float32))
 
     def _shard_sizes(self) -> list:
@@ -145,14 +164,18 @@ class FeatureDataset(Dataset):
         state['_arrays'] = {}
         return state
 
+    def with_source_images(self, source_path: str = '') -> 'WithSourceImages':
+        """This store's items with their source images (module docstring); ``source_path`` '' : info.json's."""
+        return WithSourceImages(self, source_path)
+
     def __repr__(self) -> str:
         return (f'{type(self).__name__}(store={self.store!r}, n={len(self)}, data_shape={self.data_shape}, '
                 f'num_classes={self.num_classes})')
 
 
 class ImageNetFeatures(FeatureDataset):
-    """Class-conditional ImageNet moments: items 0..n-1 are (moments (8, h, w) float32, label) of the centre crops;
-    when extracted with flips, items n..2n-1 are those of their mirror images, with the same labels."""
+    """Class-conditional ImageNet features: items 0..n-1 are (features (2C or C, h, w) float32, label) of the centre
+    crops; when extracted with flips, items n..2n-1 are those of their mirror images, with the same labels."""
 
     name = 'imagenet_features'
     kind = 'imagenet'
@@ -195,12 +218,26 @@ class ImageNetFeatures(FeatureDataset):
     def __getitem__(self, index: int):
         index = self._index(index)
         image = index % self.num_images
-        moments = self._moments(image, 'moments_flip' if index >= self.num_images else 'moments')
-        return moments, int(self.labels[index])
+        return self._features(image, flipped=index >= self.num_images), int(self.labels[index])
+
+    def source_images(self, path: str):
+        """The image dataset the store was extracted from, as extract_imagenet read it."""
+        from libs.data.datasets import ImageFolder
+        images = ImageFolder(path, self.resolution, labels_from_subfolders=True)
+        if len(images) != self.num_images or not np.array_equal(images.labels, self.labels[:self.num_images]):
+            raise UserError(f'{path} holds {len(images)} images in other classes or another order than the '
+                            f'{self.num_images} of {self.store}: point config.dataset.source_path at the folder '
+                            f'it was extracted from')
+        return images
+
+    def source_index(self, index: int):
+        """(the source image of item ``index``, whether the item is its mirror image)."""
+        index = self._index(index)
+        return index % self.num_images, index >= self.num_images
 
 
 class MSCOCOFeatures(FeatureDataset):
-    """MS-COCO 2014 text-to-image features, one item per caption: (moments (8, h, w) of its image, its CLIP
+    """MS-COCO 2014 text-to-image features, one item per caption: (autoencoder features of its image, its CLIP
     context (77, D)), both float32. Unlabeled (``num_classes`` 0, labels -1); ``context_shape`` = (77, D)."""
 
     name = 'mscoco_features'
@@ -246,7 +283,19 @@ class MSCOCOFeatures(FeatureDataset):
     def __getitem__(self, index: int):
         shard, row, image = self._locate(index)
         context = np.array(self._array(shard, 'contexts')[row], dtype=np.float32)
-        return self._moments(image), torch.from_numpy(context)
+        return self._features(image), torch.from_numpy(context)
+
+    def source_images(self, path: str):
+        """The MS-COCO images the store was extracted from, as extract_mscoco read them."""
+        from libs.data.datasets import MSCOCO
+        images = MSCOCO(path, self.split, self.resolution)
+        if len(images) != self.num_images:
+            raise UserError(f'{path} holds {len(images)} {self.split} images, {self.store} was extracted from '
+                            f'{self.num_images}: point config.dataset.source_path at the folder it was extracted from')
+        return images
+
+    def source_index(self, index: int):
+        return self.image_index(index), False
 
     def empty_context(self) -> torch.Tensor:
         """CLIP features (77, D) of the empty prompt, from ``<root>/empty_context.npy``."""
@@ -255,6 +304,34 @@ class MSCOCOFeatures(FeatureDataset):
     def test_prompts(self):
         """The sample-grid prompts and their CLIP features: (list of n str, (n, 77, D) float32 tensor)."""
         return read_test_prompts(self.root, self.context_shape)
+
+
+class WithSourceImages(Dataset):
+    """A feature store's items with the image each was extracted from: (features, target, image (3, R, R) in
+    [-1, 1]), the image mirrored when the item is a mirrored one. Other attributes are the store's."""
+
+    def __init__(self, store: FeatureDataset, source_path: str = ''):
+        self.store = store
+        path = source_path or store.info.get('source', '')
+        if not path or not os.path.isdir(path):
+            raise UserError(f'{store.store} was extracted from {path or "a folder it does not record"}, which is not '
+                            f'there; REPA reads the images beside the latents: put them back or set '
+                            f'config.dataset.source_path')
+        self.images = store.source_images(path)
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, index: int):
+        features, target = self.store[index]
+        source, mirrored = self.store.source_index(index)
+        image = self.images[source][0]
+        return features, target, image.flip(-1) if mirrored else image
+
+    def __getattr__(self, name):
+        if name in ('store', 'images'):  # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.store, name)
 
 
 def read_empty_context(root: str, context_shape=None) -> torch.Tensor:

@@ -1,10 +1,12 @@
-"""Noise schedules: the forward process x_t = alpha(t) x_0 + sigma(t) eps in continuous time t in (0, 1].
+"""Noise schedules: the forward process x_t = alpha(t) x_0 + sigma(t) eps in continuous time t in [0, 1], t = 0 the
+data and t = 1 the noise.
 
-All schedules are variance preserving (alpha^2 + sigma^2 = 1) and are described by log_alpha(t), a strictly
-decreasing function with log_alpha(0) = 0. Everything else follows from it:
-
-- lambda(t) = log_snr(t) = log alpha - log sigma, strictly decreasing; `t_from_log_snr` inverts it exactly;
-- the forward SDE dx = f(t) x dt + g(t) dW has f = d log_alpha / dt and g^2 = -2 f.
+``NoiseSchedule`` is any such Gaussian path, alpha and sigma independent; ``VPSchedule`` the variance-preserving
+ones (alpha^2 + sigma^2 = 1: the VP SDE, the discrete DDPM / Stable Diffusion schedules, EDM's levels), each
+described by log_alpha(t). SiT's interpolants (Ma et al. 2024) are flow-matching paths: ``LinearPath`` (alpha = 1 - t,
+sigma = t) and ``GVPPath`` (alpha = cos(pi t / 2), sigma = sin(pi t / 2), variance preserving). SiT's own code runs
+time the other way (its t = 1 - ours: 0 is the noise, 1 the data, x_t = t x_data + (1 - t) noise); here every path
+uses the suite's direction, and ``model_time`` gives the network what SiT's release feeds it.
 
 Methods take and return torch tensors and work on any device. A float16/bfloat16/integer `t` is promoted to
 float32, a Python number becomes a float64 tensor; float32 and float64 are kept (samplers use float64).
@@ -39,20 +41,43 @@ def _interp(x, xs, ys):
 
 
 class NoiseSchedule:
-    """A variance-preserving forward process; subclasses define `log_alpha`, `d_log_alpha_dt` and the inverse.
+    """A Gaussian forward process x_t = alpha(t) x_0 + sigma(t) eps, with alpha and sigma independent: subclasses
+    define ``alpha``, ``sigma``, their time derivatives and the inverse of the log-SNR (``VPSchedule`` for the
+    variance-preserving ones, ``LinearPath`` for SiT's linear interpolant).
+
+    The general relations (each subclass may override them with an exact or better-conditioned form):
+
+    - lambda(t) = log_snr(t) = log alpha - log sigma, strictly decreasing;
+    - sigma_ve(t) = sigma / alpha = exp(-lambda), EDM's noise level (``ve_sigma``);
+    - the forward SDE dx = f x dt + g dW with the same marginals: f = alpha' / alpha and
+      g^2 = d(sigma^2)/dt - 2 f sigma^2 = 2 (sigma sigma' - f sigma^2) (``sde_coefficients``).
 
     Attributes:
-        t_min: smallest time the schedule is meant to be used at; the default end of sampling.
+        variance_preserving: alpha^2 + sigma^2 = 1 (Salimans' v and the release's VP formulas need it).
+        t_min: smallest time the schedule is meant to be used at; the default end of the log-SNR solvers.
+        t_max: largest time at which lambda is finite: 1, or below 1 on a path whose alpha(1) = 0 (the default
+            start of the log-SNR solvers, and of every sampler of a noise-predicting model).
+        train_range: (low, high), the interval the training times lie in.
     """
 
-    def log_alpha(self, t):
+    variance_preserving = False
+    t_max = 1.0
+    train_range = (0.0, 1.0)
+
+    def alpha(self, t):
         raise NotImplementedError
 
-    def d_log_alpha_dt(self, t):
+    def sigma(self, t):
         raise NotImplementedError
 
-    def t_from_log_alpha(self, log_alpha):
-        """Inverse of `log_alpha` (strictly decreasing, negative for t > 0)."""
+    def d_alpha_dt(self, t):
+        raise NotImplementedError
+
+    def d_sigma_dt(self, t):
+        raise NotImplementedError
+
+    def t_from_log_snr(self, lam):
+        """Inverse of ``log_snr``."""
         raise NotImplementedError
 
     def model_time(self, t):
@@ -63,21 +88,9 @@ class NoiseSchedule:
         """(n,) float32 training times, drawn from the global RNG of `device` unless a generator is given."""
         raise NotImplementedError
 
-    def alpha(self, t):
-        return torch.exp(self.log_alpha(t))
-
-    def sigma(self, t):
-        return torch.sqrt(-torch.expm1(2.0 * self.log_alpha(t)))
-
     def log_snr(self, t):
         """lambda(t) = log(alpha / sigma)."""
-        log_alpha = self.log_alpha(t)
-        return log_alpha - 0.5 * torch.log(-torch.expm1(2.0 * log_alpha))
-
-    def t_from_log_snr(self, lam):
-        """Inverse of `log_snr`: alpha^2 = sigmoid(2 lambda), so log_alpha = -softplus(-2 lambda) / 2."""
-        lam = _as_time(lam)
-        return self.t_from_log_alpha(-0.5 * torch.nn.functional.softplus(-2.0 * lam))
+        return torch.log(self.alpha(t)) - torch.log(self.sigma(t))
 
     def ve_sigma(self, t):
         """The noise level of the equivalent variance-exploding process x / alpha = x_0 + (sigma / alpha) eps:
@@ -89,12 +102,61 @@ class NoiseSchedule:
         return self.t_from_log_snr(-torch.log(_as_time(ve_sigma)))
 
     def sde_coefficients(self, t):
+        """(f(t), g^2(t)) of the forward SDE dx = f x dt + g dW with this schedule's marginals."""
+        alpha, sigma = self.alpha(t), self.sigma(t)
+        f = self.d_alpha_dt(t) / alpha
+        return f, 2.0 * (sigma * self.d_sigma_dt(t) - f * sigma ** 2)
+
+
+class VPSchedule(NoiseSchedule):
+    """A variance-preserving forward process (alpha^2 + sigma^2 = 1), described by log_alpha(t), a strictly
+    decreasing function with log_alpha(0) = 0; subclasses define ``log_alpha``, ``d_log_alpha_dt`` and the
+    inverse. Everything else follows from it: sigma = sqrt(1 - alpha^2), ``t_from_log_snr`` inverts lambda exactly,
+    and the forward SDE has f = d log_alpha / dt and g^2 = -2 f.
+    """
+
+    variance_preserving = True
+
+    def log_alpha(self, t):
+        raise NotImplementedError
+
+    def d_log_alpha_dt(self, t):
+        raise NotImplementedError
+
+    def t_from_log_alpha(self, log_alpha):
+        """Inverse of `log_alpha` (strictly decreasing, negative for t > 0)."""
+        raise NotImplementedError
+
+    def alpha(self, t):
+        return torch.exp(self.log_alpha(t))
+
+    def sigma(self, t):
+        return torch.sqrt(-torch.expm1(2.0 * self.log_alpha(t)))
+
+    def d_alpha_dt(self, t):
+        return self.alpha(t) * self.d_log_alpha_dt(t)
+
+    def d_sigma_dt(self, t):
+        """sigma' = -alpha^2 (d log_alpha / dt) / sigma (infinite at t = 0, where sigma = 0)."""
+        return -self.alpha(t) ** 2 * self.d_log_alpha_dt(t) / self.sigma(t)
+
+    def log_snr(self, t):
+        """lambda(t) = log(alpha / sigma)."""
+        log_alpha = self.log_alpha(t)
+        return log_alpha - 0.5 * torch.log(-torch.expm1(2.0 * log_alpha))
+
+    def t_from_log_snr(self, lam):
+        """Inverse of `log_snr`: alpha^2 = sigmoid(2 lambda), so log_alpha = -softplus(-2 lambda) / 2."""
+        lam = _as_time(lam)
+        return self.t_from_log_alpha(-0.5 * torch.nn.functional.softplus(-2.0 * lam))
+
+    def sde_coefficients(self, t):
         """(f(t), g^2(t)) of the forward SDE dx = f x dt + g dW; for a VP process g^2 = -2 f."""
         f = self.d_log_alpha_dt(t)
         return f, -2.0 * f
 
 
-class VPSDE(NoiseSchedule):
+class VPSDE(VPSchedule):
     """The VP SDE with linear beta(t) = beta_min + t (beta_max - beta_min) (Song et al. 2021).
 
     log_alpha(t) = -(beta_max - beta_min) t^2 / 4 - beta_min t / 2. The network sees 999 t, as the released U-ViT
@@ -134,7 +196,7 @@ class VPSDE(NoiseSchedule):
         return torch.rand(n, device=device, generator=generator)
 
 
-class DiscreteSchedule(NoiseSchedule):
+class DiscreteSchedule(VPSchedule):
     """An N-step DDPM schedule placed in continuous time.
 
     alphas_cumprod[n] = prod_{i <= n} (1 - beta_i) sits at t_n = n / N (n = 1..N), and log_alpha(t) is the
@@ -155,6 +217,7 @@ class DiscreteSchedule(NoiseSchedule):
         self.num_steps = betas.numel()
         self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
         self.t_min = 1.0 / self.num_steps
+        self.train_range = (self.t_min, 1.0)
         self.time_scale = float(self.num_steps if time_scale is None else time_scale)
         self.time_offset = float(time_offset)
         zero = torch.zeros(1, dtype=torch.float64)
@@ -213,7 +276,7 @@ class DiscreteSchedule(NoiseSchedule):
         return steps.to(torch.float32) / self.num_steps
 
 
-class KarrasSchedule(NoiseSchedule):
+class KarrasSchedule(VPSchedule):
     """EDM's noise levels (Karras et al. 2022) as a variance-preserving schedule in t in [0, 1].
 
     The variance-exploding level is sigma_ve(t) = sigma_max t^rho, so alpha = 1 / sqrt(1 + sigma_ve^2) and
@@ -259,12 +322,143 @@ class KarrasSchedule(NoiseSchedule):
         return self.t_from_ve_sigma(torch.exp(log_sigma))
 
 
+# SiT's sample_eps for models that cannot be evaluated at alpha = 0: where the flow paths' log-SNR solvers start
+# (t_max = 1 - SAMPLE_EPS, lambda = -6.9 on the linear path) and end (t_min, sigma_ve = 1e-3).
+SAMPLE_EPS = 1e-3
+TIME_SAMPLINGS = ('uniform', 'logit_normal')
+
+
+class FlowTimes:
+    """The training times and the network's time input of SiT's interpolants (``LinearPath``, ``GVPPath``).
+
+    Training times lie in [train_eps, 1 - train_eps] (SiT's train_eps: 0 for velocity prediction, 1e-3 for the noise
+    and the score, whose losses or weights are infinite at an end): ``time_sampling`` 'uniform' (SiT), or
+    'logit_normal': log sigma_ve = log(sigma / alpha) ~ N(logit_location, logit_scale^2), which on the linear path is
+    SD3's logit-normal t = sigmoid(u) (Esser et al. 2024; a positive location puts more weight on the noisy half) and
+    on any path REPA's 'lognormal' (EDM's log-normal levels, P_mean and P_std); either is mapped affinely into the
+    interval. The network sees
+    time_scale t + time_offset: SiT's released checkpoints see its own time 1 - t (the defaults -1, 1), REPA's see
+    t (1, 0).
+    """
+
+    t_min = SAMPLE_EPS
+    t_max = 1.0 - SAMPLE_EPS
+
+    def __init__(self, time_sampling='uniform', logit_location=0.0, logit_scale=1.0, train_eps=0.0,
+                 time_scale=-1.0, time_offset=1.0):
+        if time_sampling not in TIME_SAMPLINGS:
+            raise UserError(f'unknown schedule.time_sampling {time_sampling!r}; known: {", ".join(TIME_SAMPLINGS)}')
+        if logit_scale <= 0:
+            raise UserError(f'schedule.logit_scale must be > 0, got {logit_scale}')
+        if not 0.0 <= train_eps < 0.5:
+            raise UserError(f'schedule.train_eps must lie in [0, 0.5), got {train_eps}')
+        self.time_sampling = time_sampling
+        self.logit_location, self.logit_scale = float(logit_location), float(logit_scale)
+        self.train_eps = float(train_eps)
+        self.train_range = (self.train_eps, 1.0 - self.train_eps)
+        self.time_scale, self.time_offset = float(time_scale), float(time_offset)
+
+    def __repr__(self):
+        sampling = (f'logit_normal({self.logit_location:g}, {self.logit_scale:g})'
+                    if self.time_sampling == 'logit_normal' else 'uniform')
+        return f'{type(self).__name__}({sampling}, train_eps={self.train_eps:g})'
+
+    def model_time(self, t):
+        return self.time_scale * t + self.time_offset
+
+    def sample_train_t(self, n, device, generator=None):
+        if self.time_sampling == 'uniform':
+            u = torch.rand(n, device=device, generator=generator)
+        else:
+            u = self.t_from_log_snr(-(torch.randn(n, device=device, generator=generator) * self.logit_scale
+                                      + self.logit_location))
+        if not self.train_eps:
+            return u
+        low, high = self.train_range
+        return low + (high - low) * u
+
+
+class LinearPath(FlowTimes, NoiseSchedule):
+    """SiT's linear interpolant (rectified flow): alpha = 1 - t, sigma = t, not variance preserving.
+
+    lambda = log((1 - t) / t), sigma_ve = t / (1 - t); alpha(1) = 0, so lambda(1) = -inf and t_max = 1 - 1e-3.
+    The flow velocity is dx_t / dt = eps - x_0.
+    """
+
+    def alpha(self, t):
+        return 1.0 - _as_time(t)
+
+    def sigma(self, t):
+        return _as_time(t)
+
+    def d_alpha_dt(self, t):
+        return -torch.ones_like(_as_time(t))
+
+    def d_sigma_dt(self, t):
+        return torch.ones_like(_as_time(t))
+
+    def log_snr(self, t):
+        t = _as_time(t)
+        return torch.log1p(-t) - torch.log(t)
+
+    def t_from_log_snr(self, lam):
+        return torch.sigmoid(-_as_time(lam))
+
+    def ve_sigma(self, t):
+        t = _as_time(t)
+        return t / (1.0 - t)
+
+
+class GVPPath(FlowTimes, VPSchedule):
+    """SiT's generalised variance-preserving interpolant: alpha = cos(pi t / 2), sigma = sin(pi t / 2).
+
+    log_alpha = log cos(pi t / 2), lambda = -log tan(pi t / 2), sigma_ve = tan(pi t / 2); alpha(1) vanishes (to
+    rounding), so t_max = 1 - 1e-3 as on the linear path. The flow velocity is (pi / 2) (cos(pi t / 2) eps -
+    sin(pi t / 2) x_0).
+    """
+
+    def _angle(self, t):
+        return 0.5 * math.pi * _as_time(t)
+
+    def log_alpha(self, t):
+        return torch.log(torch.cos(self._angle(t)))
+
+    def d_log_alpha_dt(self, t):
+        return -0.5 * math.pi * torch.tan(self._angle(t))
+
+    def t_from_log_alpha(self, log_alpha):
+        return torch.acos(torch.exp(_as_time(log_alpha))) * (2.0 / math.pi)
+
+    def alpha(self, t):
+        return torch.cos(self._angle(t))
+
+    def sigma(self, t):
+        return torch.sin(self._angle(t))
+
+    def d_alpha_dt(self, t):
+        return -0.5 * math.pi * torch.sin(self._angle(t))
+
+    def d_sigma_dt(self, t):
+        return 0.5 * math.pi * torch.cos(self._angle(t))
+
+    def log_snr(self, t):
+        return -torch.log(torch.tan(self._angle(t)))
+
+    def t_from_log_snr(self, lam):
+        return torch.atan(torch.exp(-_as_time(lam))) * (2.0 / math.pi)
+
+    def ve_sigma(self, t):
+        return torch.tan(self._angle(t))
+
+
 SCHEDULES = {
     'vpsde': VPSDE,
     'ddpm_linear': DiscreteSchedule.linear,
     'stable_diffusion': DiscreteSchedule.scaled_linear,
     'cosine': DiscreteSchedule.cosine,
     'karras': KarrasSchedule,
+    'linear': LinearPath,       # SiT's interpolants (flow matching); SiT's 'VP' path is 'vpsde'
+    'gvp': GVPPath,
 }
 
 

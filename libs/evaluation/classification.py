@@ -20,7 +20,7 @@ def test_split(config):
     """The test split of ``config.dataset``, cut to ``clf_eval.n_test`` images; pixel-space data only."""
     from libs.data import build_dataset
     dataset = build_dataset(config.dataset, split='test')
-    if getattr(dataset, 'stores_moments', False):
+    if getattr(dataset, 'stores_features', False):
         raise UserError(f'dataset {config.dataset.name!r} holds autoencoder features, not images: the classifier '
                         f'and likelihood modes evaluate pixel-space models')
     return limited(dataset, config.clf_eval.n_test)

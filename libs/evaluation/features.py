@@ -86,7 +86,7 @@ class Indexed(Dataset):
 def split(config, name: str, n: int):
     from libs.data import build_dataset
     dataset = build_dataset(config.dataset, split=name)
-    if getattr(dataset, 'stores_moments', False):
+    if getattr(dataset, 'stores_features', False):
         raise UserError(f'dataset {config.dataset.name!r} holds autoencoder features, not images: the feature '
                         f'evaluations take pixel-space images')
     if dataset.num_classes <= 0:

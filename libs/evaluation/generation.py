@@ -1,6 +1,6 @@
 """Sample modes: ``sample`` (the suite's sample score, what eval.py does by default) and ``gen`` (GenViT / HybViT's
-generation evaluation: ``config.sample`` and the full N-step ancestral sampler, each scored with FID and the
-Inception Score, or with the digit score)."""
+generation evaluation: ``config.sample`` and the full N-step ancestral sampler, each scored with
+``config.eval.metrics`` and the Inception Score over ``config.clf_eval.is_splits`` parts, or with the digit score)."""
 import os
 
 from libs.errors import UserError
@@ -16,7 +16,7 @@ def score_samples(run: EvalRun, mode: str, sample_cfg, scorer, png_dir: str) -> 
     tags = sample_tags(sample_cfg, metric)
     shards = run.shard_store(run.stem(mode, n, *tags), sample_cfg)
     result = run.generate(sample_cfg, scorer, png_dir=png_dir, desc=f'{mode}: {sample_cfg.algorithm}', shards=shards)
-    run.write(mode, n, tags, sample_settings(sample_cfg, n, metric, scorer.ref_stats), result)
+    run.write(mode, n, tags, sample_settings(sample_cfg, n, metric, scorer.record()), result)
     if run.accelerator.is_main_process:
         shards.remove()  # the JSON holds the score now
     run.print(f'{sample_cfg.algorithm} nfe={sample_cfg.sample_steps}: '
@@ -26,14 +26,14 @@ def score_samples(run: EvalRun, mode: str, sample_cfg, scorer, png_dir: str) -> 
 
 def eval_sample(config, nnet_path: str, ema: bool = True) -> dict:
     """Sample ``config.sample.n_samples``, score them (FID or the digit score), keep PNGs in ``sample.path``."""
-    run = EvalRun.load(config, nnet_path, ema, mode='sample')
+    run = EvalRun.load(config, nnet_path, ema, mode='sample', sampling=True)
     scorer = run.scorer()  # before any sampling: missing FID files fail now
     return score_samples(run, 'sample', config.sample, scorer, config.sample.path)
 
 
 def eval_gen(config, nnet_path: str, ema: bool = True) -> dict:
     """``config.sample`` and, with ``clf_eval.ancestral``, that sampler over every step of the discrete chain."""
-    run = EvalRun.load(config, nnet_path, ema, mode='gen')
+    run = EvalRun.load(config, nnet_path, ema, mode='gen', sampling=True)
     runs = [config.sample]
     if config.clf_eval.ancestral:
         steps = run.framework.chain_steps()

@@ -18,7 +18,6 @@ changes the numbers (sampler, NFE, guidance scale, reference statistics, ...), t
 """
 import dataclasses
 import functools
-import hashlib
 import json
 import logging
 import math
@@ -28,11 +27,12 @@ import subprocess
 import torch
 from tqdm.auto import tqdm
 
-from libs.config import to_json
+from libs.config import compile_mode, to_json
 from libs.errors import UserError
 from libs.evaluation.shards import ShardStore
-from libs.fileio import atomic_open
+from libs.fileio import atomic_open, file_sha256
 from libs.images import save_pngs
+from libs.nets.compile import compile_regions
 from libs.rng import SampleRandom, eval_process_seed
 
 logger = logging.getLogger(__name__)
@@ -90,8 +90,9 @@ def write_record(accelerator, directory: str, name: str, record: dict) -> str:
     return path
 
 
-# The keys of a result record that are not the result: what write_result and write_record put around it.
-RECORD_KEYS = ('mode', 'weights', 'ema', 'dataset', 'n', 'settings', 'provenance')
+# The keys of a result record that are not the result: what write_result and write_record put around it (the
+# Trainer's per-checkpoint scores add the training step).
+RECORD_KEYS = ('mode', 'weights', 'ema', 'dataset', 'n', 'settings', 'provenance', 'step')
 
 
 def write_result(accelerator, weights: str, ema: bool, mode: str, dataset: str, n: int, tags, settings: dict,
@@ -136,8 +137,13 @@ def gathered_order(world: int, rounds: int, mini_batch_size: int, n_samples: int
     return order.permute(1, 0, 2).reshape(-1)[:n_samples]
 
 
-def sample_settings(sample_cfg, n_samples: int, metric: str, ref_stats: str) -> dict:
-    """Everything about sampling that changes a sample score."""
+def sample_settings(sample_cfg, n_samples: int, metric: str, scores: dict) -> dict:
+    """Everything about sampling that changes a sample score, and ``scores``: the scorer's ``record()`` (its
+    reference, networks and metric settings). ``t_start`` 0 (and ``t_end`` 0) are the sampler's default ends
+    (libs/diffusion/samplers: t_start is 1, or the schedule's t_max = 1 - 1e-3 on the flow paths for the log-SNR
+    solvers and noise / score models); ``guidance_interval`` is (lo, hi) in sigma / alpha, None when guidance
+    applies at every level."""
+    from libs.diffusion.guidance import guidance_interval
     from libs.diffusion.samplers import SAMPLER_OPTIONS
     from libs.diffusion.samplers.tau_leaping import CTMC_SAMPLER_OPTIONS
     known = {**SAMPLER_OPTIONS, **CTMC_SAMPLER_OPTIONS}
@@ -153,15 +159,23 @@ def sample_settings(sample_cfg, n_samples: int, metric: str, ref_stats: str) -> 
         'method': sample_cfg.get('method', ''),
         'skip_type': sample_cfg.get('skip_type', ''),
         't_end': sample_cfg.get('t_end', 0.0),
-        'reference_statistics': ref_stats,
+        't_start': sample_cfg.get('t_start', 0.0),
+        'guidance_interval': guidance_interval(sample_cfg),
         **options,
+        **scores,
     }
 
 
 def sample_tags(sample_cfg, metric: str) -> list:
+    """The file-name tags of a sample score: the metric, sampler, NFE and guidance scale, then what is set of the
+    guided channels (DiT's guidance of some channels only), the guidance interval and the start time."""
+    from libs.diffusion.guidance import guidance_interval
     tags = [metric, sample_cfg.algorithm, f'nfe{sample_cfg.sample_steps}', f"scale{sample_cfg.get('scale', 0.0):g}"]
     channels = sample_cfg.get('guided_channels', 0)
-    return tags + [f'guided{channels}'] if channels else tags   # DiT's guidance of some channels only
+    interval = guidance_interval(sample_cfg)
+    t_start = sample_cfg.get('t_start', 0.0)
+    return tags + ([f'guided{channels}'] if channels else []) + \
+        ([f'interval{interval[0]:g}-{interval[1]:g}'] if interval else []) + ([f'start{t_start:g}'] if t_start else [])
 
 
 @torch.no_grad()
@@ -283,9 +297,12 @@ class EvalRun:
     built: dict = dataclasses.field(default_factory=dict, repr=False)  # the conditionings and the space
 
     @classmethod
-    def load(cls, config, nnet_path: str, ema: bool = True, mode: str = 'sample', classifier: bool = False):
-        """Build the network and load its weights once; a network without a head fails first when one is needed."""
-        from libs.data import data_spec
+    def load(cls, config, nnet_path: str, ema: bool = True, mode: str = 'sample', classifier: bool = False,
+             sampling: bool = False):
+        """Build the network and load its weights once; a network without a head fails first when one is needed.
+        ``sampling``: the mode samples, so its blocks are compiled when ``config.sample.compile`` says so (on CUDA
+        by default; libs/nets/compile.py)."""
+        from libs.data import data_spec, is_latent
         from libs.diffusion import build_framework
         from libs.nets import build_nnet, load_nnet_weights
         from libs.nets.protocol import backbone_classifies
@@ -297,13 +314,17 @@ class EvalRun:
                             f'it with --eval=sample, gen or nll')
         framework = build_framework(config)
         framework.check_backbone(nnet)
-        spec = data_spec(config.dataset, framework.data_shape(nnet))
-        if spec.latent:  # every evaluation of a latent model decodes
-            from libs.latent.spaces import build_space
-            build_space(config, spec.latent, 'cpu').check_autoencoder_path()  # before the slow part
+        fmt = None
+        if is_latent(config.dataset):  # the geometry from the autoencoder's config, before the slow part
+            from libs.latent.spaces import latent_format
+            fmt = latent_format(config)
+        spec = data_spec(config.dataset, framework.data_shape(nnet), fmt)
         weights = load_nnet_weights(nnet, nnet_path, ema=ema)
         accelerator = eval_accelerator(config)
         nnet = nnet.eval().requires_grad_(False).to(accelerator.device)
+        compiling = compile_mode(config.sample.compile, 'sample.compile', accelerator.device) if sampling else ''
+        if compiling:
+            compile_regions(nnet, whole=compiling == 'full')
         return cls(config, accelerator, nnet, weights, ema, framework, spec)
 
     @property
@@ -339,7 +360,7 @@ class EvalRun:
         fails before any sampling."""
         from libs.latent.spaces import build_space
         if 'space' not in self.built:
-            space = build_space(self.config, self.spec.latent, self.device)
+            space = build_space(self.config, self.spec, self.device)
             if space.latent:
                 space.autoencoder  # noqa: B018
             self.built['space'] = space
@@ -350,9 +371,11 @@ class EvalRun:
         return self.config.eval.ref_stats or self.spec.fid_stats
 
     def scorer(self, inception_score: bool = False):
-        from libs.evaluation.scorers import build_scorer
-        return build_scorer(self.config.eval.metric, self.device, self.ref_stats(), self.config.eval.inception_path,
-                            inception_score, self.config.clf_eval.is_splits)
+        """The scorer of ``config.eval`` for ``config.sample.n_samples`` samples (``inception_score``: ``gen``'s, with
+        the Inception Score over ``clf_eval.is_splits`` parts)."""
+        from libs.evaluation.scorers import build_scorer, metric_settings
+        return build_scorer(self.config.eval.metric, self.device, self.ref_stats(),
+                            metric_settings(self.config, inception_score), self.config.sample.n_samples)
 
     def generate(self, sample_cfg, scorer, png_dir: str = '', desc: str = 'sample', shards: ShardStore = None) -> dict:
         n = self.config.sample.n_samples
@@ -367,11 +390,7 @@ class EvalRun:
 
     @functools.cached_property
     def weights_sha256(self) -> str:
-        digest = hashlib.sha256()
-        with open(self.weights, 'rb') as f:
-            for block in iter(lambda: f.read(1 << 24), b''):
-                digest.update(block)
-        return digest.hexdigest()
+        return file_sha256(self.weights)
 
     def shard_settings(self, sample_cfg) -> dict:
         """Everything the samples of ``sample_cfg`` and their scored rows depend on, besides their count and the

@@ -1,48 +1,60 @@
 """One scorer per sample metric: each accumulates what its metric needs from batches of images and computes the
 numbers on the gathered whole.
 
-- ``fid``: Inception pool features -> FID against reference statistics, and the Inception Score from the same pass
-  (``inception_score=True``);
+- ``fid``: the image metrics of papers (libs/metrics/metric_set.py) named by ``config.eval.metrics``: FID, and any of
+  sFID, Inception Score, precision, recall, KID and FD-DINOv2, from one pass of each network over the samples;
 - ``digits``: the offline digit classifier -> Frechet distance in its features, and the accuracy of
   class-conditional samples.
 
 Protocol: ``add(images (B, C, H, W) in [-1, 1], labels or None)``, ``local() -> (tensor, labels or None)`` of this
-process, ``result(gathered, gathered_labels) -> dict`` on the main process. Building a scorer loads its network and
-its reference files, so missing files fail before any sampling.
+process, ``result(gathered, gathered_labels) -> dict`` on the main process, ``record() -> dict`` the settings a result
+JSON keeps. Building a scorer loads its networks and opens its reference, and checks that ``n_samples`` (when
+given) suffice for its metrics, so missing files and impossible settings fail before any sampling.
 """
 import torch
 
 from libs.errors import UserError
 
 
-class FidScorer:
-    """FID (and optionally the Inception Score) from one Inception pass over the samples."""
+def metric_settings(config, inception_score: bool = False):
+    """The MetricSettings of ``config.eval`` (a UserError names the key at fault). ``inception_score``: eval.py
+    ``--eval=gen``, which adds the Inception Score over ``config.clf_eval.is_splits`` equal parts (HybViT's)."""
+    from libs.metrics.metric_set import MetricSettings, parse_metrics
+    e = config.eval
+    metrics = parse_metrics(e.metrics, 'config.eval.metrics')
+    if e.metric == 'digits' and metrics != ('fid',):
+        raise UserError(f"config.eval.metrics={e.metrics!r} applies to config.eval.metric='fid'; the digit score "
+                        f"(eval.metric='digits') has its own numbers: leave eval.metrics at 'fid'")
+    if inception_score:
+        metrics = parse_metrics(metrics + ('is',))
+    return MetricSettings(metrics=metrics, inception_path=e.inception_path, dinov2_path=e.dinov2_path,
+                          is_splits=config.clf_eval.is_splits if inception_score else 0,
+                          is_split_size=e.is_split_size, pr_k=e.pr_k, kid_subsets=e.kid_subsets,
+                          kid_subset_size=e.kid_subset_size)
 
-    def __init__(self, device, ref_stats: str, inception_path: str = '', inception_score: bool = False,
-                 is_splits: int = 10):
-        from libs.metrics import fid
-        self.ref_stats = ref_stats
-        self.ref_mu, self.ref_sigma = fid.load_stats(ref_stats)
-        self.features = fid.InceptionFeatures(fid.load_inception(inception_path or None, device=device))
-        self.logit_weight = fid.load_logit_weights(inception_path or None) if inception_score else None
-        self.is_splits = is_splits
+
+class FidScorer:
+    """The metric set of ``settings`` against ``reference`` (statistics, a reference batch or a folder)."""
+
+    def __init__(self, device, reference: str, settings=None, n_samples: int = None, image_size=None):
+        from libs.metrics.metric_set import MetricSet, MetricSettings
+        self.metric_set = MetricSet(reference, settings or MetricSettings(), device, n_samples, image_size)
+        self.ref_stats = reference
         self.parts = []
 
     def add(self, images: torch.Tensor, labels) -> None:
-        self.parts.append(torch.from_numpy(self.features(images)).to(images.device))
+        if not self.parts:
+            self.metric_set.check_images(images)
+        self.parts.append(self.metric_set.rows(images).to(images.device))
 
     def local(self):
         return torch.cat(self.parts), None
 
     def result(self, gathered: torch.Tensor, labels) -> dict:
-        from libs.metrics import fid
-        acts = gathered.double().cpu().numpy()
-        result = {'fid': fid.frechet_distance_of_activations(acts, self.ref_mu, self.ref_sigma)}
-        if self.logit_weight is not None:
-            from libs.metrics.inception_score import inception_score_of_features
-            result['inception_score'], result['inception_score_std'] = inception_score_of_features(
-                acts, self.logit_weight, self.is_splits)
-        return result
+        return self.metric_set.scores(gathered.to(self.metric_set.device))
+
+    def record(self) -> dict:
+        return self.metric_set.record()
 
 
 class DigitsScorer:
@@ -50,8 +62,7 @@ class DigitsScorer:
 
     ref_stats = 'sklearn digits (all 1797)'
 
-    def __init__(self, device=None, ref_stats: str = '', inception_path: str = '', inception_score: bool = False,
-                 is_splits: int = 10):
+    def __init__(self, device=None, reference: str = '', settings=None, n_samples: int = None):
         """The FID scorer's arguments, none of which applies: the reference is always the 1797 real digits."""
         self.parts, self.labels = [], []
 
@@ -71,6 +82,9 @@ class DigitsScorer:
             result['digits_accuracy'] = score['accuracy']
         return result
 
+    def record(self) -> dict:
+        return {'reference_statistics': self.ref_stats}
+
 
 SCORERS = {
     'fid': FidScorer,
@@ -78,8 +92,7 @@ SCORERS = {
 }
 
 
-def build_scorer(metric: str, device, ref_stats: str = '', inception_path: str = '', inception_score: bool = False,
-                 is_splits: int = 10):
+def build_scorer(metric: str, device, reference: str = '', settings=None, n_samples: int = None):
     if metric not in SCORERS:
         raise UserError(f"unknown metric {metric!r}; known: {', '.join(SCORERS)}")
-    return SCORERS[metric](device, ref_stats, inception_path, inception_score, is_splits)
+    return SCORERS[metric](device, reference, settings, n_samples)

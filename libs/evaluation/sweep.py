@@ -28,13 +28,14 @@ def markdown_table(metric_names, grid: dict, nfes) -> str:
     return '\n'.join(lines)
 
 
-def finished_point(run: EvalRun, sample_cfg, ref_stats: str):
-    """The score of a point already written with these exact settings and weights, or None."""
+def finished_point(run: EvalRun, sample_cfg, scores: dict):
+    """The score of a point already written with these exact settings and weights, or None (``scores``: the
+    scorer's record)."""
     n, metric = run.config.sample.n_samples, run.config.eval.metric
     result = None
     if run.accelerator.is_main_process:
         path = run.path(run.stem('sample', n, *sample_tags(sample_cfg, metric)) + '.json')
-        result = read_result(path, run.weights, run.ema, sample_settings(sample_cfg, n, metric, ref_stats))
+        result = read_result(path, run.weights, run.ema, sample_settings(sample_cfg, n, metric, scores))
     return run.broadcast({'result': result})['result']
 
 
@@ -42,8 +43,8 @@ def eval_sweep(config, nnet_path: str, ema: bool = True) -> dict:
     """``config.eval.sweep_algorithms`` x ``config.eval.sweep_nfes``, ``config.sample.n_samples`` samples each."""
     algorithms = parse_list(config.eval.sweep_algorithms, 'config.eval.sweep_algorithms')
     nfes = parse_list(config.eval.sweep_nfes, 'config.eval.sweep_nfes', int)
-    run = EvalRun.load(config, nnet_path, ema, mode='sweep')
-    ref_stats = run.scorer().ref_stats  # missing FID files fail now, before any sampling
+    run = EvalRun.load(config, nnet_path, ema, mode='sweep', sampling=True)
+    scores = run.scorer().record()  # missing FID files fail now, before any sampling
     points = []
     for algorithm in algorithms:
         for nfe in nfes:
@@ -55,7 +56,7 @@ def eval_sweep(config, nnet_path: str, ema: bool = True) -> dict:
     for sample_cfg in points:
         png_dir = os.path.join(config.sample.path, f'{sample_cfg.algorithm}_nfe{sample_cfg.sample_steps}') \
             if config.sample.path else ''
-        result = finished_point(run, sample_cfg, ref_stats)
+        result = finished_point(run, sample_cfg, scores)
         if result is None:
             result = score_samples(run, 'sample', sample_cfg, run.scorer(), png_dir)
         else:
@@ -63,7 +64,7 @@ def eval_sweep(config, nnet_path: str, ema: bool = True) -> dict:
         grid.setdefault(sample_cfg.algorithm, {})[str(sample_cfg.sample_steps)] = result
     metric, n = config.eval.metric, config.sample.n_samples
     settings = {'metric': metric, 'n_samples': n, 'algorithms': algorithms, 'nfes': nfes,
-                'guidance_scale': config.sample.scale, 'reference_statistics': ref_stats}
+                'guidance_scale': config.sample.scale, 'reference_statistics': scores['reference_statistics']}
     run.write('sweep', n, [metric], settings, {'grid': grid})
     table = markdown_table(sorted({k for row in grid.values() for r in row.values() for k in r}), grid, nfes)
     if run.accelerator.is_main_process:

@@ -1,22 +1,28 @@
-"""The Stable Diffusion autoencoder (KL-f8) that maps images to the latents of latent U-ViT, frozen.
+"""The frozen autoencoder that maps images to the latents of a latent diffusion model.
 
-The network is ``diffusers.AutoencoderKL``. Weights come either from a diffusers folder (``config.json`` and
-``diffusion_pytorch_model.safetensors`` or ``.bin``, e.g. sd-vae-ft-ema) or from the original CompVis / Stable
-Diffusion state dict that the U-ViT release ships as ``assets/stable-diffusion/autoencoder_kl.pth``;
-``compvis_to_diffusers`` and ``diffusers_to_compvis`` translate between the two key layouts.
-
-Latents are ``scale_factor * z`` with ``z`` drawn from the encoder's Gaussian, as the released U-ViT models expect.
+Any diffusers autoencoder folder (``config.json`` and ``diffusion_pytorch_model.safetensors`` or ``.bin``) whose class
+``AUTOENCODERS`` lists: ``AutoencoderKL`` (Stable Diffusion 1/2 ft-EMA and ft-MSE, SDXL, SD3, FLUX.1) and
+``AutoencoderDC`` (DC-AE). The folder's config gives the class, the latent channels, the down-sampling factor,
+``scaling_factor`` and ``shift_factor``: latents = (z - shift) * scale (libs/data/latent_format.py). The original
+CompVis / Stable Diffusion state dict that the U-ViT release ships as ``assets/stable-diffusion/autoencoder_kl.pth``
+loads too, as an ``AutoencoderKL`` of ``SD_CONFIG``; ``compvis_to_diffusers`` and ``diffusers_to_compvis`` translate
+between the two key layouts.
 """
+import dataclasses
+import inspect
+import json
 import os
+from typing import Callable
 
 import torch
 from diffusers import AutoencoderKL
 
+from libs.data.latent_format import LEGACY_SCALE, LatentFormat
 from libs.errors import UserError
 from libs.fileio import load_state_file
-from libs.latent.moments import latents_from_moments
+from libs.latent.moments import latents_from_features
 
-SCALE_FACTOR = 0.18215
+SCALE_FACTOR = LEGACY_SCALE
 
 # The autoencoder of Stable Diffusion 1 (CompVis ddconfig: ch 128, ch_mult 1,2,4,4, num_res_blocks 2, z_channels 4).
 SD_CONFIG = dict(
@@ -32,6 +38,145 @@ SD_CONFIG = dict(
     sample_size=256,
     scaling_factor=SCALE_FACTOR,
 )
+
+# The published architectures (their diffusers config.json files), for benchmarks with random weights.
+# SD3's autoencoder (stabilityai/stable-diffusion-3-medium-diffusers, vae/): SD 1's with 16 channels, no quant convs.
+# FLUX.1's (black-forest-labs/FLUX.1-dev, vae/) is the same network with scaling_factor 0.3611, shift_factor 0.1159.
+SD3_CONFIG = dict(SD_CONFIG, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False, sample_size=1024,
+                  scaling_factor=1.5305, shift_factor=0.0609)
+
+
+def _dc_ae_config(latent_channels: int, widths: tuple, encoder_depths: tuple, decoder_depths: tuple,
+                  scaling_factor: float) -> dict:
+    """A DC-AE-in-1.0 config (mit-han-lab/dc-ae-f*c*-in-1.0-diffusers): three ResBlock levels (batch norm and ReLU
+    in the decoder), then EfficientViT levels (RMS norm and SiLU), pixel (un)shuffle resampling. ``scaling_factor``
+    is the one DC-AE's repository trains with."""
+    vit = len(widths) - 3
+    return dict(latent_channels=latent_channels, attention_head_dim=32,
+                encoder_block_types=('ResBlock',) * 3 + ('EfficientViTBlock',) * vit,
+                decoder_block_types=('ResBlock',) * 3 + ('EfficientViTBlock',) * vit,
+                encoder_block_out_channels=widths, decoder_block_out_channels=widths,
+                encoder_layers_per_block=encoder_depths, decoder_layers_per_block=decoder_depths,
+                encoder_qkv_multiscales=((),) * len(widths), decoder_qkv_multiscales=((),) * len(widths),
+                decoder_norm_types=('batch_norm',) * 3 + ('rms_norm',) * vit,
+                decoder_act_fns=('relu',) * 3 + ('silu',) * vit, scaling_factor=scaling_factor)
+
+
+DC_AE_F32C32_CONFIG = _dc_ae_config(32, (128, 256, 512, 512, 1024, 1024), (0, 4, 8, 2, 2, 2), (0, 5, 10, 2, 2, 2),
+                                    0.3189)
+DC_AE_F64C128_CONFIG = _dc_ae_config(128, (128, 256, 512, 512, 1024, 1024, 2048), (0, 4, 8, 2, 2, 2, 2),
+                                     (0, 5, 10, 2, 2, 2, 2), 0.2889)
+
+# name -> (diffusers class, config): Stable Diffusion 1/2's (ft-EMA, ft-MSE), SD3's (and FLUX.1's), DC-AE's.
+ARCHITECTURES = {
+    'sd-vae-f8': ('AutoencoderKL', SD_CONFIG),
+    'sd3-vae': ('AutoencoderKL', SD3_CONFIG),
+    'dc-ae-f32c32': ('AutoencoderDC', DC_AE_F32C32_CONFIG),
+    'dc-ae-f64c128': ('AutoencoderDC', DC_AE_F64C128_CONFIG),
+}
+
+
+# ------------------------------------------------------------------------------------------ the known classes
+
+@dataclasses.dataclass(frozen=True)
+class AutoencoderClass:
+    """How the suite uses one diffusers autoencoder class: ``factor(config)``, its down-sampling factor read from
+    its config; ``stored``, what its encoder gives a feature store ('moments' of a Gaussian, or deterministic
+    'latents'); ``encode(model, images)``, that output; ``since``, the first diffusers release that has it."""
+
+    factor: Callable[[dict], int]
+    stored: str
+    encode: Callable
+    since: str
+
+
+def _kl_factor(config: dict) -> int:
+    return 2 ** (len(config['block_out_channels']) - 1)
+
+
+def _dc_factor(config: dict) -> int:
+    # diffusers' development versions named the encoder's widths ``block_out_channels``
+    return 2 ** (len(config.get('encoder_block_out_channels') or config['block_out_channels']) - 1)
+
+
+def _gaussian_moments(model, images: torch.Tensor) -> torch.Tensor:
+    return model.encode(images).latent_dist.parameters
+
+
+def _deterministic_code(model, images: torch.Tensor) -> torch.Tensor:
+    return model.encode(images).latent
+
+
+AUTOENCODERS = {
+    'AutoencoderKL': AutoencoderClass(_kl_factor, 'moments', _gaussian_moments, since='0.27'),
+    'AutoencoderDC': AutoencoderClass(_dc_factor, 'latents', _deterministic_code, since='0.32'),
+}
+
+
+def _diffusers_class(name: str):
+    import diffusers
+    cls = getattr(diffusers, name, None)
+    if cls is None:
+        raise UserError(f'diffusers {diffusers.__version__} has no {name}: install diffusers>='
+                        f'{AUTOENCODERS[name].since} (pip install -r requirements.txt)')
+    return cls
+
+
+def _with_defaults(cls, config: dict) -> dict:
+    """``config`` with the constructor defaults of ``cls`` for the keys it leaves out (as from_pretrained fills
+    them), without diffusers' own ``_`` entries."""
+    defaults = {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    return {**defaults, **{key: value for key, value in config.items() if not key.startswith('_')}}
+
+
+def _check_exists(path: str) -> None:
+    if not path or not os.path.exists(path):
+        raise UserError(f"autoencoder not found at {path}: put a diffusers autoencoder folder there (config.json + "
+                        f"diffusion_pytorch_model.safetensors; {', '.join(sorted(AUTOENCODERS))}) or the U-ViT "
+                        f"release's autoencoder_kl.pth (assets/README.md lists them)")
+
+
+def folder_config(path: str):
+    """(class name, its full config) of the diffusers folder ``path``, from config.json alone."""
+    file = os.path.join(path, 'config.json')
+    if not os.path.isfile(file):
+        raise UserError(f'{path} is not a diffusers autoencoder folder: config.json is missing (the folder holds '
+                        f'config.json and diffusion_pytorch_model.safetensors)')
+    try:
+        with open(file) as f:
+            config = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise UserError(f'cannot read {file}: {exc}') from None
+    name = config.get('_class_name') if isinstance(config, dict) else None
+    if name not in AUTOENCODERS:
+        raise UserError(f"{file} is a {name!r}, not a known autoencoder class; known: "
+                        f"{', '.join(sorted(AUTOENCODERS))}")
+    return name, _with_defaults(_diffusers_class(name), config)
+
+
+def autoencoder_format(path: str, config=None) -> LatentFormat:
+    """The latents of the autoencoder at ``path``, read from its config alone (no weights): a diffusers folder's
+    config.json, or for a CompVis-format file ``config`` (default ``SD_CONFIG``). A missing path, a folder of an
+    unknown class, or per-channel latent statistics (``latents_mean``) are one UserError line each."""
+    _check_exists(path)
+    if os.path.isdir(path):
+        return config_format(*folder_config(path), source=path)
+    return config_format('AutoencoderKL', SD_CONFIG if config is None else config, source=path)
+
+
+def config_format(name: str, config: dict, source: str = '') -> LatentFormat:
+    """The latents of an autoencoder of class ``name`` (a key of AUTOENCODERS) built from ``config``."""
+    config = _with_defaults(_diffusers_class(name), config)
+    if config.get('latents_mean') is not None or config.get('latents_std') is not None:
+        raise UserError(f'{source}: per-channel latents_mean / latents_std normalisation is not supported, only '
+                        f'scaling_factor and shift_factor')
+    kind = AUTOENCODERS[name]
+    return LatentFormat(name, int(config['latent_channels']), kind.factor(config), float(config['scaling_factor']),
+                        float(config.get('shift_factor') or 0.0), kind.stored, source)
+
+
+# -------------------------------------------------------------------------------- the CompVis state dict layout
 
 # Parameter names inside one block: CompVis name -> diffusers name.
 _RESNET = {'norm1': 'norm1', 'conv1': 'conv1', 'norm2': 'norm2', 'conv2': 'conv2', 'nin_shortcut': 'conv_shortcut'}
@@ -179,44 +324,37 @@ def _load_compvis(path: str, config, device, dtype) -> AutoencoderKL:
     return vae
 
 
-def _load_diffusers(path: str, dtype) -> AutoencoderKL:
-    if not os.path.isfile(os.path.join(path, 'config.json')):
-        raise UserError(f'{path} is not a diffusers AutoencoderKL folder: config.json is missing')
+def _load_diffusers(path: str, name: str, dtype):
     try:
-        return AutoencoderKL.from_pretrained(path, local_files_only=True, torch_dtype=dtype)
+        return _diffusers_class(name).from_pretrained(path, local_files_only=True, torch_dtype=dtype)
     except (OSError, ValueError, RuntimeError) as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f'cannot load the diffusers AutoencoderKL in {path}: {message}') from None
+        raise UserError(f'cannot load the diffusers {name} in {path}: {message}') from None
 
 
 def load_autoencoder(path: str, device='cpu', dtype=torch.float32, config=None) -> 'FrozenAutoencoder':
-    """The frozen autoencoder from a diffusers folder or a CompVis-format weights file (.pth, .ckpt, .safetensors).
-
-    ``config`` is the ``AutoencoderKL`` config of a CompVis-format file (default ``SD_CONFIG``, Stable Diffusion 1);
-    a diffusers folder brings its own.
-    """
-    if not os.path.exists(path):
-        raise UserError(f"Stable Diffusion autoencoder not found at {path}: put the U-ViT release's "
-                        f"autoencoder_kl.pth there, or a diffusers AutoencoderKL folder "
-                        f"(config.json + diffusion_pytorch_model.safetensors)")
+    """The frozen autoencoder of a diffusers folder (its class from its config.json) or of a CompVis-format weights
+    file (.pth, .ckpt, .safetensors; ``config`` is its ``AutoencoderKL`` config, default ``SD_CONFIG``)."""
+    fmt = autoencoder_format(path, config)
     if os.path.isdir(path):
-        vae = _load_diffusers(path, dtype).to(device)
+        vae = _load_diffusers(path, fmt.autoencoder, dtype).to(device)
     else:
         vae = _load_compvis(path, SD_CONFIG if config is None else config, device, dtype)
-    return FrozenAutoencoder(vae)
+    return FrozenAutoencoder(vae, fmt)
 
 
 class FrozenAutoencoder(torch.nn.Module):
-    """``AutoencoderKL`` in eval mode without gradients, speaking in scaled latents.
+    """A diffusers autoencoder in eval mode without gradients, speaking in scaled latents.
 
-    images: (B, 3, H, W) in [-1, 1]; moments: (B, 2 C, H / f, W / f), mean and log-variance stacked on channels;
-    latents: (B, C, H / f, W / f) = scale_factor * z. With the Stable Diffusion weights C = 4 and f = 8.
+    images: (B, 3, H, W) in [-1, 1]; features (what a feature store holds, ``format.stored``): moments
+    (B, 2C, H / f, W / f), mean and log-variance stacked on channels, or deterministic codes (B, C, H / f, W / f);
+    latents: (B, C, H / f, W / f) = (z - shift) * scale. ``format`` (a LatentFormat) gives C, f, scale and shift.
     """
 
-    def __init__(self, vae: AutoencoderKL, scale_factor: float = SCALE_FACTOR):
+    def __init__(self, vae, fmt: LatentFormat):
         super().__init__()
         self.vae = vae
-        self.scale_factor = scale_factor
+        self.format = fmt
         self.requires_grad_(False)
         self.train(False)
 
@@ -233,25 +371,26 @@ class FrozenAutoencoder(torch.nn.Module):
         return next(self.vae.parameters()).dtype
 
     @torch.no_grad()
-    def encode_moments(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [-1, 1] -> (B, 2 C, h, w): mean and log-variance of the latent Gaussian."""
+    def encode_features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> what a feature store holds: moments (B, 2C, h, w) or codes (B, C, h, w)."""
         images = images.to(device=self.device, dtype=self.dtype)
-        return self.vae.encode(images).latent_dist.parameters
+        return AUTOENCODERS[self.format.autoencoder].encode(self.vae, images)
 
     @torch.no_grad()
-    def sample(self, moments: torch.Tensor, generator: torch.Generator = None) -> torch.Tensor:
-        """(B, 2 C, h, w) moments -> (B, C, h, w) scaled latents, scale_factor * (mean + std * noise)."""
-        return latents_from_moments(moments, self.scale_factor, generator)
+    def to_latents(self, features: torch.Tensor, generator: torch.Generator = None) -> torch.Tensor:
+        """Features -> (B, C, h, w) latents (z - shift) * scale, z drawn from moments with ``generator``."""
+        return latents_from_features(features, self.format, generator)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, generator: torch.Generator = None) -> torch.Tensor:
-        """(B, 3, H, W) in [-1, 1] -> (B, C, h, w) scaled latents, sampled."""
-        return self.sample(self.encode_moments(images), generator)
+        """(B, 3, H, W) in [-1, 1] -> (B, C, h, w) latents (sampled from a Gaussian encoder)."""
+        return self.to_latents(self.encode_features(images), generator)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, batch_size: int = None) -> torch.Tensor:
-        """(B, C, h, w) scaled latents -> (B, 3, H, W) images in about [-1, 1], ``batch_size`` at a time."""
-        z = latents.to(device=self.device, dtype=self.dtype) / self.scale_factor
+        """(B, C, h, w) latents -> (B, 3, H, W) images in about [-1, 1] from z = latents / scale + shift,
+        ``batch_size`` at a time."""
+        z = latents.to(device=self.device, dtype=self.dtype) / self.format.scale + self.format.shift
         if batch_size is None or batch_size >= len(z):
             return self.vae.decode(z).sample
         if batch_size < 1:

@@ -1,6 +1,7 @@
-"""Feature extraction: the Stable Diffusion autoencoder's moments of ImageNet and MS-COCO images, and the CLIP text
-features of the MS-COCO captions (latent and text-to-image U-ViT), written once into the stores that
-libs/data/feature_store.py reads at every training step (the layout is described there).
+"""Feature extraction: the autoencoder's features of ImageNet and MS-COCO images (the moments of a Gaussian encoder
+such as Stable Diffusion's, or the codes of a deterministic one such as DC-AE), and the CLIP text features of the
+MS-COCO captions (latent and text-to-image models), written once into the stores that libs/data/feature_store.py
+reads at every training step (the layout is described there).
 
 Shards are written as ``shard_XXXXX.tmp/`` and renamed when complete, so an interrupted extraction resumes where it
 stopped; ``manifest.json`` (the settings) is written first and compared on every re-run, ``info.json`` last. Under
@@ -95,8 +96,8 @@ def _image_batches(dataset, start: int, stop: int, batch_size: int, num_workers:
         yield indices, images
 
 
-def _moments(autoencoder, images: torch.Tensor) -> np.ndarray:
-    return autoencoder.encode_moments(images).float().cpu().numpy()
+def _features(autoencoder, images: torch.Tensor) -> np.ndarray:
+    return autoencoder.encode_features(images).float().cpu().numpy()
 
 
 def _check_manifest(store: str, settings: dict) -> None:
@@ -112,9 +113,10 @@ def _check_manifest(store: str, settings: dict) -> None:
                         f'give another --out, or delete {store} to start over')
 
 
-def _write_store(store: str, settings: dict, shard_size: int, make_writer, describe) -> dict:
+def _write_store(store: str, settings: dict, shard_size: int, fmt, make_writer, describe) -> dict:
     """Write the shards of ``store`` that are not complete yet, then ``info.json``.
 
+    ``fmt``: the autoencoder's LatentFormat (its features are ``<fmt.stored>.npy``; info.json records it).
     ``make_writer()`` loads what encoding needs and returns ``write(start, stop, folder, progress)``, which writes
     the files of items [start, stop) into ``folder``; it is called only when this process has shards to write.
     ``describe(store)`` gives the kind-specific entries of info.json. Returns what this process did.
@@ -152,14 +154,14 @@ def _write_store(store: str, settings: dict, shard_size: int, make_writer, descr
 
     for shard in range(num_shards):  # every process checks, so that all of them stop on a bad shard
         expected = min(shard_size, num_images - shard * shard_size)
-        path = os.path.join(store, shard_name(shard), 'moments.npy')
+        path = os.path.join(store, shard_name(shard), fmt.stored + '.npy')
         if not os.path.isfile(path) or len(np.load(path, mmap_mode='r')) != expected:
             raise UserError(f'{os.path.dirname(path)} is not a complete shard of {expected} images: delete it '
                             f'and run the extraction again')
     if state.is_main_process:
-        moments_shape = np.load(os.path.join(store, shard_name(0), 'moments.npy'), mmap_mode='r').shape[1:]
-        info = dict(settings, num_shards=num_shards,
-                    latent_shape=[moments_shape[0] // 2, moments_shape[1], moments_shape[2]], **describe(store))
+        stored_shape = np.load(os.path.join(store, shard_name(0), fmt.stored + '.npy'), mmap_mode='r').shape[1:]
+        info = dict(settings, num_shards=num_shards, latent_shape=[fmt.channels, stored_shape[1], stored_shape[2]],
+                    **fmt.info(), **describe(store))
         _write_json(os.path.join(store, INFO), info)
         logger.info('%s: %d images in %d shards, complete (%d of them written now)', store, num_images,
                     num_shards, len(missing))
@@ -167,24 +169,32 @@ def _write_store(store: str, settings: dict, shard_size: int, make_writer, descr
     return {'store': store, 'num_shards': num_shards, 'shards_written': len(pending), 'images_encoded': images_done}
 
 
-def _load_autoencoder(path: str, dtype: str, device):
-    from libs.latent.autoencoder import load_autoencoder
+def _autoencoder_format(path: str, dtype: str):
+    """The autoencoder's LatentFormat from its config alone, so that a missing or unknown autoencoder and a bad
+    dtype stop the extraction before it writes anything."""
+    from libs.latent.autoencoder import autoencoder_format
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype '{dtype}'; known: {', '.join(DTYPES)}")
+    return autoencoder_format(path)
+
+
+def _load_autoencoder(path: str, dtype: str, device):
+    from libs.latent.autoencoder import load_autoencoder
     return load_autoencoder(path, device, DTYPES[dtype])
 
 
 def extract_imagenet(path: str, out: str, resolution: int = 256, autoencoder: str = DEFAULT_AUTOENCODER,
                      flip: bool = True, batch_size: int = 64, shard_size: int = 10000, num_workers: int = 4,
                      dtype: str = 'fp32') -> dict:
-    """Moments of the ImageNet training images ``path/<wnid>/*`` (centre crops at ``resolution``, and of their
-    mirror images with ``flip``) and their labels, into ``out/train/``."""
+    """Autoencoder features of the ImageNet training images ``path/<wnid>/*`` (centre crops at ``resolution``, and
+    of their mirror images with ``flip``) and their labels, into ``out/train/``."""
     from libs.data.datasets import ImageFolder
 
     _require_positive(resolution=resolution, batch_size=batch_size, shard_size=shard_size)
     if not os.path.isdir(path) or not any(os.path.isdir(os.path.join(path, d)) for d in os.listdir(path)):
         raise UserError(f'no ImageNet class folders at {path}: give --path=<ImageNet>/train, the folder that holds '
                         f'<wnid>/*.JPEG')
+    fmt = _autoencoder_format(autoencoder, dtype)
     dataset = ImageFolder(path, int(resolution), labels_from_subfolders=True)
     settings = dict(format=FORMAT, kind='imagenet', split='train', resolution=int(resolution), flip=bool(flip),
                     source=os.path.abspath(path), autoencoder=os.path.abspath(autoencoder), dtype=dtype,
@@ -196,26 +206,28 @@ def extract_imagenet(path: str, out: str, resolution: int = 256, autoencoder: st
         def write(start, stop, folder, progress):
             files = _NpyRows(folder)
             for indices, images in _image_batches(dataset, start, stop, batch_size, num_workers):
-                files.put('moments', indices[0] - start, _moments(encoder, images), stop - start)
+                files.put(fmt.stored, indices[0] - start, _features(encoder, images), stop - start)
                 if flip:
-                    files.put('moments_flip', indices[0] - start, _moments(encoder, images.flip(3)), stop - start)
+                    files.put(fmt.stored + '_flip', indices[0] - start, _features(encoder, images.flip(3)),
+                              stop - start)
                 progress.update(len(indices))
             files.close()
             np.save(os.path.join(folder, 'labels.npy'), dataset.labels[start:stop].astype(np.int64))
         return write
 
-    return _write_store(os.path.join(out, 'train'), settings, int(shard_size), make_writer,
+    return _write_store(os.path.join(out, 'train'), settings, int(shard_size), fmt, make_writer,
                         lambda store: {'num_classes': dataset.num_classes})
 
 
 def extract_mscoco(path: str, out: str, split: str = 'train', resolution: int = 256,
                    autoencoder: str = DEFAULT_AUTOENCODER, text_encoder: str = DEFAULT_TEXT_ENCODER,
                    batch_size: int = 64, shard_size: int = 1000, num_workers: int = 4, dtype: str = 'fp32') -> dict:
-    """Moments of the MS-COCO 2014 images of ``split`` (centre crops at ``resolution``) and CLIP features of all
-    their captions, into ``out/<split>/``."""
+    """Autoencoder features of the MS-COCO 2014 images of ``split`` (centre crops at ``resolution``) and CLIP
+    features of all their captions, into ``out/<split>/``."""
     from libs.data.datasets import MSCOCO
 
     _require_positive(resolution=resolution, batch_size=batch_size, shard_size=shard_size)
+    fmt = _autoencoder_format(autoencoder, dtype)
     dataset = MSCOCO(path, split, int(resolution))
     settings = dict(format=FORMAT, kind='mscoco', split=split, resolution=int(resolution), flip=False,
                     source=os.path.abspath(path), autoencoder=os.path.abspath(autoencoder),
@@ -234,7 +246,7 @@ def extract_mscoco(path: str, out: str, split: str = 'train', resolution: int = 
             files = _NpyRows(folder)
             for indices, images in _image_batches(dataset, start, stop, batch_size, num_workers):
                 first = indices[0] - start
-                files.put('moments', first, _moments(images_encoder, images), stop - start)
+                files.put(fmt.stored, first, _features(images_encoder, images), stop - start)
                 texts = [caption for i in indices for caption in dataset.captions[i]]
                 files.put('contexts', int(offsets[first]), captions_encoder.encode(texts).cpu().numpy(),
                           int(offsets[-1]))
@@ -249,7 +261,7 @@ def extract_mscoco(path: str, out: str, split: str = 'train', resolution: int = 
         contexts = np.load(os.path.join(store, shard_name(0), 'contexts.npy'), mmap_mode='r')
         return {'context_shape': list(contexts.shape[1:])}
 
-    return _write_store(os.path.join(out, split), settings, int(shard_size), make_writer, describe)
+    return _write_store(os.path.join(out, split), settings, int(shard_size), fmt, make_writer, describe)
 
 
 def read_prompts(path: str) -> list:

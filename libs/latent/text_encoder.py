@@ -11,7 +11,7 @@ import os
 
 import torch
 
-from libs.errors import UserError
+from libs.errors import UserError, first_line
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_TEXT_ENCODER_DIR = os.path.join('assets', 'clip-vit-large-patch14')
@@ -35,11 +35,6 @@ def _missing_files(path: str) -> list:
     if FAST_TOKENIZER_FILE not in present:
         missing.extend(name for name in TOKENIZER_FILES if name not in present)
     return missing
-
-
-def _first_line(error: Exception) -> str:
-    lines = str(error).strip().splitlines()
-    return f'{type(error).__name__}: {lines[0]}' if lines else type(error).__name__
 
 
 class FrozenCLIPTextEncoder:
@@ -128,5 +123,5 @@ def load_text_encoder(path: str = None, device='cpu', max_length: int = 77) -> F
         tokenizer = CLIPTokenizer.from_pretrained(path, local_files_only=True)
         model = CLIPTextModel.from_pretrained(path, local_files_only=True, dtype=torch.float32)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise UserError(f'cannot load the CLIP text encoder from {path}/: {_first_line(e)}') from None
+        raise UserError(f'cannot load the CLIP text encoder from {path}/: {first_line(e)}') from None
     return FrozenCLIPTextEncoder(model, tokenizer, max_length).to(device)

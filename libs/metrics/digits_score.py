@@ -26,9 +26,6 @@ also exposes mode collapse (only zeros) that accuracy alone misses.
 Samples are in model space, ``(B, 1, 8, 8)`` floats in ``[-1, 1]`` (pixel value / 16 * 2 - 1), and are clamped
 to that range; they are not quantised to the dataset's 17 grey levels.
 """
-import contextlib
-import hashlib
-import json
 import os
 
 import torch
@@ -37,7 +34,7 @@ from torch import nn
 from libs.data.augment import random_shift
 from libs.data.datasets import Digits
 from libs.errors import UserError
-from libs.fileio import atomic_open
+from libs.fileio import cached_model, one_thread, recipe_hash
 from libs.metrics.fid import activation_statistics, frechet_distance
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -48,7 +45,7 @@ RECIPE = dict(version=1, architecture='conv32-conv32-pool-conv64-fc64(features)-
               held_out_fraction=Digits.CLASSIFIER_HELD_OUT_FRACTION, split_seed=Digits.CLASSIFIER_SPLIT_SEED,
               epochs=20, batch_size=64, lr=2e-3, weight_decay=1e-4,
               shift_augment=1)
-RECIPE_HASH = hashlib.sha256(json.dumps(RECIPE, sort_keys=True).encode()).hexdigest()[:16]
+RECIPE_HASH = recipe_hash(RECIPE)
 
 
 def real_digits():
@@ -86,21 +83,9 @@ class DigitsClassifier(nn.Module):
         return self.head(self.body(x))
 
 
-@contextlib.contextmanager
-def _one_thread():
-    """Run torch on one CPU thread: faster for these tiny tensors (especially on a busy machine) and the same
-    weights whatever the number of cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def train_classifier() -> DigitsClassifier:
     """Train the classifier on the training split with the fixed ``RECIPE`` (a few seconds on one CPU core)."""
-    with _one_thread(), torch.enable_grad():  # may be called lazily from inside a no_grad scoring call
+    with one_thread(), torch.enable_grad():  # may be called lazily from inside a no_grad scoring call
         return _train()
 
 
@@ -128,42 +113,12 @@ def _train() -> DigitsClassifier:
     return model.eval()
 
 
-def _save_atomically(obj, path: str) -> None:
-    with atomic_open(path) as f:
-        torch.save(obj, f)
-
-
-def _read_cache(path: str):
-    """The cached state dict if ``path`` holds one made with the current recipe, else None."""
-    if not os.path.isfile(path):
-        return None
-    try:
-        cache = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception:
-        return None
-    if not isinstance(cache, dict) or cache.get('recipe_hash') != RECIPE_HASH:
-        return None
-    return cache.get('state_dict')
-
-
 def load_classifier(path: str = None) -> DigitsClassifier:
     """The trained classifier from its cache file (default ``assets/digits_classifier.pt``).
 
     A missing, unreadable or stale cache (made with another ``RECIPE``) is retrained and rewritten.
     """
-    path = path or DEFAULT_CLASSIFIER_PATH
-    state_dict = _read_cache(path)
-    model = DigitsClassifier()
-    if state_dict is not None:
-        try:
-            model.load_state_dict(state_dict)
-            return model.eval()
-        except RuntimeError:
-            pass
-    model = train_classifier()
-    _save_atomically({'recipe_hash': RECIPE_HASH, 'recipe': json.dumps(RECIPE, sort_keys=True),
-                      'state_dict': model.state_dict()}, path)
-    return model
+    return cached_model(path or DEFAULT_CLASSIFIER_PATH, RECIPE, DigitsClassifier, lambda: train_classifier())
 
 
 @torch.no_grad()
@@ -199,7 +154,7 @@ def digits_score(samples, labels=None, classifier: DigitsClassifier = None) -> d
         if len(labels) != len(x):
             raise UserError(f'digits_score got {len(x)} samples but {len(labels)} labels')
     real, _ = real_digits()
-    with _one_thread():
+    with one_thread():
         if labels is not None and (labels >= 0).any():
             known = labels >= 0
             accuracy = classifier_accuracy(classifier, x[known], labels[known])

@@ -1,10 +1,34 @@
-"""FID computed in-process, with the standard FID Inception weights read from a local file.
+"""FID computed in-process, with the standard FID Inception weights read from a local file, and the spatial features
+of ADM's sFID from the same pass.
 
 The feature extractor is pytorch-fid's ``InceptionV3``; images reach it exactly as pytorch-fid's file path feeds
 them (uint8 pixels / 255), and float samples in ``[-1, 1]`` are first rounded to pixels with
 ``libs.images.to_uint8``, so FID of in-memory samples equals FID of the PNG files written from them.
 Reference statistics are ``.npz`` files with keys ``mu`` and ``sigma`` (the format of the U-ViT release's
 ``assets/fid_stats``); ``scripts/compute_fid_stats.py`` creates them.
+
+**sFID's layer.** ADM's evaluator (guided-diffusion, ``evaluations/evaluator.py``) reads the tensor
+``mixed_6/conv:0`` of the 2015 TF Inception graph, keeps its first 7 channels and flattens them: 17 x 17 x 7 = 2023
+values per image. In pytorch-fid's port of that graph this is ``Mixed_6d.branch1x1`` (``SPATIAL_MODULE``):
+
+- the graph names its eleven mixed blocks ``mixed``, ``mixed_1``, ..., ``mixed_10``: three at 35 x 35 (torchvision's
+  ``Mixed_5b``, ``5c``, ``5d``), the reduction to 17 x 17 (``mixed_3`` = ``Mixed_6a``), four at 17 x 17
+  (``mixed_4`` ... ``mixed_7`` = ``Mixed_6b`` ... ``Mixed_6e``), the reduction to 8 x 8 (``mixed_8`` = ``Mixed_7a``)
+  and two at 8 x 8 (``Mixed_7b``, ``Mixed_7c``). ``mixed_6`` is the third 17 x 17 block, ``Mixed_6d``, not
+  ``Mixed_6e`` (``mixed_N`` is the (N+1)-th block, since the first one has no number);
+- inside a block, ``conv`` is the 1 x 1 branch (the other branches are ``tower``, ``tower_1``, ``tower_2``), and the
+  weight conversion of the 2015 graph to PyTorch maps ``mixed_6/conv/conv2d_params`` and ``mixed_6/conv/batchnorm``
+  to ``Mixed_6d.branch1x1.conv`` and ``.bn``: 192 output channels, 17 x 17 for the 299 x 299 input;
+- the tensor ``mixed_6/conv:0`` is the layer's output after batch norm and ReLU, which is what torchvision's
+  ``BasicConv2d`` returns.
+
+ADM slices the NHWC tensor (``[..., :7]``) and flattens it in (row, column, channel) order; ``spatial_features`` does
+the same, so that ``mu_s`` computed here can be compared entry by entry with the one stored in ADM's reference
+batches (the Frechet distance itself does not depend on the order). ``scripts/score_samples.py
+--check_reference`` recomputes ``mu``/``sigma`` and ``mu_s``/``sigma_s`` of a reference batch from its images and
+reports how far they are from the stored ones: with the real weights this confirms the layer (a wrong layer gives
+unrelated features). The agreement is close, not exact: pytorch-fid resizes with ``F.interpolate`` and maps pixels
+to [-1, 1] as ``2 x / 255 - 1``, where the TF graph resizes with TF 1's bilinear kernel and uses ``(x - 128) / 128``.
 """
 import contextlib
 import os
@@ -121,11 +145,33 @@ def load_logit_weights(path: str = None) -> torch.Tensor:
     return weight.double()
 
 
+SPATIAL_MODULE = 'Mixed_6d.branch1x1'   # TF's mixed_6/conv (see the module docstring)
+SPATIAL_CHANNELS = 7                     # ADM keeps the first 7 of its 192 channels
+SPATIAL_FEATURES = 17 * 17 * SPATIAL_CHANNELS   # 2023 values for the 299 x 299 input
+MIXED_6D_INDEX = 6   # pytorch-fid's blocks[2] holds Mixed_5b, 5c, 5d, 6a, 6b, 6c, 6d, 6e in this order
+
+
+def spatial_module(model: torch.nn.Module) -> torch.nn.Module:
+    """``Mixed_6d.branch1x1`` inside pytorch-fid's ``InceptionV3`` (which must run up to block 2 or beyond)."""
+    from pytorch_fid.inception import FIDInceptionC
+    block = model.blocks[2][MIXED_6D_INDEX] if len(model.blocks) > 2 else None
+    if not isinstance(block, FIDInceptionC) or block.branch7x7_1.conv.out_channels != 160:
+        raise ValueError('not pytorch-fid\'s FID InceptionV3 with Mixed_6d at blocks[2][6] (load it with dims=2048)')
+    return block.branch1x1
+
+
+def spatial_features(feature_map: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H * W * 7): the first 7 channels, flattened in (row, column, channel) order as ADM
+    flattens the NHWC tensor of TF."""
+    return feature_map[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1).reshape(feature_map.shape[0], -1)
+
+
 class InceptionFeatures:
     """Images -> Inception activations ``(B, dims)`` float64, as pytorch-fid computes them from image files.
 
     ``images``: uint8 ``(B, C, H, W)`` in ``[0, 255]`` or float ``(B, C, H, W)`` in ``[-1, 1]`` (rounded to
-    pixels with ``to_uint8``); torch tensors or numpy arrays; ``C`` is 1 (repeated to 3) or 3.
+    pixels with ``to_uint8``); torch tensors or numpy arrays; ``C`` is 1 (repeated to 3) or 3. ``outputs`` gives
+    the pool features and sFID's spatial features of one pass.
     """
 
     def __init__(self, model: torch.nn.Module, batch_size: int = 50):
@@ -137,25 +183,40 @@ class InceptionFeatures:
     def from_file(cls, path: str = None, dims: int = 2048, device='cpu', batch_size: int = 50):
         return cls(load_inception(path, dims, device), batch_size)
 
-    @torch.no_grad()
     def __call__(self, images) -> np.ndarray:
+        return self.outputs(images)['pool'].cpu().double().numpy()
+
+    @torch.no_grad()
+    def outputs(self, images, spatial: bool = False) -> dict:
+        """{'pool': (B, dims)} and with ``spatial`` {'spatial': (B, 2023)}: float32 tensors on the network's
+        device, from one pass (the spatial features are taken from ``Mixed_6d.branch1x1`` on the way)."""
         images = torch.as_tensor(images)
         if images.ndim != 4 or images.shape[1] not in (1, 3):
             raise ValueError(f'expected images (B, 1 or 3, H, W), got shape {tuple(images.shape)}')
+        if images.shape[0] == 0:
+            raise ValueError('no images given')
         if images.dtype != torch.uint8:
             images = to_uint8(images)
-        out = []
-        for batch in images.split(self.batch_size):
-            x = batch.to(self.device).float() / 255
-            if x.shape[1] == 1:
-                x = x.repeat(1, 3, 1, 1)
-            act = self.model(x)[0]
-            if act.shape[2:] != (1, 1):
-                act = torch.nn.functional.adaptive_avg_pool2d(act, (1, 1))
-            out.append(act.flatten(1).cpu().double().numpy())
-        if not out:
-            raise ValueError('no images given')
-        return np.concatenate(out)
+        taken = []
+        hook = spatial_module(self.model).register_forward_hook(
+            lambda module, inputs, output: taken.append(spatial_features(output))) if spatial else None
+        pool = []
+        try:
+            for batch in images.split(self.batch_size):
+                x = batch.to(self.device).float() / 255
+                if x.shape[1] == 1:
+                    x = x.repeat(1, 3, 1, 1)
+                act = self.model(x)[0]
+                if act.shape[2:] != (1, 1):
+                    act = torch.nn.functional.adaptive_avg_pool2d(act, (1, 1))
+                pool.append(act.flatten(1).float())
+        finally:
+            if hook is not None:
+                hook.remove()
+        out = {'pool': torch.cat(pool)}
+        if spatial:
+            out['spatial'] = torch.cat(taken).float()
+        return out
 
 
 def activation_statistics(acts: np.ndarray):
@@ -230,6 +291,14 @@ def frechet_distance_of_activations(acts: np.ndarray, mu2, sigma2) -> float:
     return float(diff @ diff + np.sum(a * a) + np.trace(sigma2) - 2.0 * _trace_sqrt(a @ sigma2 @ a.T))
 
 
+def spatial_fid(spatial, mu_s, sigma_s) -> float:
+    """ADM's sFID: the Frechet distance between the Gaussian fitted to spatial features ``(N, 2023)``
+    (``InceptionFeatures.outputs(..., spatial=True)['spatial']``, numpy or torch) and the reference's
+    ``mu_s`` (2023,), ``sigma_s`` (2023, 2023)."""
+    spatial = spatial.double().cpu().numpy() if torch.is_tensor(spatial) else np.asarray(spatial, np.float64)
+    return frechet_distance_of_activations(spatial, mu_s, sigma_s)
+
+
 def save_stats(path: str, mu: np.ndarray, sigma: np.ndarray) -> None:
     """Write ``mu``/``sigma`` as an ``.npz`` file (written to a temporary file, then renamed into place)."""
     with atomic_open(path) as f:
@@ -238,13 +307,9 @@ def save_stats(path: str, mu: np.ndarray, sigma: np.ndarray) -> None:
 
 def load_stats(path: str):
     """Read ``(mu, sigma)`` from an ``.npz`` file with keys ``mu`` and ``sigma``."""
-    if not path:
-        raise UserError('no FID reference statistics are set for this dataset: set config.eval.ref_stats to an .npz '
-                        'file (make one with `python scripts/compute_fid_stats.py --config=CONFIG '
-                        '--out=assets/fid_stats/NAME.npz`)')
-    if not os.path.isfile(path):
-        raise UserError(f'FID reference statistics not found: {path} (create them with '
-                        f'`python scripts/compute_fid_stats.py --config=... --out={path}`)')
+    from libs.metrics.reference import missing_reference_message
+    if not path or not os.path.isfile(path):
+        raise UserError(missing_reference_message(path))
     try:
         with np.load(path) as f:
             keys = sorted(f.files)

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.utils.checkpoint
 
 from libs.nets.layers import Attention, Mlp, PatchEmbed, alias, logits_from_patches, timestep_embedding, unpatchify
-from libs.nets.protocol import OUTPUT_IMAGE, OUTPUT_IMAGE_AND_VARIANCE, OUTPUT_LOGITS, SquareImageInput
+from libs.nets.protocol import OUTPUT_IMAGE, OUTPUT_IMAGE_AND_VARIANCE, OUTPUT_LOGITS, PatchTokens, SquareImageInput
 
 FREQUENCY_EMBEDDING_SIZE = 256   # the release's sinusoidal time features
 
@@ -96,10 +96,10 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
-class DiT(SquareImageInput, nn.Module):
+class DiT(PatchTokens, SquareImageInput, nn.Module):
     """The release's DiT. Declares the backbone protocol: class-conditional, output 'image+variance' with
     ``learn_sigma`` (2C channels: eps, then the variance interpolation), 'logits' with ``num_states`` > 0, else
-    'image'."""
+    'image'. Gives the tokens of its blocks for REPA (``forward_with_tokens``)."""
 
     condition = 'labels'
     classifies = False
@@ -129,6 +129,7 @@ class DiT(SquareImageInput, nn.Module):
         self.patch_size = patch_size
         self.num_heads = num_heads
         self.img_size = input_size
+        self.token_dim = hidden_size
         self.use_checkpoint = use_checkpoint
         self.output = (OUTPUT_LOGITS if num_states else
                        OUTPUT_IMAGE_AND_VARIANCE if learn_sigma else OUTPUT_IMAGE)
@@ -167,20 +168,35 @@ class DiT(SquareImageInput, nn.Module):
             nn.init.constant_(layer.weight, 0)
             nn.init.constant_(layer.bias, 0)
 
+    def repeated_blocks(self) -> list:
+        """The DiT blocks, what regional compilation compiles."""
+        return list(self.blocks)
+
     def forward(self, x, t, y):
         """x (B, C, H, W), t (B,) the step index, y (B,) labels -> (B, out_channels, H, W), or (B, out_chans, H, W,
         S) logits with the discrete head."""
+        return self.forward_with_tokens(x, t, 0, y)[0]
+
+    def forward_with_tokens(self, x, t, depth: int, y):
+        """(``forward``'s output, (B, L, hidden_size) tokens of block ``depth``, 1-based; None for 0), one pass (the
+        token protocol of libs/nets/protocol.py; REPA takes SiT's block ``encoder_depth`` so)."""
         x = self.x_embedder(x) + self.pos_embed
         c = self.t_embedder(t) + self.y_embedder(y, self.training)
-        for block in self.blocks:
+        taken = None
+        for index, block in enumerate(self.blocks, start=1):
             if self.use_checkpoint and torch.is_grad_enabled():
                 x = torch.utils.checkpoint.checkpoint(block, x, c, use_reentrant=False)
             else:
                 x = block(x, c)
+            if index == depth:
+                taken = x
         x = self.final_layer(x, c)
         if self.num_states:
-            return logits_from_patches(x, self.out_chans, self.num_states)
-        return unpatchify(x, self.out_channels)
+            return logits_from_patches(x, self.out_chans, self.num_states), taken
+        return unpatchify(x, self.out_channels), taken
+
+    def token_blocks(self) -> int:
+        return len(self.blocks)
 
 
 def _config(depth, hidden_size, num_heads, patch_size):

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from libs.nets.layers import Block, PatchEmbed, init_vit_weights, timestep_embedding, unpatchify
-from libs.nets.protocol import OUTPUT_IMAGE, SquareImageInput, check_feature_layers
+from libs.nets.protocol import OUTPUT_IMAGE, PatchTokens, SquareImageInput, check_feature_layers
 
 
 class TokenTimeModulation(nn.Module):
@@ -43,7 +43,7 @@ class TokenTimeModulation(nn.Module):
         return x * (1 + scale) + shift
 
 
-class GenViT(SquareImageInput, nn.Module):
+class GenViT(PatchTokens, SquareImageInput, nn.Module):
     """Noise-prediction ViT with a classification head on its class token.
 
     forward(x, timesteps, y=None):
@@ -73,7 +73,7 @@ class GenViT(SquareImageInput, nn.Module):
         self.img_size = img_size
         self.patch_size = patch_size
         self.in_chans = in_chans
-        self.num_features = self.embed_dim = embed_dim
+        self.num_features = self.embed_dim = self.token_dim = embed_dim
         self.num_classes = num_classes
         self.num_patches = (img_size // patch_size) ** 2
         num_tokens = self.num_patches + 1
@@ -115,21 +115,44 @@ class GenViT(SquareImageInput, nn.Module):
                              f'{self.pos_embed.shape[1] - 1} (img_size={self.img_size}, patch_size={self.patch_size})')
         return x + self.pos_embed
 
-    def _tokens(self, x, emb):
-        """Run the transformer on [class, patches]; ``emb`` (B, time_dim) or None for no time input -> (B, L, D)."""
-        x = self._embed(x)
+    def _block_outputs(self, x, emb):
+        """Each block's (B, L, D) output over [class, patches], in order; ``emb`` (B, time_dim), or None for no time
+        input (then the per-layer modulation is skipped)."""
+        h = self._embed(x)
         for mod, blk in zip(self.time_mods, self.blocks):
             if emb is not None:
-                x = mod(x, emb)
-            x = blk(x)
-        return x
+                h = mod(h, emb)
+            h = blk(h)
+            yield h
+
+    def _tokens(self, x, emb):
+        """Run the transformer on [class, patches]; ``emb`` (B, time_dim) or None for no time input -> (B, L, D)."""
+        for h in self._block_outputs(x, emb):
+            pass
+        return h
 
     def _time(self, timesteps, x):
         return self.time_embed(timestep_embedding(timesteps, self.embed_dim).to(x.dtype))
 
     def forward(self, x, timesteps, y=None):
-        tokens = self._tokens(x, self._time(timesteps, x))
-        return unpatchify(self.decoder_pred(tokens[:, 1:]), self.in_chans)
+        return self.forward_with_tokens(x, timesteps, 0)[0]
+
+    def forward_with_tokens(self, x, timesteps, depth: int, y=None):
+        """(``forward``'s output, (B, L, embed_dim) patch tokens of block ``depth``, 1-based, the class token left
+        out; None for 0), one pass (the token protocol of libs/nets/protocol.py). ``y`` is ignored."""
+        taken = None
+        for index, h in enumerate(self._block_outputs(x, self._time(timesteps, x)), start=1):
+            if index == depth:
+                taken = h[:, 1:]
+        return unpatchify(self.decoder_pred(h[:, 1:]), self.in_chans), taken
+
+    def token_blocks(self) -> int:
+        return len(self.blocks)
+
+    def repeated_blocks(self) -> list:
+        """The transformer blocks, what regional compilation compiles (the per-token time modulations between them
+        are one small Linear each and stay eager)."""
+        return list(self.blocks)
 
     def feature_layers(self) -> list:
         """``block_0``, ``block_1``, ...: the transformer blocks in execution order."""
@@ -143,10 +166,7 @@ class GenViT(SquareImageInput, nn.Module):
         found = {}
         if not wanted:
             return found
-        emb = self._time(timesteps, x)
-        h = self._embed(x)
-        for index, (mod, blk) in enumerate(zip(self.time_mods, self.blocks)):
-            h = blk(mod(h, emb))
+        for index, h in enumerate(self._block_outputs(x, self._time(timesteps, x))):
             if f'block_{index}' in wanted:
                 found[f'block_{index}'] = h[:, 1:].float().mean(dim=1)
                 if len(found) == len(wanted):

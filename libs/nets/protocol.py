@@ -14,6 +14,10 @@ schedules: the framework (libs/diffusion) chooses ``model_time`` and reads ``out
   ((B, C, H, W, S) over S states, the discrete framework).
 - ``input_shape``: (C, H, W), the data it takes.
 
+A transformer backbone also names its repeated blocks, ``repeated_blocks()`` (U-ViT: in, mid and out blocks; DiT
+and GenViT: their blocks), which regional compilation compiles one by one (libs/nets/compile.py); a backbone without
+it is compiled whole.
+
 Backbones that serve DDAE's probes (#12) also give intermediate features: ``feature_layers()`` lists the layer
 names, in execution order, and ``features(x, model_time, layers, **cond)`` returns ``{name: (B, channels) float32}``
 for each requested name -- that layer's output averaged over space (the UNet: over H x W) or over the patch tokens
@@ -21,6 +25,15 @@ for each requested name -- that layer's output averaged over space (the UNet: ov
 computed. An unknown name is a ``UserError`` listing the valid ones (``check_feature_layers``). Names: the UNet's are
 DDAE's, ``out_1``, ``out_2``, ... for the blocks of its up path; the ViTs' are ``block_0``, ``block_1``, ... for
 their transformer blocks.
+
+Backbones that serve representation alignment (REPA, libs/training/repa.py; U-ViT, GenViT, DiT) give the image tokens
+of one of their blocks from the training forward itself, without a second pass: ``token_blocks()`` is the number of
+transformer blocks, counted in execution order (U-ViT: its in-blocks, the mid-block, then the out-blocks, whatever
+long skip each takes); ``token_grid`` is (h, w), the grid of image tokens (row-major, one per patch); ``token_dim``
+their width; and ``forward_with_tokens(x, model_time, depth, **cond) -> (output, tokens)`` gives ``forward``'s output
+and the output of block ``depth`` (1 .. token_blocks(), REPA's ``encoder_depth``) restricted to the image tokens,
+``(B, h * w, token_dim)``: time, condition, class and text tokens left out. ``check_token_depth`` turns a backbone
+without them, or a depth out of range, into one error line.
 """
 from libs.errors import UserError
 
@@ -85,3 +98,26 @@ def check_feature_layers(nnet, layers) -> list:
         raise UserError(f'{type(nnet).__name__} has no feature layer {unknown[0]!r}; valid names: '
                         f'{", ".join(valid)}')
     return names
+
+
+def check_token_depth(nnet, depth: int, key: str = 'config.repa.depth') -> int:
+    """``depth`` as an int when ``nnet`` gives the image tokens of its block ``depth`` (the token protocol above);
+    otherwise a UserError: a backbone without image tokens, or a depth outside 1 .. token_blocks()."""
+    if not callable(getattr(nnet, 'forward_with_tokens', None)):
+        raise UserError(f'{type(nnet).__name__} gives no image tokens of its blocks (forward_with_tokens, the token '
+                        f'protocol of libs/nets/protocol.py), which representation alignment needs: use a ViT '
+                        f'backbone (uvit, dit, genvit)')
+    blocks = int(nnet.token_blocks())
+    if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= blocks:
+        raise UserError(f'{key}={depth!r} is out of range for {type(nnet).__name__}: its blocks are 1..{blocks}, '
+                        f'counted in execution order')
+    return depth
+
+
+class PatchTokens:
+    """Mixin for a ViT over ``img_size // patch_size`` squared patch tokens: its ``token_grid`` (h, w)."""
+
+    @property
+    def token_grid(self) -> tuple:
+        side = self.img_size // self.patch_size
+        return side, side

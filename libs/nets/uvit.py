@@ -12,15 +12,17 @@ import torch.nn as nn
 
 from libs.nets.layers import (Block, PatchEmbed, alias, init_vit_weights, logits_from_patches, timestep_embedding,
                               unpatchify)
-from libs.nets.protocol import OUTPUT_IMAGE, OUTPUT_LOGITS, SquareImageInput, check_feature_layers
+from libs.nets.protocol import OUTPUT_IMAGE, OUTPUT_LOGITS, PatchTokens, SquareImageInput, check_feature_layers
 
 
-class UViTTrunk(SquareImageInput, nn.Module):
+class UViTTrunk(PatchTokens, SquareImageInput, nn.Module):
     """What every U-ViT shares: patch and time embeddings, positions, the U-shaped block stack and the decoder.
 
     Subclasses add their condition embedding (``condition_name`` / ``condition_module``, created between the time
-    embedding and the positions, the release's parameter order) and build the token sequence in ``forward``.
-    Declares the backbone protocol (libs/nets/protocol.py); subclasses set ``condition`` and ``classifies``.
+    embedding and the positions, the release's parameter order) and build the token sequence
+    (``token_sequence(x, timesteps, **cond)``). Declares the backbone protocol (libs/nets/protocol.py), with image
+    tokens for REPA (``forward_with_tokens``: block k of the in-, mid- and out-blocks in execution order, the extra
+    tokens left out); subclasses set ``condition`` and ``classifies``.
     """
 
     condition = 'none'
@@ -33,7 +35,7 @@ class UViTTrunk(SquareImageInput, nn.Module):
         super().__init__()
         if img_size % patch_size:
             raise ValueError(f'img_size {img_size} is not divisible by patch_size {patch_size}')
-        self.num_features = self.embed_dim = embed_dim
+        self.num_features = self.embed_dim = self.token_dim = embed_dim
         self.in_chans = in_chans
         self.img_size = img_size
         self.patch_size = patch_size
@@ -93,44 +95,68 @@ class UViTTrunk(SquareImageInput, nn.Module):
     def trunk(self, tokens):
         """(B, extras + L, D) tokens (condition tokens first, patch tokens last) -> (B, C, H, W) prediction, or
         (B, C, H, W, S) logits with the discrete head."""
-        x = self.stack(self.positioned(tokens))
+        return self.trunk_with_tokens(tokens, 0)[0]
+
+    def trunk_with_tokens(self, tokens, depth: int):
+        """``trunk``, and the patch tokens (B, L, D) of block ``depth`` (1-based, execution order; 0: None)."""
+        taken = None
+        for index, x in enumerate(self.block_outputs(self.positioned(tokens)), start=1):
+            if index == depth:
+                taken = x[:, self.extras:]
         x = self.decoder_pred(self.norm(x))[:, self.extras:, :]
         if self.num_states:
-            return logits_from_patches(x, self.out_chans, self.num_states)
-        return self.final_layer(unpatchify(x, self.in_chans))
+            return logits_from_patches(x, self.out_chans, self.num_states), taken
+        return self.final_layer(unpatchify(x, self.in_chans)), taken
+
+    def forward_with_tokens(self, x, timesteps, depth: int, **cond):
+        """(``forward``'s output, (B, L, embed_dim) patch tokens of block ``depth``), one pass (the token protocol of
+        libs/nets/protocol.py)."""
+        return self.trunk_with_tokens(self.token_sequence(x, timesteps, **cond), depth)
+
+    def token_blocks(self) -> int:
+        return len(self.in_blocks) + 1 + len(self.out_blocks)
+
+    def repeated_blocks(self) -> list:
+        """The transformer blocks in execution order (in, mid, out blocks), what regional compilation compiles."""
+        return [*self.in_blocks, self.mid_block, *self.out_blocks]
 
     def feature_layers(self) -> list:
         """``block_0``, ``block_1``, ...: the transformer blocks in execution order (in, mid, out blocks)."""
-        return [f'block_{i}' for i in range(len(self.in_blocks) + 1 + len(self.out_blocks))]
+        return [f'block_{i}' for i in range(self.token_blocks())]
 
     def stack_features(self, tokens, layers) -> dict:
         """(B, extras + L, D) tokens -> {name: (B, D) float32}, each named block's output averaged over the patch
         tokens; the stack runs only as far as the deepest requested block."""
-        names = check_feature_layers(self, layers)
-        wanted = set(names)
+        wanted = set(check_feature_layers(self, layers))
         found = {}
-        blocks = [(blk, False) for blk in self.in_blocks] + [(self.mid_block, False)]
-        blocks += [(blk, True) for blk in self.out_blocks]
-        x, skips = self.positioned(tokens), []
-        for index, (blk, takes_skip) in enumerate(blocks):
-            if len(found) == len(wanted):
-                break
-            x = blk(x, skips.pop()) if takes_skip else blk(x)
-            if index < len(self.in_blocks):
-                skips.append(x)
+        if not wanted:
+            return found
+        for index, x in enumerate(self.block_outputs(self.positioned(tokens))):
             if f'block_{index}' in wanted:
                 found[f'block_{index}'] = x[:, self.extras:].float().mean(dim=1)
+                if len(found) == len(wanted):
+                    break
         return found
 
-    def stack(self, x):
-        """The U-shaped stack: (B, N, D) positioned tokens -> (B, N, D), any number of tokens N."""
+    def block_outputs(self, x):
+        """The U-shaped stack, lazily: (B, N, D) positioned tokens -> each block's (B, N, D) output in execution order
+        (in-blocks, whose outputs are kept for the long skips, the mid-block, then the out-blocks, each fed the skip of
+        its mirror in-block); any number of tokens N."""
         skips = []
         for blk in self.in_blocks:
             x = blk(x)
             skips.append(x)
+            yield x
         x = self.mid_block(x)
+        yield x
         for blk in self.out_blocks:
             x = blk(x, skips.pop())
+            yield x
+
+    def stack(self, x):
+        """The U-shaped stack: (B, N, D) positioned tokens -> (B, N, D), any number of tokens N."""
+        for x in self.block_outputs(x):
+            pass
         return x
 
 

@@ -24,7 +24,10 @@ class UViT(UViTTrunk):
         self.num_clip_token = num_clip_token
         self.condition = 'text'
 
-    def forward(self, x, timesteps, context):
+    def token_sequence(self, x, timesteps, context):
+        """The token sequence [time, context, patches], before the positions."""
         x = self.patch_embed(x)
-        tokens = [self.time_token(timesteps, x.dtype), self.context_embed(context), x]
-        return self.trunk(torch.cat(tokens, dim=1))
+        return torch.cat([self.time_token(timesteps, x.dtype), self.context_embed(context), x], dim=1)
+
+    def forward(self, x, timesteps, context):
+        return self.trunk(self.token_sequence(x, timesteps, context))

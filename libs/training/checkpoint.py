@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from libs.errors import UserError
-from libs.fileio import NUMPY_ARRAY_GLOBALS
+from libs.fileio import NUMPY_ARRAY_GLOBALS, file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -126,14 +126,6 @@ class _HashingFile:
         self.file.flush()
 
 
-def _sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 22), b''):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class UnsafeCheckpointFile(Exception):
     """A checkpoint file holds something other than plain data; the message (one line) says what."""
 
@@ -177,7 +169,7 @@ def verify(ckpt: str):
             size = os.path.getsize(path)
             if size != record['bytes']:
                 return f'{name} has {size} bytes, the manifest says {record["bytes"]}'
-            if _sha256_of(path) != record['sha256']:
+            if file_sha256(path) != record['sha256']:
                 return f'{name} does not match its checksum'
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         return f'{MANIFEST}: {one_line(exc)}'
@@ -399,13 +391,24 @@ def load_object(ckpt: str, name: str):
         raise UnsafeCheckpointFile(f'refused, it holds {what}, which could run code if loaded') from None
 
 
+# The files every checkpoint may hold; any other .pth file belongs to the training objective (REPA's projector).
+CORE_FILES = ('nnet.pth', 'nnet_ema.pth', 'optimizer.pth', 'lr_scheduler.pth', 'grad_scaler.pth')
+
+
+def objective_files(ckpt: str) -> list:
+    """The .pth files of checkpoint ``ckpt`` that belong to the training objective, sorted."""
+    return sorted(name for name in os.listdir(ckpt) if name.endswith('.pth') and name not in CORE_FILES
+                  and not name.startswith('rng_state_'))
+
+
 class DamagedCheckpoint(Exception):
     """A file of a checkpoint does not load; the message names it."""
 
 
-def read_checkpoint(ckpt: str, rank: int, num_processes: int) -> dict:
+def read_checkpoint(ckpt: str, rank: int, num_processes: int, objective_files: tuple = ()) -> dict:
     """Everything process ``rank`` needs to resume from ``ckpt``, loaded to the CPU: 'state' (train_state.json), the
-    .pth files by name, and 'rng' (None when the checkpoint was written by another number of processes)."""
+    .pth files by name, and 'rng' (None when the checkpoint was written by another number of processes). Of the
+    training objective's ``objective_files``, those present. Every file through ``load_object`` (plain data only)."""
     def load(name, reader):
         try:
             return reader()
@@ -420,6 +423,9 @@ def read_checkpoint(ckpt: str, rank: int, num_processes: int) -> dict:
         names.append('grad_scaler.pth')
     for name in names:
         contents[name] = load(name, lambda: load_object(ckpt, name))
+    for name in objective_files:
+        if os.path.isfile(os.path.join(ckpt, name)):
+            contents[name] = load(name, lambda: load_object(ckpt, name))
     contents['rng'] = None
     if contents['state'].get('num_processes', 1) == num_processes:
         name = f'rng_state_{rank}.pth'

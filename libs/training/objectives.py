@@ -4,7 +4,13 @@ An objective is built from ``config.objective`` and gives
 - ``training_module(nnet)``: the module to prepare (DDP-wrap); every loss term must come from ONE forward call
   of it, because DDP's gradient bookkeeping breaks when one module runs forward twice before a backward;
 - ``backbone(module)``: the network inside that module (what EMA tracks and checkpoints store);
-- ``__call__(module, x, cond, labels) -> (loss, metrics)``: the scalar loss (fp32) and detached metrics.
+- ``__call__(module, x, cond, labels, images=None) -> (loss, metrics)``: the scalar loss (fp32) and detached
+  metrics; ``images`` are the batch's clean images (B, C, H, W) in [-1, 1], given only to an objective that
+  ``needs_images`` (REPA's encoder sees them; in latent space they come from the feature store's source images);
+- ``files`` and ``state_files(module) -> {name: state dict}`` / ``load_state_files(module, contents, ckpt)``: what the
+  objective keeps in each checkpoint besides the backbone (REPA's ``repa_projector.pth``; none here).
+
+REPA (libs/training/repa.py, ``config.repa``) wraps either objective.
 
 ``diffusion``: the framework's loss alone (L_simple for the Gaussian framework: U-ViT, GenViT). ``hybrid``: HybViT (Yang
 et al. 2022), cross-entropy of the classifier on an augmented copy of the batch plus ``alpha`` times L_simple on the
@@ -23,6 +29,9 @@ from libs.nets.protocol import backbone_classifies
 class Diffusion:
     """The framework's training loss on the batch."""
 
+    needs_images = False
+    files = ()
+
     def __init__(self, cfg, framework):
         self.framework = framework
 
@@ -32,8 +41,14 @@ class Diffusion:
     def backbone(self, module):
         return module
 
-    def __call__(self, module, x, cond, labels):
+    def __call__(self, module, x, cond, labels, images=None):
         return self.framework.loss(module, x, cond).mean(), {}
+
+    def state_files(self, module) -> dict:
+        return {}
+
+    def load_state_files(self, module, contents: dict, ckpt: str) -> None:
+        pass
 
 
 class HybridModule(nn.Module):
@@ -65,7 +80,7 @@ class Hybrid(Diffusion):
     def backbone(self, module):
         return module.nnet
 
-    def __call__(self, module, x, cond, labels):
+    def __call__(self, module, x, cond, labels, images=None):
         if (labels < 0).any():
             raise UserError("config.objective.name='hybrid' needs labelled data; the dataset has unlabelled images")
         t, noise, x_t = self.framework.corrupt(x)   # drawn first, as the framework's loss draws them

@@ -5,9 +5,10 @@ With the forward SDE dx = f x dt + g dW and score = -eps / sigma, going from t d
     SDE: x <- x + (f x - g^2 score) dt + sqrt(g^2 |dt|) z,    z ~ N(0, I)
     ODE: x <- x + (f x - g^2 score / 2) dt
 
-The U-ViT release's grid (``euler_grid``) is `steps` times uniform from 1 down to t_end, then one last step from
-t_end to 0. That last step adds no noise (nor does it for the ODE): a drift step from t_end to 0, which with the SDE
-drift is close to a denoising step. So `steps` evaluations of eps_fn, all at t >= t_end.
+The U-ViT release's grid (``euler_grid``) is `steps` times uniform from 1 (or a given t_start: the schedule's t_max
+where alpha(1) = 0, since f = alpha' / alpha is infinite there) down to t_end, then one last step from t_end to 0.
+That last step adds no noise (nor does it for the ODE): a drift step from t_end to 0, which with the SDE drift is
+close to a denoising step. So `steps` evaluations of eps_fn, all at t >= t_end.
 """
 import math
 
@@ -17,13 +18,15 @@ from libs.diffusion.samplers.grids import time_uniform_grid
 from libs.errors import UserError
 
 
-def euler_grid(steps: int, t_end: float) -> list:
-    """The release's grid: ``steps`` times uniform in [t_end, 1], then 0."""
+def euler_grid(steps: int, t_end: float, t_start: float = 1.0) -> list:
+    """The release's grid: ``steps`` times uniform in [t_end, t_start], then 0."""
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise UserError(f'the number of sampling steps must be a positive integer, got {steps!r}')
     if not 0.0 < t_end < 1.0:
         raise UserError(f'Euler-Maruyama needs 0 < t_end < 1, got t_end={t_end}')
-    return (time_uniform_grid(None, steps - 1, 1.0, float(t_end)) if steps > 1 else [1.0]) + [0.0]
+    if not t_end < t_start <= 1.0:
+        raise UserError(f'Euler-Maruyama needs t_end < t_start <= 1, got t_start={t_start}, t_end={t_end}')
+    return (time_uniform_grid(None, steps - 1, float(t_start), float(t_end)) if steps > 1 else [float(t_start)]) + [0.0]
 
 
 def euler_maruyama(eps_fn, schedule, x, timesteps, ode=False, noise=None, progress=False):

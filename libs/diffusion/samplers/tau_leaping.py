@@ -166,6 +166,9 @@ def build_ctmc_sampler(sample_cfg, framework):
     steps = sample_cfg.get('sample_steps', None)
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise UserError(f'sample.sample_steps must be a positive integer (the tau-leaping steps), got {steps!r}')
+    if _option(sample_cfg, 'guidance_interval', ()):
+        raise UserError('sample.guidance_interval is a window of Gaussian noise levels sigma / alpha; the discrete-'
+                        "state framework has none: set it to ''")
     min_t = float(_option(sample_cfg, 'min_t', framework.min_time, zero_is_unset=True))
     if not 0.0 < min_t < 1.0:
         raise UserError(f'sample.min_t must lie in (0, 1), got {min_t}')
