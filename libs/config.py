@@ -79,7 +79,7 @@ def defaults() -> ml_collections.ConfigDict:
             p_uncond=0.0,                # label dropout for classifier-free guidance (needs a 'no class' label)
             ema_rate=0.9999,
             keep_ckpts=0,                # how many checkpoints to keep; 0 keeps all
-            num_workers=4,               # DataLoader workers per process
+            num_workers=4,               # DataLoader workers per process, at most the CPUs it may run on
             compile='auto',              # torch.compile the trained network's blocks ('auto': on CUDA; 'full': whole)
             fused_optimizer='auto',      # fused AdamW / Adam / SGD kernel, foreach where none ('auto': on CUDA)
             foreach_ema='auto',          # the EMA update as one multi-tensor lerp ('auto': on CUDA)
@@ -272,6 +272,21 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
 
 def to_json(config: ml_collections.ConfigDict) -> str:
     return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)
+
+
+def differences(old: dict, new: dict, sections) -> list:
+    """'key: old -> new' for each value of ``sections`` (e.g. 'dataset', 'nnet') that differs between two configs
+    given as JSON dicts (a config.json, ``json.loads(to_json(config))``), missing values as None, in key order."""
+    def leaves(value, prefix):
+        if isinstance(value, dict):
+            return {k: v for key in value for k, v in leaves(value[key], f'{prefix}.{key}').items()}
+        return {prefix: value}
+    out = []
+    for section in sections:
+        a, b = leaves(old.get(section), section), leaves(new.get(section), section)
+        out.extend(f'{key}: {a.get(key)!r} -> {b.get(key)!r}' for key in sorted(set(a) | set(b))
+                   if a.get(key) != b.get(key))
+    return out
 
 
 SWITCH_WORDS = {'true': True, '1': True, 'on': True, 'yes': True, 'false': False, '0': False, 'off': False,

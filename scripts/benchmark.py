@@ -54,12 +54,11 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
-from libs.cli import parse_flags, run  # noqa: E402
+from libs.cli import define_config_flag, parse_flags, run  # noqa: E402
 from libs.errors import UserError  # noqa: E402
 
-config_flags.DEFINE_config_file('config', None, 'Training configuration file (configs/*.py).', lock_config=False)
+define_config_flag('Training configuration file (configs/*.py).')
 flags.mark_flags_as_required(['config'])
 flags.DEFINE_integer('batch_size', 8, 'Training batch size.')
 flags.DEFINE_integer('sample_batch', None, 'Batch size of the sampling forward passes (default: --batch_size).')
@@ -377,30 +376,12 @@ def time_training(framework, objective, net, optimizer, nnet, settings: dict, ba
                 train_img_per_s=batch / step_ms * 1e3, peak_memory_mib=peak_memory_mib(device))
 
 
-def sampler_call(framework, denoiser, x, cond):
-    """(call, network evaluations per call): one noise prediction (what every Gaussian sampler step evaluates), or
-    for the discrete framework one whole tau-leaping step (logits, reverse rates, Poisson jumps) and the final
-    argmax."""
-    import torch
-    if framework.name != 'ctmc':
-        t = torch.full((x.shape[0],), 0.5, device=x.device)
-        return (lambda: denoiser.noise(x, t, **cond)), 1
-    from libs.diffusion.ctmc import states_of
-    from libs.diffusion.samplers.tau_leaping import tau_leaping
-    states = states_of(x, framework.num_states)
-
-    def step():
-        tau_leaping(lambda s, t: denoiser.logits(s, t, **cond), framework, states, [0.5, 0.49],
-                    ordinal=not framework.masked)
-    return step, 2
-
-
 def time_sampling(framework, denoiser, nnet, settings: dict, batch: int, steps: int, warmup: int,
                   device) -> dict:
-    """One sampler evaluation (``sampler_call``) on ``batch`` inputs."""
+    """One sampler step (``framework.sampler_step``) on ``batch`` inputs, per network evaluation."""
     import torch
     x, cond = synthetic_batch(nnet, batch, device, framework.data_shape(nnet))
-    call, evaluations = sampler_call(framework, denoiser, x, cond)
+    call, evaluations = framework.sampler_step(denoiser, x, cond)
 
     @torch.no_grad()
     def forward():

@@ -384,7 +384,7 @@ def check_checkpoint(ckpt: str) -> list:
 
 def fp16_training(sizes: dict, work: str, deadline: float) -> tuple:
     """(status, note, details) of 50 fp16 steps of train.py from a grad-scaler scale of 2^30, resumed at step 25."""
-    import torch
+    from libs.training.checkpoint import load_object
     workdir = os.path.join(work, 'fp16_training')
     details = dict(steps=TRAIN_STEPS, resumed_at=RESUME_AT, init_scale=2.0 ** INIT_SCALE_LOG2)
     for n_steps in (RESUME_AT, TRAIN_STEPS):
@@ -420,7 +420,7 @@ def fp16_training(sizes: dict, work: str, deadline: float) -> tuple:
         note = ('no grad scaler: accelerate runs fp16 (autocast and grad scaler) only on an accelerator, so here the '
                 'run was fp32 and there is no skip to count; the checkpoints are finite')
     else:
-        details['final_scale'] = float(torch.load(scaler_file, map_location='cpu', weights_only=False)['scale'])
+        details['final_scale'] = float(load_object(final_ckpt, 'grad_scaler.pth')['scale'])
         details['skip_check'] = 'passed' if skipped else 'failed'
         if not skipped:
             problems.append(f'no skipped step counted from a scale of 2^{INIT_SCALE_LOG2}')

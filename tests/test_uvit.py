@@ -50,7 +50,7 @@ def test_state_dict_built_from_the_released_key_list_loads_strictly_and_samples(
     model = build_nnet(dict(name='uvit', **kwargs))
     assert load_nnet_weights(model, str(path)) == str(path)
     loaded = model.state_dict()
-    reference = torch.load(path)
+    reference = torch.load(path, weights_only=True)
     assert all(torch.equal(loaded[k], reference[k]) for k in reference)
     c, s = kwargs.get('in_chans', 3), kwargs['img_size']
     x = torch.randn(2, c, s, s)

@@ -284,7 +284,8 @@ def eval_accelerator(config):
 @dataclasses.dataclass
 class EvalRun:
     """What every mode works with: the loaded network on the accelerator's device, in eval mode, no parameter
-    gradients; its framework; the data description from the config."""
+    gradients; its framework; the data description from the config. The conditioning and the space (a latent
+    model's autoencoder) are built once per run, when first asked for."""
 
     config: object
     accelerator: object
@@ -293,6 +294,7 @@ class EvalRun:
     ema: bool
     framework: object
     spec: object
+    built: dict = dataclasses.field(default_factory=dict, repr=False)  # the conditionings and the space
 
     @classmethod
     def load(cls, config, nnet_path: str, ema: bool = True, mode: str = 'sample', classifier: bool = False,
@@ -346,17 +348,23 @@ class EvalRun:
         return self.framework.denoiser(self.nnet)
 
     def conditioning(self, with_prompts: bool = True):
+        """What the network is conditioned on (with evaluation prompts for a text model when ``with_prompts``)."""
         from libs.diffusion.conditioning import build_conditioning
-        return build_conditioning(self.config, self.nnet, self.spec.num_classes, with_prompts)
+        key = ('conditioning', with_prompts)
+        if key not in self.built:
+            self.built[key] = build_conditioning(self.config, self.nnet, self.spec.num_classes, with_prompts)
+        return self.built[key]
 
     def space(self):
-        """Pixel or latent space; the autoencoder of a latent model is loaded now, so a missing file fails before
-        any sampling."""
+        """Pixel or latent space; the autoencoder of a latent model is loaded the first time, so a missing file
+        fails before any sampling."""
         from libs.latent.spaces import build_space
-        space = build_space(self.config, self.spec, self.device)
-        if space.latent:
-            space.autoencoder  # noqa: B018
-        return space
+        if 'space' not in self.built:
+            space = build_space(self.config, self.spec, self.device)
+            if space.latent:
+                space.autoencoder  # noqa: B018
+            self.built['space'] = space
+        return self.built['space']
 
     def ref_stats(self) -> str:
         """config.eval.ref_stats, else the dataset's default reference statistics ('' if neither)."""
@@ -407,8 +415,10 @@ class EvalRun:
         """``fn(x, y) -> {name: (B, ...) tensor}`` over ``dataset``, split across processes and gathered in dataset
         order (on every process, on the CPU)."""
         from torch.utils.data import DataLoader
+
+        from libs.data import loader_workers
         loader = DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=False,
-                            num_workers=self.config.train.num_workers)
+                            num_workers=loader_workers(self.config.train.num_workers))
         loader = self.accelerator.prepare_data_loader(loader)
         parts = []
         for x, y in tqdm(loader, desc=desc, disable=not self.accelerator.is_main_process):

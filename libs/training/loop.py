@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from libs.cli import enable_tf32
-from libs.config import compile_mode, device_switch, to_json
-from libs.data import build_dataset, data_spec
+from libs.config import compile_mode, device_switch, differences, to_json
+from libs.data import build_dataset, data_spec, loader_workers
 from libs.data.augment import flip_mask, flipped
 from libs.diffusion import build_framework
 from libs.diffusion.conditioning import build_conditioning
@@ -184,9 +184,10 @@ class Trainer:
     """Holds the run's objects; ``fit()`` trains to ``config.train.n_steps`` and returns the final scores.
 
     ``resume``: a checkpoint directory to resume from (``--resume``); by default the newest checkpoint of the work
-    directory that verifies."""
+    directory that verifies, if the work directory's config.json has the same data and network as ``config`` (or
+    ``resume_anyway``)."""
 
-    def __init__(self, config, workdir: str, resume: str = ''):
+    def __init__(self, config, workdir: str, resume: str = '', resume_anyway: bool = False):
         self.config = config
         self.workdir = workdir
         self.accelerator = acc = make_accelerator(config, workdir)
@@ -240,6 +241,8 @@ class Trainer:
         self.ckpts = CheckpointManager(ckpt_root, keep=tc.keep_ckpts)
         self.step = 0
         resume_from, contents = self._find_checkpoint(resume)
+        if resume_from and not resume:
+            self._check_same_run(resume_from, resume_anyway)
         if resume_from:
             self._load_weights(resume_from, contents, nnet, module)
 
@@ -258,7 +261,7 @@ class Trainer:
 
         sampler = ResumableBatchSampler(len(self.dataset), self.micro_batch, config.seed, acc.process_index, world,
                                         start=self.step * accum, repeats=tc.repeated_aug)
-        workers = tc.num_workers
+        workers = loader_workers(tc.num_workers)
         # The loader gets its own generator: creating an iterator would otherwise draw from the global RNG, and
         # a resumed run (which creates it at a later step) would no longer repeat an uninterrupted one.
         self.loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=workers,
@@ -332,6 +335,24 @@ class Trainer:
         if step is not None:
             self.ckpts.damaged[step] = first
         return first, None
+
+    def _check_same_run(self, ckpt: str, resume_anyway: bool) -> None:
+        """Resuming the work directory's own checkpoint: the data and the network of its config.json must be this
+        config's, else one line that names the differences (a warning with ``resume_anyway``)."""
+        problem, saved = None, os.path.join(self.workdir, 'config.json')
+        if self.accelerator.is_main_process and os.path.isfile(saved):
+            with open(saved) as f:
+                changes = differences(json.load(f), json.loads(to_json(self.config)), ('dataset', 'nnet'))
+            if changes:
+                listed = '; '.join(changes[:4]) + (f'; and {len(changes) - 4} more' if len(changes) > 4 else '')
+                problem = f'{self.workdir} holds a run on other data or another network ({listed})'
+        if problem and resume_anyway:
+            logger.warning('%s: resuming its checkpoint %s all the same (--resume_anyway)', problem, ckpt)
+            problem = None
+        elif problem:
+            problem += (f': resuming its checkpoint {ckpt} would train it on this; give another --workdir, or '
+                        f'--resume_anyway to resume it all the same')
+        self.agreement.outcome(problem, f'comparing {saved} with this config')
 
     def _load_weights(self, ckpt: str, contents: dict, nnet: torch.nn.Module, module: torch.nn.Module) -> None:
         for name, model in (('nnet.pth', nnet), ('nnet_ema.pth', self.nnet_ema)):
@@ -480,6 +501,8 @@ class Trainer:
             return
         n = self.config.train.grid_size
         sample_cfg = self.training_eval_cfg()
+        with sample_cfg.unlocked():
+            sample_cfg.progress = True  # the grid is one batch: a bar over its sampler steps
         try:
             with seeded(self.config.seed, self.device):
                 random = SampleRandom(self.config.seed, range(n), self.device)
