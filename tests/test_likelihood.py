@@ -235,7 +235,8 @@ def test_each_framework_answers_for_its_own_likelihood_bound():
     flow = GaussianFramework(LinearPath(), prediction='velocity')  # SiT's flow matching, in the Gaussian family
     for framework in (GaussianFramework(VPSDE()), EDMFramework(EDMPrecond()), flow):
         with pytest.raises(UserError, match=r'has no likelihood bound: the variational bound needs a discrete chain'
-                                            r" \(config.schedule.name 'linear' or 'cosine'\)$"):
+                                            r" \(config.schedule.name 'ddpm_linear', 'stable_diffusion' or "
+                                            r"'cosine'\)$"):
             framework.likelihood_bound(config)
         assert framework.chain_steps() is None
     assert GaussianFramework(schedule).chain_steps() == N_STEPS and ctmc.chain_steps() is None

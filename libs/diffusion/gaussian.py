@@ -402,7 +402,7 @@ class GaussianFramework(Framework):
         steps = self.chain_steps()
         if steps is None:
             raise UserError(f"{self!r} has no likelihood bound: the variational bound needs a discrete chain "
-                            f"(config.schedule.name 'linear' or 'cosine')")
+                            f"(config.schedule.name 'ddpm_linear', 'stable_diffusion' or 'cosine')")
         variance, per_call = config.clf_eval.nll_variance, config.clf_eval.nll_steps_per_call
 
         def bits(denoiser, x0, cond=None, generator=None):

@@ -39,7 +39,8 @@ def eval_gen(config, nnet_path: str, ema: bool = True) -> dict:
         steps = run.framework.chain_steps()
         if steps is None:
             raise UserError(f'clf_eval.ancestral={config.clf_eval.ancestral!r} needs a discrete schedule '
-                            f"(config.schedule.name 'linear' or 'cosine'); set clf_eval.ancestral='' to skip it")
+                            f"(config.schedule.name 'ddpm_linear', 'stable_diffusion' or 'cosine'); "
+                            "set clf_eval.ancestral='' to skip it")
         full = config.sample.copy_and_resolve_references()
         full.algorithm, full.sample_steps = config.clf_eval.ancestral, steps
         runs.append(full)
