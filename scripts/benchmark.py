@@ -6,7 +6,7 @@
     python scripts/benchmark.py --config=configs/imagenet512_uvit_huge.py --variants=latent,autoencoders \
         [--resolution=512] [--ae_width_divisor=1]
     python scripts/benchmark.py --config=configs/imagenet256_uvit_large.py --against=../U-ViT --batch_size=256 \
-        [--rounds=5] [--steps=5] [--warmup=3]
+        [--rounds=5] [--steps=10] [--warmup=3]
 
 Training: one optimizer step (the framework's loss, backward, the config's AdamW) on random data of the
 network's input shape. Sampling: no-grad forward passes of the network. The baseline is sdpa attention, fp32 on the

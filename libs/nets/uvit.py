@@ -182,7 +182,8 @@ class UViT(UViTTrunk):
         x: (B, in_chans, img_size, img_size); timesteps: (B,) float; y: (B,) int64 class labels or None.
         Returns a tensor shaped like x.
     With ``num_classes > 0`` the label is one extra token placed before the time token.
-    ``attention_backend`` ('sdpa', 'xformers', 'math') is this suite's addition and does not touch the weights.
+    ``attention_backend`` (libs/nets/attention.py's ``ATTENTION_BACKENDS``: 'sdpa', 'xformers', 'math', 'flash',
+    'cudnn', 'efficient') is this suite's addition and does not touch the weights.
 
     classify(x), only with ``clf_classes > 0``:
         x: (B, in_chans, img_size, img_size) clean images -> (B, clf_classes) logits. The sequence is
