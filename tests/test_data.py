@@ -354,6 +354,10 @@ def test_image_folder_at_native_size(tmp_path):
     with pytest.raises(UserError, match=r'not all of one square size \(12x12 in a.png, 20x10 in c.png\): set a '
                                         r'resolution \(config.dataset.resolution'):
         build_dataset(cfg(name='image_folder', path=str(tmp_path)))
+    (tmp_path / 'a.png').unlink()
+    (tmp_path / 'b.png').unlink()
+    with pytest.raises(UserError, match=r'not all of one square size \(20x10 in c.png\): set a resolution'):
+        build_dataset(cfg(name='image_folder', path=str(tmp_path)))   # one image, not square: named once
 
 
 def test_image_folder_errors(tmp_path):

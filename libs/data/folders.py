@@ -74,8 +74,9 @@ def _common_square_size(path: str, files: list) -> int:
         if first is None:
             first = (size, file)
         if size != first[0] or size[0] != size[1]:
-            raise UserError(f'images in {path} are not all of one square size ({first[0][0]}x{first[0][1]} in '
-                            f'{os.path.relpath(first[1], path)}, {size[0]}x{size[1]} in {os.path.relpath(file, path)}'
-                            f'): set a resolution (config.dataset.resolution or --resolution) to center-crop and '
-                            f'resize them')
+            found = (f'{size[0]}x{size[1]} in {os.path.relpath(file, path)}' if file == first[1] else
+                     f'{first[0][0]}x{first[0][1]} in {os.path.relpath(first[1], path)}, {size[0]}x{size[1]} in '
+                     f'{os.path.relpath(file, path)}')
+            raise UserError(f'images in {path} are not all of one square size ({found}): set a resolution '
+                            f'(config.dataset.resolution or --resolution) to center-crop and resize them')
     return first[0][0]
