@@ -10,9 +10,10 @@ head, and the rest of the recipe is the default run's, read from it: 2000 steps 
 cosine decay, EMA 0.995, 10% label dropout for classifier-free guidance, which acts on the logits here (scale 0.5).
 
 Sampler: tau-leaping with 25 steps (and the final argmax), for the final score and the one at step 1000. On this
-network's checkpoint the digit accuracy is 0.98-0.99 from 10 steps to 1000 (README, "DiT, and discrete-state
-diffusion", 300 samples a point), and 50 steps made the run 7 min 49 s on the slowest 2-core CPU (0.990 / 8.8). The
-README also has this chain against Campbell et al.'s Gaussian-target rate on the same network and budget.
+network's checkpoint the digit accuracy is 0.98-0.99 from 10 steps to 1000 (BENCHMARKS.md, "DiT and discrete-state
+diffusion on the digits", 300 samples a point), and 50 steps made the run 7 min 49 s on the slowest 2-core CPU
+(0.990 / 8.8). BENCHMARKS.md also has this chain against Campbell et al.'s Gaussian-target rate on the same network
+and budget.
 """
 from configs.digits_uvit_tiny import get_config as default_run_config
 from libs.config import resolve

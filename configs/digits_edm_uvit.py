@@ -9,7 +9,8 @@ checkpoint, 0.5 / 1.0 / 1.5 give accuracy 0.969 / 0.988 / 0.992 and Frechet dist
 The "no class" label also serves DDAE's feature evaluations (``eval.py --eval=linear_probe``, ``contrastive``,
 ``noisy_clf``), which probe the network without its label: ``probe`` below names the block and noise level (EDM's
 index 4 of DDAE: sigma = 0.06) and the digits-sized probe recipe (100 epochs at lr 1e-2 instead of DDAE's 15 at
-1e-3, which stop far from convergence on 1438 images). The README's table has the measured scores.
+1e-3, which stop far from convergence on 1438 images). BENCHMARKS.md ("EDM and DDAE on the digits") has the
+measured scores.
 """
 from configs.digits_uvit_tiny import get_config as default_run_config
 from libs.config import resolve

@@ -54,15 +54,20 @@ def config_name(argv) -> str:
 
 
 def hparams(argv) -> str:
-    """'key=value-...' from the --config.x=y overrides, as the release names its work directories."""
+    """'key=value-...' from the --config.x=y overrides, as the release names its work directories. Paths are named by
+    their stem; the data's path also by a hash of the absolute path, so that runs on two folders (of the same name)
+    never share a work directory."""
+    import hashlib
     parts = []
     for arg in argv[1:]:
-        if arg.startswith('--config.') and '=' in arg and not arg.startswith('--config.dataset.path'):
+        if arg.startswith('--config.') and '=' in arg:
             key, value = arg[len('--config.'):].split('=', 1)
-            key = key.split('.')[-1]
-            if key.endswith('path'):
+            if key == 'dataset.path':
+                absolute = os.path.abspath(value)
+                value = f'{os.path.basename(absolute) or "root"}.{hashlib.sha256(absolute.encode()).hexdigest()[:8]}'
+            elif key.endswith('path'):
                 value = Path(value).stem
-            parts.append(f'{key}={value}')
+            parts.append(f'{key.split(".")[-1]}={value}')
     return '-'.join(parts) or 'default'
 
 
@@ -85,6 +90,15 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
+def define_config_flag(help_text: str) -> None:
+    """``--config=configs/X.py`` with its ``--config.a.b=value`` overrides, which may add a key: the free-form sections
+    (config.dataset, nnet, schedule) hold what each dataset, backbone or schedule takes, so an override may name a
+    key the config file leaves out. A key that nothing takes is still refused in one line, by ``resolve`` outside those
+    sections and by the dataset, backbone or schedule inside them."""
+    from ml_collections import config_flags
+    config_flags.DEFINE_config_file('config', None, help_text, lock_config=False, accept_new_attributes=True)
+
+
 def parse_flags(argv):
     """absl flag parsing with one-line errors for bad overrides and config files that do not load.
 
@@ -93,10 +107,14 @@ def parse_flags(argv):
     import re
 
     from absl import flags
+    config_file = next((a.split('=', 1)[1] for a in argv[1:] if a.startswith('--config=')), '')
     try:
         args = flags.FLAGS(argv)
     except flags.Error as exc:
         fail(str(exc).splitlines()[0])
+    except OSError:  # ml_collections: the config file did not load, and an override needed it
+        fail(f'cannot load config file {config_file}: ' + ('no such file' if not os.path.isfile(config_file) else
+                                                            'it raised an error on import (run it with python)'))
     except (AttributeError, KeyError) as exc:  # ml_collections: an override of a key the config does not have
         text = str(exc).replace('\\', '')
         key = re.search(r"'([A-Za-z0-9_]+)'", text)

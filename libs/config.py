@@ -79,8 +79,10 @@ def defaults() -> ml_collections.ConfigDict:
             p_uncond=0.0,                # label dropout for classifier-free guidance (needs a 'no class' label)
             ema_rate=0.9999,
             keep_ckpts=0,                # how many checkpoints to keep; 0 keeps all
-            num_workers=4,               # DataLoader workers per process
-            compile=False,               # torch.compile the network
+            num_workers=4,               # DataLoader workers per process, at most the CPUs it may run on
+            compile='auto',              # torch.compile the trained network's blocks ('auto': on CUDA; 'full': whole)
+            fused_optimizer='auto',      # fused AdamW / Adam / SGD kernel, foreach where none ('auto': on CUDA)
+            foreach_ema='auto',          # the EMA update as one multi-tensor lerp ('auto': on CUDA)
             tf32=True,                   # TF32 matmuls / convolutions on Ampere and newer GPUs
             final_eval=True,             # evaluate with config.sample at the end of training
             grid_size=100,               # images in each sample grid
@@ -125,6 +127,7 @@ def defaults() -> ml_collections.ConfigDict:
             mini_batch_size=500,         # per process
             algorithm='euler_maruyama_sde',
             path='',                     # keep the samples as PNG files here
+            compile='auto',              # torch.compile the sampling network's blocks ('auto': on CUDA; 'full': whole)
             scale=0.0,                   # classifier-free guidance scale (0: none); DiT's cfg scale s is s - 1
             guided_channels=0,           # guide only the first this many channels of eps (DiT: 3); 0: all
             order=0,                     # 0: the algorithm's default order
@@ -269,6 +272,51 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
 
 def to_json(config: ml_collections.ConfigDict) -> str:
     return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)
+
+
+def differences(old: dict, new: dict, sections) -> list:
+    """'key: old -> new' for each value of ``sections`` (e.g. 'dataset', 'nnet') that differs between two configs
+    given as JSON dicts (a config.json, ``json.loads(to_json(config))``), missing values as None, in key order."""
+    def leaves(value, prefix):
+        if isinstance(value, dict):
+            return {k: v for key in value for k, v in leaves(value[key], f'{prefix}.{key}').items()}
+        return {prefix: value}
+    out = []
+    for section in sections:
+        a, b = leaves(old.get(section), section), leaves(new.get(section), section)
+        out.extend(f'{key}: {a.get(key)!r} -> {b.get(key)!r}' for key in sorted(set(a) | set(b))
+                   if a.get(key) != b.get(key))
+    return out
+
+
+SWITCH_WORDS = {'true': True, '1': True, 'on': True, 'yes': True, 'false': False, '0': False, 'off': False,
+                'no': False}
+
+
+def device_switch(value, key: str, device) -> bool:
+    """A switch that is on by default on a CUDA device (``train.compile``, ``train.fused_optimizer``, ...): 'auto' is
+    on for CUDA and off elsewhere; True or False (also as the strings a command-line override of an 'auto' field
+    gives, 'False', 'off', '0', ...) as given. UserError naming ``key`` for anything else."""
+    import torch
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if word == 'auto':
+        return torch.device(device).type == 'cuda'
+    if word in SWITCH_WORDS:
+        return SWITCH_WORDS[word]
+    raise UserError(f"config.{key} must be 'auto', True or False, got {value!r}")
+
+
+def compile_mode(value, key: str, device) -> str:
+    """``train.compile`` / ``sample.compile``: 'regional' (each repeated block; a switch that is on, 'auto' on CUDA),
+    'full' (the whole network) or '' (off)."""
+    if str(value).strip().lower() == 'full':
+        return 'full'
+    try:
+        return 'regional' if device_switch(value, key, device) else ''
+    except UserError:
+        raise UserError(f"config.{key} must be 'auto', True, False or 'full', got {value!r}") from None
 
 
 def parse_list(value, what: str, kind=str, allow_empty: bool = False) -> list:

@@ -37,18 +37,18 @@ def check_kind(config, script_kinds: tuple, scripts: dict) -> None:
 def run_training(script_kind: str) -> None:
     """Define the flags, parse them and train; ``script_kind`` is a key of SCRIPTS."""
     from absl import app, flags
-    from ml_collections import config_flags
 
     from libs import cli
 
     FLAGS = flags.FLAGS
-    config_flags.DEFINE_config_file('config', None, 'Training configuration file (configs/*.py).',
-                                    lock_config=False)
+    cli.define_config_flag('Training configuration file (configs/*.py).')
     flags.mark_flags_as_required(['config'])
     flags.DEFINE_string('workdir', None, 'Output directory (default: workdir/<config>/<overrides>); '
                                          'a re-run with the same directory resumes.')
     flags.DEFINE_string('resume', '', 'A checkpoint directory (<workdir>/ckpts/<step>.ckpt) to resume from; it must '
                                       'verify. Default: the newest checkpoint of --workdir that verifies.')
+    flags.DEFINE_bool('resume_anyway', False, 'Resume the work directory\'s checkpoint even though its config.json '
+                  'names other data or another network than this config (refused otherwise).')
 
     def main(_):
         from libs.config import resolve
@@ -58,7 +58,7 @@ def run_training(script_kind: str) -> None:
         workdir = FLAGS.workdir or cli.default_workdir(sys.argv)
         cli.setup_logging(os.path.join(workdir, 'output.log'))
         try:
-            result = Trainer(config, workdir, resume=FLAGS.resume).fit()
+            result = Trainer(config, workdir, resume=FLAGS.resume, resume_anyway=FLAGS.resume_anyway).fit()
         except BaseException:
             # the run is failing with its own error line: a SIGTERM now (the launcher's, after another process
             # exited) must not cut it off
@@ -76,12 +76,11 @@ def run_evaluation(script_kinds: tuple) -> None:
     """Define the flags, parse them and evaluate: ``--eval=sample`` (default) samples and scores
     and the other modes of libs/evaluation."""
     from absl import app, flags
-    from ml_collections import config_flags
 
     from libs import cli
 
     FLAGS = flags.FLAGS
-    config_flags.DEFINE_config_file('config', None, 'Configuration file (configs/*.py).', lock_config=False)
+    cli.define_config_flag('Configuration file (configs/*.py).')
     flags.DEFINE_string('nnet_path', None, 'Weights file (.pth / .safetensors) or a training checkpoint directory.')
     flags.DEFINE_bool('ema', True, 'The weights are EMA weights (in a checkpoint directory: use nnet_ema.pth).')
     flags.DEFINE_string('eval', 'sample', 'What to evaluate: sample, test_clf, gen, nll, cali, ood, attack, sweep, '

@@ -1,14 +1,28 @@
-"""Files: written so that readers never see a half-written one, weights read with one-line errors, and small models
-trained once with a fixed recipe and cached (the digit classifier, the digits' REPA encoder)."""
+"""Files: written so that readers never see a half-written one, weights read with one-line errors, pickles of numpy
+arrays read without running code, and small models trained once with a fixed recipe and cached (the digit
+classifier, the digits' REPA encoder)."""
 import contextlib
 import hashlib
 import json
 import os
+import pickle
 import tempfile
 
+import numpy as np
 import torch
 
 from libs.errors import UserError
+
+try:
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # numpy 1
+    from numpy.core.multiarray import _reconstruct
+
+# What a pickle of plain numpy arrays refers to, under the module names of numpy 1 and numpy 2: reconstructing an
+# array builds data and calls nothing else, so a reader may allow these and refuse every other global.
+NUMPY_ARRAY_GLOBALS = {'numpy.core.multiarray._reconstruct': _reconstruct,
+                       'numpy._core.multiarray._reconstruct': _reconstruct,
+                       'numpy.ndarray': np.ndarray, 'numpy.dtype': np.dtype}
 
 
 @contextlib.contextmanager
@@ -43,6 +57,16 @@ def load_state_file(path: str) -> dict:
         return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as exc:
         raise UserError(f'cannot read weights file {path}: {type(exc).__name__}: {str(exc).splitlines()[0]}') from None
+
+
+class ArraysOnly(pickle.Unpickler):
+    """A pickle reader that builds plain data (numbers, strings, bytes, lists, tuples, dicts) and numpy arrays, and
+    refuses any other global, that is any function or class a pickle could call, with ``pickle.UnpicklingError``."""
+
+    def find_class(self, module: str, name: str):
+        if f'{module}.{name}' in NUMPY_ARRAY_GLOBALS:
+            return NUMPY_ARRAY_GLOBALS[f'{module}.{name}']
+        raise pickle.UnpicklingError(f'global {module}.{name} refused: only plain data and numpy arrays are read')
 
 
 # The weights files of a Hugging Face model folder (transformers' from_pretrained reads one of them).

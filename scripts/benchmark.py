@@ -5,6 +5,8 @@
         [--out=results.json] [--in_process]
     python scripts/benchmark.py --config=configs/imagenet512_uvit_huge.py --variants=latent,autoencoders \
         [--resolution=512] [--ae_width_divisor=1]
+    python scripts/benchmark.py --config=configs/imagenet256_uvit_large.py --against=../U-ViT --batch_size=256 \
+        [--rounds=5] [--steps=10] [--warmup=3]
 
 Training: one optimizer step (the framework's loss, backward, the config's AdamW) on random data of the
 network's input shape. Sampling: no-grad forward passes of the network. The baseline is sdpa attention, fp32 on the
@@ -25,6 +27,17 @@ autoencoder gives at ``--resolution`` (U-ViT-H at 512 px: SD-VAE-f8's 64x64x4 at
 decoder (``ARCHITECTURES`` of libs/latent/autoencoder.py: the published configs, random weights; the group
 ``autoencoders``), its widths divided by ``--ae_width_divisor`` for a CPU. Every row says its image tokens.
 
+Side by side with a release (``--against=PATH``, a clone of github.com/baofff/U-ViT for a U-ViT config or of
+github.com/facebookresearch/DiT for a DiT config, read at run time): the release's own network (``libs/uvit.py``,
+``models.py``) against ours in one process, with our weights loaded into theirs (the keys are the release's), the
+same inputs, precision, optimizer and EMA, three ways: the release eager (as its users run it), ours eager, and ours
+on the default path (what train.py turns on here: regional compilation, a fused optimizer, the multi-tensor EMA; on
+a CPU that is eager too). ``--rounds`` rounds of ``--steps`` steps each, the order rotating each round; each step
+time is the median of its rounds' means. ``--checkpointing``: gradient checkpointing in all three.
+
+Memory without a GPU (``--meta_memory``, with or without ``--against``): the bytes a training step keeps alive beyond
+the weights, after the forward and at the backward's peak, counted on the meta device (fp32; no memory, no time).
+
 Prints a markdown table; --out writes every number as JSON. FLOPs are counted once on one forward pass (matmuls and
 convolutions, torch.utils.flop_counter); a training step counts as 3 forward passes (recomputation under gradient
 checkpointing is not counted, so its TFLOP/s is model FLOPs per second).
@@ -41,12 +54,11 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
-from libs.cli import parse_flags, run  # noqa: E402
+from libs.cli import define_config_flag, parse_flags, run  # noqa: E402
 from libs.errors import UserError  # noqa: E402
 
-config_flags.DEFINE_config_file('config', None, 'Training configuration file (configs/*.py).', lock_config=False)
+define_config_flag('Training configuration file (configs/*.py).')
 flags.mark_flags_as_required(['config'])
 flags.DEFINE_integer('batch_size', 8, 'Training batch size.')
 flags.DEFINE_integer('sample_batch', None, 'Batch size of the sampling forward passes (default: --batch_size).')
@@ -59,6 +71,12 @@ flags.DEFINE_integer('resolution', 512, 'Image size of the latent=... and decode
 flags.DEFINE_integer('ae_width_divisor', 1, 'decode=... variants: divide the autoencoder widths by this (a CPU run).')
 flags.DEFINE_bool('in_process', False, 'Measure every variant in this process instead of a fresh one each: faster '
                   'to start (for smoke tests), but peak memory and compile caches are then shared between variants.')
+flags.DEFINE_string('against', None, "A clone of the release (U-ViT's or DiT's repository): time its network "
+                    'against ours side by side instead of the variants.')
+flags.DEFINE_integer('rounds', 5, 'With --against: rounds of --steps steps per network, the order rotating.')
+flags.DEFINE_bool('checkpointing', False, 'With --against or --meta_memory: gradient checkpointing in every network.')
+flags.DEFINE_bool('meta_memory', False, 'Count on the meta device (no memory, no time) the bytes a training step keeps '
+                  "alive, ours and with --against the release's, instead of timing.")
 flags.DEFINE_string('_single_variant', None, 'Internal: measure this one variant and print its JSON.')
 FLAGS = flags.FLAGS
 
@@ -67,9 +85,12 @@ PRECISIONS = ('fp32', 'bf16', 'fp16')
 GROUPS = {
     'baseline': ['baseline'],
     'attention': ['attention=math', 'attention=xformers'],
+    'sdpa': ['attention=flash', 'attention=cudnn', 'attention=efficient'],  # SDPA with that kernel tried first
     'precision': [f'precision={p}' for p in PRECISIONS],
     'checkpointing': ['checkpointing'],
-    'compile': ['compile'],
+    'compile': ['compile'],  # regional, what train.py does ('compile=full': the whole network at once)
+    'fused_optimizer': ['fused_optimizer'],
+    'default': ['default'],  # train.py's default path here: each switch the config turns on on this device
     'decode': ['decode'],
     'repa': ['repa'],
     # Comparisons rather than switches, so not in 'all': U-ViT-H's latent spaces at 512 px (DC-AE's Table), and the
@@ -86,13 +107,20 @@ COLUMNS = ('variant', 'tokens', 'train step ms', 'train img/s', 'peak memory MiB
 
 def baseline_settings(device_type: str) -> dict:
     return dict(attention='sdpa', precision='bf16' if device_type == 'cuda' else 'fp32', checkpointing=False,
-                compile=False, repa=False)
+                compile=False, fused_optimizer=False, repa=False)
 
 
-def variant_settings(name: str, device_type: str) -> dict:
-    """The baseline with the one switch that ``name`` ('attention=math', 'checkpointing', ...) changes."""
+def variant_settings(name: str, device_type: str, config=None) -> dict:
+    """The baseline with the one switch that ``name`` ('attention=math', 'checkpointing', ...) changes; 'default':
+    with each switch train.py's default path turns on for ``config`` on this device (compile: regional)."""
     settings = baseline_settings(device_type)
-    if name != 'baseline':
+    if name == 'default':
+        from libs.training.loop import default_path
+        path = default_path(config, device_type)
+        settings.update(compile=path['compile'] or False, fused_optimizer=path['fused_optimizer'])
+    elif name == 'compile':
+        settings['compile'] = 'regional'
+    elif name != 'baseline':
         key, _, value = name.partition('=')
         settings[key] = value or True
     return settings
@@ -102,7 +130,7 @@ def expand_variants(spec: str, device_type: str, latent: bool = False, repa: boo
     """Variant names for --variants; a precision group leaves out the baseline's own precision, and 'all' has
     'decode' only for latent models and 'repa' only for configs with REPA."""
     baseline_precision = f"precision={baseline_settings(device_type)['precision']}"
-    known = [name for names in GROUPS.values() for name in names]
+    known = [name for names in GROUPS.values() for name in names] + ['compile=full']
     names = []
     for item in [s.strip() for s in spec.split(',') if s.strip()] or ['']:
         if item == 'all':
@@ -243,12 +271,14 @@ def latent_space_config(config, space: str, resolution: int):
 
 def build(config, settings: dict, device):
     """(framework, objective, net, optimizer, nnet, note) for a variant: the diffusion objective, with REPA's term for
-    the 'repa' variant; net is the module trained (compiled when asked), nnet the backbone."""
+    the 'repa' variant; net is the module trained, nnet the backbone, compiled in place block by block for
+    compile='regional', whole for compile='full'."""
     import torch
 
     from libs.config import d
     from libs.diffusion import build_framework
     from libs.nets import build_nnet
+    from libs.nets.compile import compile_regions
     from libs.training.objectives import build_objective
     from libs.training.optim import build_optimizer
 
@@ -260,9 +290,10 @@ def build(config, settings: dict, device):
     if settings['repa']:
         objective, note = repa_objective(objective, config, nnet, device, settings['precision'])
     module = objective.training_module(nnet)
-    optimizer = build_optimizer(config.optimizer, module.parameters())
-    net = torch.compile(module) if settings['compile'] else module
-    return framework, objective, net, optimizer, nnet, note
+    optimizer = build_optimizer(config.optimizer, module.parameters(), fused=settings['fused_optimizer'], device=device)
+    if settings['compile']:
+        compile_regions(nnet, whole=settings['compile'] == 'full')
+    return framework, objective, module, optimizer, nnet, note
 
 
 def repa_objective(objective, config, nnet, device, precision: str):
@@ -345,30 +376,12 @@ def time_training(framework, objective, net, optimizer, nnet, settings: dict, ba
                 train_img_per_s=batch / step_ms * 1e3, peak_memory_mib=peak_memory_mib(device))
 
 
-def sampler_call(framework, denoiser, x, cond):
-    """(call, network evaluations per call): one noise prediction (what every Gaussian sampler step evaluates), or
-    for the discrete framework one whole tau-leaping step (logits, reverse rates, Poisson jumps) and the final
-    argmax."""
-    import torch
-    if framework.name != 'ctmc':
-        t = torch.full((x.shape[0],), 0.5, device=x.device)
-        return (lambda: denoiser.noise(x, t, **cond)), 1
-    from libs.diffusion.ctmc import states_of
-    from libs.diffusion.samplers.tau_leaping import tau_leaping
-    states = states_of(x, framework.num_states)
-
-    def step():
-        tau_leaping(lambda s, t: denoiser.logits(s, t, **cond), framework, states, [0.5, 0.49],
-                    ordinal=not framework.masked)
-    return step, 2
-
-
 def time_sampling(framework, denoiser, nnet, settings: dict, batch: int, steps: int, warmup: int,
                   device) -> dict:
-    """One sampler evaluation (``sampler_call``) on ``batch`` inputs."""
+    """One sampler step (``framework.sampler_step``) on ``batch`` inputs, per network evaluation."""
     import torch
     x, cond = synthetic_batch(nnet, batch, device, framework.data_shape(nnet))
-    call, evaluations = sampler_call(framework, denoiser, x, cond)
+    call, evaluations = framework.sampler_step(denoiser, x, cond)
 
     @torch.no_grad()
     def forward():
@@ -462,7 +475,7 @@ def run_variant(config, name: str, batch: int, sample_batch: int, steps: int, wa
     device = pick_device()
     enable_tf32(device)
     startup_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    settings = variant_settings(name, device.type)
+    settings = variant_settings(name, device.type, config)
     result = dict(status='ok', note='', settings=settings, startup_rss_mib=startup_rss,
                   peak_memory_kind='cuda_max_allocated' if device.type == 'cuda' else 'process_peak_rss')
     if settings.get('decode'):
@@ -508,6 +521,193 @@ def measure_in_subprocess(name: str) -> dict:
     return dict(status='failed', note=f"exit status {proc.returncode}: {lines[-1] if lines else 'no output'}")
 
 
+# -------------------------------------------------------------------------------------------- against a release
+
+def clone_commit(clone: str) -> str:
+    proc = subprocess.run(['git', '-C', clone, 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else ''
+
+
+def against(config, clone: str, batch: int, steps: int, warmup: int, rounds: int) -> dict:
+    """Time the release's network, ours eager and ours on the default path, one set of weights, in rotating
+    rounds (see the module docstring); every number as a dict."""
+    import copy
+
+    import torch
+
+    from libs.cli import enable_tf32
+    from libs.diffusion import build_framework
+    from libs.nets import build_nnet
+    from libs.nets.compile import compile_regions
+    from libs.nets.releases import RELEASES, release_network, share_weights
+    from libs.training.loop import default_path
+    from libs.training.optim import build_optimizer, update_ema
+
+    device = pick_device()
+    enable_tf32(device)
+    precision = baseline_settings(device.type)['precision']
+    path = default_path(config, device)
+    torch.manual_seed(config.seed)
+    nnet_cfg = {key: value for key, value in config.nnet.items() if key != 'attention_backend'}
+    ours = build_nnet(nnet_cfg).to(device)
+    fast = build_nnet(nnet_cfg).to(device)
+    share_weights(ours, fast, 'our network')
+    if path['compile']:
+        compile_regions(fast, whole=path['compile'] == 'full')
+    theirs = release_network(config.nnet, clone, ours)
+    framework = build_framework(config)
+    x0, cond = synthetic_batch(ours, batch, device, framework.data_shape(ours))
+    ema = copy.deepcopy(ours).requires_grad_(False)
+    eager_optimizer = build_optimizer(config.optimizer, ours.parameters())
+    fast_optimizer = build_optimizer(config.optimizer, ours.parameters(), fused=path['fused_optimizer'], device=device)
+    networks = {  # name: (network, optimizer, multi-tensor EMA)
+        'release (eager)': (theirs, eager_optimizer, False),
+        'ours (eager)': (ours, eager_optimizer, False),
+        'ours (default path)': (fast, fast_optimizer, path['foreach_ema']),
+    }
+    draws = {'step': 0}  # each network's block of a round starts from the same seed
+
+    def step_of(net, optimizer, foreach):
+        def step():
+            optimizer.zero_grad(set_to_none=True)
+            torch.manual_seed(config.seed + draws['step'])  # the same times and noise for every network
+            with autocast(device, precision):
+                loss = framework.loss(net, x0, cond).mean()
+            loss.backward()
+            optimizer.step()
+            update_ema(ema, net, config.train.ema_rate, foreach=foreach)
+            draws['step'] += 1
+        return step
+
+    first_loss = {}
+    with torch.no_grad():
+        for name, (net, _, _) in networks.items():
+            torch.manual_seed(config.seed)
+            with autocast(device, precision):
+                first_loss[name] = framework.loss(net, x0, cond).mean().item()
+    results = {name: dict(round_ms=[], peak_step_gib=0.0, first_loss=first_loss[name]) for name in networks}
+    names = list(networks)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            net, optimizer, foreach = networks[name]
+            resident = torch.cuda.memory_allocated(device) if device.type == 'cuda' else 0
+            reset_peak_memory(device)
+            draws['step'] = 1000 * r
+            warm, timed = time_calls(step_of(net, optimizer, foreach), steps, warmup if r == 0 else 0, device)
+            if r == 0:
+                results[name]['warmup_ms'] = warm
+            results[name]['round_ms'].append(statistics.mean(timed))
+            if device.type == 'cuda':
+                step_peak = (torch.cuda.max_memory_allocated(device) - resident) / 2 ** 30
+                results[name]['peak_step_gib'] = max(results[name]['peak_step_gib'], step_peak)
+    flops = 3 * count_flops(config) * batch
+    state_gib = sum(p.numel() * p.element_size() for p in ours.parameters()) * 4 / 2 ** 30  # weights, Adam, EMA
+    for name, r in results.items():
+        r['step_ms'] = statistics.median(r['round_ms'])
+        r['img_per_s'] = batch / r['step_ms'] * 1e3
+        r['tflops'] = flops / (r['step_ms'] * 1e-3) / 1e12
+        r['peak_gib'] = state_gib + r['peak_step_gib'] if device.type == 'cuda' else None
+    release = results['release (eager)']['step_ms']
+    return dict(
+        device=describe_device(device), torch=torch.__version__, config=FLAGS['config'].config_filename,
+        nnet=config.nnet.to_dict(), against=os.path.abspath(clone), release_file=RELEASES[config.nnet.name].file,
+        release_commit=clone_commit(clone), batch_size=batch, steps=steps, warmup=warmup, rounds=rounds,
+        precision=precision, default_path=path, checkpointing=bool(config.nnet.get('use_checkpoint', False)),
+        networks=results,
+        ratios={'ours_eager/release_eager': results['ours (eager)']['step_ms'] / release,
+                'ours_default/release_eager': results['ours (default path)']['step_ms'] / release})
+
+
+def live_bytes():
+    """A dispatch mode that follows the storages created under it: ``live``, the bytes of those still alive, and
+    ``peak``, their maximum."""
+    import weakref
+
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class LiveBytes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.live = self.peak = 0
+            self.seen = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for tensor in torch.utils._pytree.tree_leaves(out):
+                if isinstance(tensor, torch.Tensor) and tensor.untyped_storage()._cdata not in self.seen:
+                    storage = tensor.untyped_storage()
+                    key, size = storage._cdata, storage.nbytes()
+                    self.seen.add(key)
+                    self.live += size
+                    self.peak = max(self.peak, self.live)
+                    weakref.finalize(storage, self._free, key, size)
+            return out
+
+        def _free(self, key, size):
+            self.live -= size
+            self.seen.discard(key)
+    return LiveBytes()
+
+
+def meta_memory(config, clone: str, batch: int) -> dict:
+    """The bytes a training step keeps alive beyond the weights, counted on the meta device in fp32: after the
+    forward and the loss (what the backward needs), and at the backward's peak (with the gradients); ours, and the
+    release's network on the same tensors when ``clone`` is given."""
+    import torch
+
+    from libs.diffusion import build_framework
+    from libs.nets import build_nnet
+    from libs.nets.releases import release_network
+
+    torch.manual_seed(config.seed)
+    with torch.device('meta'):
+        ours = build_nnet(backbone_config(config))
+    networks = {'ours': ours}
+    if clone:
+        networks['release'] = release_network(config.nnet, clone, ours)
+    framework = build_framework(config)
+    x0, cond = synthetic_batch(ours, batch, 'meta', framework.data_shape(ours))
+    results = {}
+    for name, net in networks.items():
+        counter = live_bytes()
+        with counter:
+            loss = framework.loss(net, x0, cond).mean()
+            after_forward = counter.live
+            loss.backward()
+        results[name] = dict(after_forward_gib=after_forward / 2 ** 30, backward_peak_gib=counter.peak / 2 ** 30)
+        net.zero_grad(set_to_none=True)
+        del loss
+    return dict(config=FLAGS['config'].config_filename, nnet=config.nnet.to_dict(), batch_size=batch,
+                against=os.path.abspath(clone) if clone else None, torch=torch.__version__, networks=results)
+
+
+def against_markdown(report: dict) -> str:
+    device, ratios = report['device'], report['ratios']
+    on = ', '.join(k for k, v in report['default_path'].items() if v and k != 'sample_compile') or 'eager here'
+    memory = 'weights, Adam and EMA of one network + its step\'s peak above them (torch.cuda.max_memory_allocated)'
+    lines = [
+        f"Device: {device['name']} | torch {report['torch']} | config {report['config']} | batch "
+        f"{report['batch_size']} | {report['precision']} | checkpointing {'on' if report['checkpointing'] else 'off'}",
+        f"Against: {report['against']} ({report['release_file']}"
+        f"{' @ ' + report['release_commit'] if report['release_commit'] else ''}) | one set of weights, the same "
+        f"inputs, AdamW and EMA | {report['rounds']} rotating rounds of {report['steps']} steps after "
+        f"{report['warmup']} warm-up | default path: {on}",
+        '',
+        '| network | step ms | img/s | TFLOP/s | peak memory GiB | first step ms | first loss | / release eager |',
+        '|---|---:|---:|---:|---:|---:|---:|---:|',
+    ]
+    release = report['networks']['release (eager)']['step_ms']
+    for name, r in report['networks'].items():
+        first = (r.get('warmup_ms') or [None])[0]
+        lines.append(f"| {name} | {_fmt(r['step_ms'])} | {_fmt(r['img_per_s'])} | {_fmt(r['tflops'])} | "
+                     f"{_fmt(r['peak_gib'])} | {_fmt(first)} | {r['first_loss']:.6g} | {r['step_ms'] / release:.3f} |")
+    lines += ['', f"ours eager / release eager = {ratios['ours_eager/release_eager']:.3f}; ours default path / "
+                  f"release eager = {ratios['ours_default/release_eager']:.3f}"
+                  + (f' | peak memory: {memory}' if device['type'] == 'cuda' else '')]
+    return '\n'.join(lines)
+
+
 # -------------------------------------------------------------------------------------------------------- report
 
 def add_throughput(result: dict, forward_flops: int, batch: int, sample_batch: int) -> None:
@@ -544,8 +744,8 @@ def markdown(report: dict) -> str:
     lines = [
         f"Device: {where} | torch {report['torch']} | config {report['config']} | batch {report['batch_size']} "
         f"(sampling {report['sample_batch']}) | {report['steps']} timed steps after {report['warmup']} warm-up",
-        f"Baseline: {base['attention']} attention, {base['precision']}, no checkpointing, no compile | "
-        f"{report['parameters'] / 1e6:.2f}M parameters, {report['tokens'] or 'no'} image tokens, "
+        f"Baseline: {base['attention']} attention, {base['precision']}, no checkpointing, no compile, torch's default "
+        f"optimizer kernel | {report['parameters'] / 1e6:.2f}M parameters, {report['tokens'] or 'no'} image tokens, "
         f"{report['flops']['forward_per_image'] / 1e9:.3g} GFLOP per image forward | peak memory: {memory}",
         '',
         '| ' + ' | '.join(COLUMNS) + ' |',
@@ -568,6 +768,13 @@ def check_sizes(batch: int, sample_batch: int, steps: int, warmup: int) -> None:
         raise UserError(f'--steps must be at least 1 and --warmup at least 0, got {steps} and {warmup}')
 
 
+def write_json(report: dict, path: str) -> None:
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, 'w') as f:
+            json.dump(report, f, indent=2)
+
+
 def main(_argv):
     import torch
 
@@ -582,6 +789,27 @@ def main(_argv):
     if FLAGS.resolution < 1 or FLAGS.ae_width_divisor < 1:
         raise UserError(f'--resolution and --ae_width_divisor must be positive, got {FLAGS.resolution} and '
                         f'{FLAGS.ae_width_divisor}')
+    if FLAGS.checkpointing:
+        if 'use_checkpoint' not in backbone_switches(config):
+            raise UserError(f'{config.nnet.name} has no gradient checkpointing')
+        config.nnet.use_checkpoint = True
+    if FLAGS.meta_memory:
+        report = meta_memory(config, FLAGS.against, batch)
+        checkpointing = 'on' if config.nnet.get('use_checkpoint') else 'off'
+        print(f"{report['config']}, batch {batch}, checkpointing {checkpointing}, fp32 on the meta device: GiB alive "
+              'beyond the weights', flush=True)
+        for name, r in report['networks'].items():
+            print(f"{name}: {r['after_forward_gib']:.3f} after the forward, {r['backward_peak_gib']:.3f} at the "
+                  "backward's peak", flush=True)
+        write_json(report, FLAGS.out)
+        return
+    if FLAGS.against:
+        if FLAGS.rounds < 1:
+            raise UserError(f'--rounds must be at least 1, got {FLAGS.rounds}')
+        report = against(config, FLAGS.against, batch, steps, warmup, FLAGS.rounds)
+        print(against_markdown(report), flush=True)
+        write_json(report, FLAGS.out)
+        return
     if FLAGS._single_variant:
         result = run_variant(config, FLAGS._single_variant, batch, sample_batch, steps, warmup, **sizes)
         print(RESULT_MARKER + json.dumps(result), flush=True)
@@ -596,7 +824,7 @@ def main(_argv):
     forward_flops = count_flops(config)
     variants = {}
     for name in names:
-        settings = variant_settings(name, device.type)
+        settings = variant_settings(name, device.type, config)
         blocked = why_not_runnable(settings, device.type, config)
         if blocked:
             variants[name] = dict(status=blocked[0], note=blocked[1], settings=settings)
@@ -618,10 +846,7 @@ def main(_argv):
                    sample_forward=forward_flops * sample_batch),
         variants=variants)
     print(markdown(report), flush=True)
-    if FLAGS.out:
-        os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-        with open(FLAGS.out, 'w') as f:
-            json.dump(report, f, indent=2)
+    write_json(report, FLAGS.out)
     if any(r['status'] == 'failed' for r in variants.values()):
         sys.exit(1)
 

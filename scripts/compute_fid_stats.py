@@ -12,13 +12,11 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
-from libs.cli import parse_flags, run  # noqa: E402
+from libs.cli import define_config_flag, parse_flags, run  # noqa: E402
 from libs.errors import UserError  # noqa: E402
 
-config_flags.DEFINE_config_file('config', None, 'Training config whose config.dataset gives the images.',
-                                lock_config=False)
+define_config_flag('Training config whose config.dataset gives the images.')
 flags.DEFINE_string('folder', None, 'A folder of PNG/JPEG images (instead of --config).')
 flags.DEFINE_string('out', None, 'Where to write the .npz statistics (keys mu, sigma).')
 flags.DEFINE_string('inception', None, 'FID Inception weights file (default: assets/fid_inception/ or torch hub).')

@@ -1,24 +1,45 @@
 """The GPU check: what scripts/gpu_check.sh runs once it has installed what the machine lacks.
 
-    python scripts/gpu_check.py OUT_DIR [--smoke] [--budget_s=S] [--install_s=S] [--install_note=TEXT]
+    python scripts/gpu_check.py OUT_DIR [--smoke] [--sections=NAME,...] [--uvit_clone=PATH] [--dit_clone=PATH]
+        [--budget_s=S] [--install_s=S] [--install_note=TEXT]
 
 Writes OUT_DIR/gpu_check.md (the tables) and OUT_DIR/gpu_check.json (every number), rewritten after each section, so
-that a run stopped by a time limit still leaves what it measured. The sections, most wanted first:
+that a run stopped by a time limit still leaves what it measured. The sections (``SECTIONS``, in this order; adding
+one is one entry there):
 
-1. ``matmul_peak``: the bf16 rate of an 8192^3 matmul on this GPU, the denominator of MFU.
-2. ``bench:<config>``: scripts/benchmark.py on imagenet256_uvit_large, imagenet64_uvit_mid and cifar10_uvit_small
-   (random data): the bf16 + SDPA baseline and one switch at a time (fp16, xformers, gradient checkpointing).
-3. ``fp16_training``: 50 fp16 steps of train.py on a tiny digits U-ViT, resumed at step 25, with the grad scaler
-   starting at 2^30 (``train.grad_scaler_init_scale``), so that the first steps overflow: each skip must be counted
-   (metrics.jsonl and train_state.json agree) and no NaN or infinity may reach a checkpoint.
-4. ``inception``: the FID feature pass (the suite's InceptionFeatures on pytorch-fid's InceptionV3, random weights)
-   on 10,000 images.
-5. ``compile``: torch.compile on one config; last, as the slowest, and skipped when the budget is short.
-6. ``ddp``: a two-process train.py run, when two GPUs are present.
+- ``matmul_peak``: the bf16 rate of an 8192^3 matmul on this GPU, the denominator of MFU.
+- ``bench:<config>``: scripts/benchmark.py on imagenet256_uvit_large, imagenet64_uvit_mid and cifar10_uvit_small
+  (random data): the eager bf16 + SDPA baseline and one switch at a time (fp16, xformers, gradient checkpointing).
+- ``fp16_training``: 50 fp16 steps of train.py on a tiny digits U-ViT, resumed at step 25, with the grad scaler
+  starting at 2^30 (``train.grad_scaler_init_scale``), so that the first steps overflow: each skip must be counted
+  (metrics.jsonl and train_state.json agree) and no NaN or infinity may reach a checkpoint.
+- ``inception``: the FID feature pass (the suite's InceptionFeatures on pytorch-fid's InceptionV3, random weights)
+  on 10,000 images.
+- ``ddp``: a two-process train.py run, when two GPUs are present.
+- ``gpu_path`` (issue 22): train.py's default GPU path (regional compilation, fused AdamW; benchmark.py's
+  ``default`` variant) on U-ViT-L/2 and DiT-XL/2 at batch 256 and U-ViT-S/2 (CIFAR-10) at 128: MFU, the first
+  step (the compilation) and the compiled sampling forward.
+- ``attention``: which SDPA kernel PyTorch runs for U-ViT-L/2's and DiT-XL/2's attention (read off the profiler),
+  and the time of each kernel (flash, cuDNN, memory-efficient), forward and backward.
+- ``against``: scripts/benchmark.py --against the releases' own networks (``--uvit_clone``, ``--dit_clone``: clones
+  of github.com/baofff/U-ViT and github.com/facebookresearch/DiT; skipped with one line without them): the step
+  time ratios ours eager / release eager and ours default path / release eager at batch 256.
+- ``checkpoint_memory``: peak memory of U-ViT-H/2 at batch 128 with gradient checkpointing, ours against the
+  release's (ours alone without ``--uvit_clone``).
+- ``fid_walltime``: a 50,000-sample FID of U-ViT-H/2 (DPM-Solver, 50 steps, guidance 0.4, the Stable Diffusion
+  decoder, Inception; random weights, as the real ones cannot reach the GPU machine): one mini-batch timed, the
+  rest extrapolated.
 
-The full check needs a CUDA GPU and stays within ``--budget_s`` (290 s from the shell script's start): a section that
-needs more than is left is skipped, and a process still running when the budget ends is stopped ("timed out").
-``--smoke`` runs the same sections with tiny sizes on whatever device is here (a CPU in CI), so the script cannot rot.
+- ``compile_full`` (only when named): ``gpu_path`` on U-ViT-L/2 with ``train.compile=full`` (the whole network
+  compiled), to set against the regional compilation.
+- ``latent_spaces`` (issue 24, only when named): U-ViT-H at 512 px on each latent space, and the autoencoders'
+  decoders (``latent_spaces``).
+
+``--sections`` runs only those named (a name, or ``bench`` for every ``bench:<config>``), with the sections whose
+results they read (``matmul_peak`` for MFU); by default all but ``compile_full`` and ``latent_spaces``. The full check needs a CUDA GPU and stays within
+``--budget_s`` (470 s from the shell script's start, under 8 minutes): a section that needs more than is left is
+skipped, and a process still running when the budget ends is stopped ("timed out"). ``--smoke`` runs the same
+sections with tiny sizes on whatever device is here (a CPU in CI), so the script cannot rot.
 Exit status: 0 if no section failed, 1 if one did, 2 for bad arguments.
 """
 import json
@@ -31,6 +52,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import NamedTuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -48,28 +70,22 @@ INIT_SCALE_LOG2 = 30
 REPORT_MD, REPORT_JSON = 'gpu_check.md', 'gpu_check.json'
 TINY_NNET = ['--config.nnet.embed_dim=32', '--config.nnet.depth=2', '--config.nnet.num_heads=2']
 
-# Sizes per mode. ``estimate_s``: seconds per section on one H100/H200, read off the sizes (each benchmark variant
-# starts a process: about 5 s of imports and CUDA start-up, plus building the network and 13 steps; compiling
-# U-ViT-S/2's training step and its sampling forward about a minute), 240 s in all, install included. A section
-# starts only if ``min_s`` is left of the budget, and none of its processes outlives the budget.
+# Sizes shared by the sections, per mode (a section's own sizes are in its entry of SECTIONS). ``budget_s``: the
+# whole check, from the shell script's start; the estimates (SECTIONS) add up to about 440 s on one H100/H200.
 FULL = dict(
-    batch=128, steps=10, warmup=3, nnet=[], in_process=False, compile_config='cifar10_uvit_small',
+    batch=128, steps=10, warmup=3, nnet=[], in_process=False,
     matmul_n=8192, matmul_reps=10, matmul_dtype='bf16',
     train_batch=64, train_nnet=['--config.nnet.embed_dim=64', '--config.nnet.depth=4', '--config.nnet.num_heads=2'],
     inception_images=10_000, inception_chunk=500, inception_size=256,
-    budget_s=290.0,
-    estimate_s={'install': 5, 'startup': 10, 'matmul_peak': 2, 'bench:imagenet256_uvit_large': 50,
-                'bench:imagenet64_uvit_mid': 40, 'bench:cifar10_uvit_small': 33, 'fp16_training': 25,
-                'inception': 10, 'compile': 70, 'ddp': 0},
-    min_s={'compile': 80, 'ddp': 40},
+    budget_s=470.0,
 )
 SMOKE = dict(
     batch=2, steps=1, warmup=1, nnet=TINY_NNET,
     in_process=True,  # starting a process per variant costs more than measuring a tiny one
-    compile_config='cifar10_uvit_small', matmul_n=256, matmul_reps=3, matmul_dtype=None,
+    matmul_n=256, matmul_reps=3, matmul_dtype=None,
     train_batch=16, train_nnet=TINY_NNET,
     inception_images=4, inception_chunk=4, inception_size=32,
-    budget_s=600.0, estimate_s={}, min_s={},
+    budget_s=600.0,
 )
 
 # The end of the output of each process that failed or timed out, for the JSON: on a lent GPU machine nothing else
@@ -83,12 +99,21 @@ class BadArguments(Exception):
 
 
 def parse_args(argv: list) -> dict:
-    """OUT_DIR [--smoke] [--budget_s=S] [--install_s=S] [--install_note=TEXT]; BadArguments says what is wrong."""
-    args = dict(out=None, smoke=False, budget_s=None, install_s=0.0, install_note=None)
+    """OUT_DIR [--smoke] [--sections=A,B] [--uvit_clone=PATH] [--dit_clone=PATH] [--budget_s=S] [--install_s=S]
+    [--install_note=TEXT]; BadArguments says what is wrong."""
+    args = dict(out=None, smoke=False, budget_s=None, install_s=0.0, install_note=None,
+                sections=[name for name, entry in SECTIONS.items() if entry.by_default],
+                uvit_clone=None, dit_clone=None)
     for arg in argv:
         key, eq, value = arg.partition('=')
         if arg == '--smoke':
             args['smoke'] = True
+        elif key == '--sections' and eq:
+            args['sections'] = select_sections(value)
+        elif key in ('--uvit_clone', '--dit_clone') and eq:
+            if not os.path.isdir(value):
+                raise BadArguments(f'{key}={value}: no such folder')
+            args[key[2:]] = value
         elif key in ('--budget_s', '--install_s') and eq:
             try:
                 args[key[2:]] = float(value)
@@ -109,6 +134,22 @@ def parse_args(argv: list) -> dict:
     if os.path.exists(args['out']) and not os.path.isdir(args['out']):
         raise BadArguments(f'{args["out"]} exists and is not a folder')
     return args
+
+
+def select_sections(spec: str) -> list:
+    """The sections ``--sections`` names (a name, or 'bench' for every 'bench:<config>'), with those whose results
+    they read, in SECTIONS order; BadArguments naming an unknown one."""
+    wanted = set()
+    for item in [item.strip() for item in spec.split(',') if item.strip()]:
+        matches = [name for name in SECTIONS if name == item or name.split(':')[0] == item]
+        if not matches:
+            raise BadArguments(f"unknown section {item!r}; known: {', '.join(SECTIONS)} (or 'bench')")
+        wanted.update(matches)
+    if not wanted:
+        raise BadArguments('--sections names no section')
+    for name in list(wanted):
+        wanted.update(SECTIONS[name].needs)
+    return [name for name in SECTIONS if name in wanted]
 
 
 # ----------------------------------------------------------------------------------------------------- helpers
@@ -219,21 +260,28 @@ def benchmark_rows(report: dict, peak_tflops: float) -> dict:
     return rows
 
 
-def run_benchmark(config_name: str, variants: list, sizes: dict, work: str, timeout: float, extra=()) -> tuple:
-    """scripts/benchmark.py on one config (``extra``: more of its flags): (report, None) or (None, (status, note))."""
-    out = os.path.join(work, f'bench_{config_name}_{"_".join(v.replace("=", "-").replace("/", "-") for v in variants)}'
-                             f'.json')
+def run_benchmark(config_name: str, variants: list, sizes: dict, work: str, timeout: float, extra=(),
+                  against: str = None) -> tuple:
+    """scripts/benchmark.py on one config (``--against`` a release's clone, instead of the variants, when given):
+    (report, None) or (None, (status, note)). ``extra``: more flags (config overrides)."""
+    what = f'against-{os.path.basename(os.path.normpath(against))}' if against else '_'.join(
+        v.replace('=', '-').replace('/', '-') for v in variants)
+    out = os.path.join(work, f'bench_{config_name}_{sizes["batch"]}_{what}_{len(os.listdir(work))}.json')
     cmd = [sys.executable, BENCHMARK, f'--config={os.path.join(ROOT, "configs", config_name + ".py")}',
-           *sizes['nnet'], f'--batch_size={sizes["batch"]}', f'--steps={sizes["steps"]}',
-           f'--warmup={sizes["warmup"]}', f'--variants={",".join(variants)}', f'--out={out}', *extra]
-    if sizes['in_process']:
-        cmd.append('--in_process')
+           *sizes['nnet'], *extra, f'--batch_size={sizes["batch"]}', f'--steps={sizes["steps"]}',
+           f'--warmup={sizes["warmup"]}', f'--out={out}']
+    if against:
+        cmd += [f'--against={against}', f'--rounds={sizes["rounds"]}']
+    else:
+        cmd.append(f'--variants={",".join(variants)}')
+        if sizes['in_process']:
+            cmd.append('--in_process')
     proc = run_process(cmd, timeout)
     # benchmark.py exits with 1 when a variant failed, after writing every variant's result
     if proc.returncode in (0, 1) and os.path.isfile(out):
         with open(out) as f:
             return json.load(f), None
-    return None, process_failure(proc, 'benchmark.py')
+    return None, process_failure(proc, 'benchmark.py --against' if against else 'benchmark.py')
 
 
 # ------------------------------------------------------------------------------------------------ latent spaces
@@ -395,7 +443,7 @@ def check_checkpoint(ckpt: str) -> list:
 
 def fp16_training(sizes: dict, work: str, deadline: float) -> tuple:
     """(status, note, details) of 50 fp16 steps of train.py from a grad-scaler scale of 2^30, resumed at step 25."""
-    import torch
+    from libs.training.checkpoint import load_object
     workdir = os.path.join(work, 'fp16_training')
     details = dict(steps=TRAIN_STEPS, resumed_at=RESUME_AT, init_scale=2.0 ** INIT_SCALE_LOG2)
     for n_steps in (RESUME_AT, TRAIN_STEPS):
@@ -431,7 +479,7 @@ def fp16_training(sizes: dict, work: str, deadline: float) -> tuple:
         note = ('no grad scaler: accelerate runs fp16 (autocast and grad scaler) only on an accelerator, so here the '
                 'run was fp32 and there is no skip to count; the checkpoints are finite')
     else:
-        details['final_scale'] = float(torch.load(scaler_file, map_location='cpu', weights_only=False)['scale'])
+        details['final_scale'] = float(load_object(final_ckpt, 'grad_scaler.pth')['scale'])
         details['skip_check'] = 'passed' if skipped else 'failed'
         if not skipped:
             problems.append(f'no skipped step counted from a scale of 2^{INIT_SCALE_LOG2}')
@@ -567,6 +615,9 @@ def markdown(data: dict) -> str:
     if fp16:
         lines += ['', f'## fp16 training: {TRAIN_STEPS} steps of train.py on a tiny digits U-ViT', '',
                   f"Skip check: {fp16.get('skip_check', 'not reached')}. {fp16['note']}"]
+    lines += issue22_markdown(data)
+    if data.get('latent_spaces'):
+        lines += latent_spaces_markdown(data['latent_spaces'])
     inc = data.get('inception')
     if inc:
         lines += ['', "## FID feature pass (pytorch-fid's InceptionV3, random weights)", '',
@@ -579,16 +630,90 @@ def markdown(data: dict) -> str:
     return '\n'.join(lines) + '\n'
 
 
-class Check:
-    """Runs the sections in order within the time budget and rewrites the report after each."""
+def issue22_markdown(data: dict) -> list:
+    """The tables of the sections gpu_path, attention, against, checkpoint_memory and fid_walltime."""
+    lines = []
+    path = {**{f'{config} (compile=full)': row for config, row in data.get('compile_full', {}).items()},
+            **data.get('gpu_path', {})}
+    if path:
+        lines += ['', "## train.py's default GPU path (benchmark.py's default variant, random data)", '',
+                  'Regional compilation and fused AdamW where they are on (the settings column); first step: the '
+                  'first training step, with its compilation; first sample: the first no-grad forward, with its '
+                  'compilation.', '',
+                  '| config | batch | settings | train step ms | img/s | TFLOP/s | MFU % | first step s '
+                  '| first sample s | sample img/s per NFE | peak memory MiB | note |',
+                  '|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|']
+        for config, r in path.items():
+            settings = ', '.join(f'{k}={v}' for k, v in (r.get('settings') or {}).items()
+                                 if k in ('compile', 'fused_optimizer', 'precision'))
+            seconds = [None if r.get(k) is None else r[k] / 1e3 for k in ('first_step_ms', 'first_sample_ms')]
+            note = r.get('note', '') if r.get('status') == 'ok' else f"{r.get('status')}: {r.get('note', '')}"
+            lines.append(f"| {config} | {r['batch']} | {settings} | {fmt(r.get('train_step_ms'))} | "
+                         f"{fmt(r.get('train_img_per_s'))} | {fmt(r.get('train_tflops'))} | "
+                         f"{fmt(100 * r['mfu'] if r.get('mfu') else None)} | {fmt(seconds[0])} | {fmt(seconds[1])} | "
+                         f"{fmt(r.get('sample_img_per_s_per_nfe'))} | {fmt(r.get('peak_memory_mib'))} | {note} |")
+    attention = data.get('attention')
+    if attention:
+        lines += ['', '## Attention kernels (forward + backward; the kernel read off the profiler)', '',
+                  '| shape | backend | kernel run | ms | GPU kernels seen |', '|---|---|---|---:|---|']
+        for label, entry in attention.items():
+            for backend, r in entry['backends'].items():
+                seen = ', '.join(r.get('gpu_kernels', [])) or r.get('note', '')
+                lines.append(f"| {label} {tuple(entry['shape'])} {entry['dtype']} | {backend} | "
+                             f"{r['kernel'] or '-'} | {fmt(r['ms'])} | {seen} |")
+    rows = dict(data.get('against') or {})
+    memory = data.get('checkpoint_memory', {})
+    if memory.get('networks'):
+        rows[f"{memory['config']}, checkpointing"] = memory
+    if rows:
+        lines += ['', "## Side by side with the releases' networks (benchmark.py --against)", '',
+                  'One set of weights, the same inputs, precision, AdamW and EMA; the median of rotating rounds. Peak '
+                  'memory: the weights, Adam and EMA of one network plus its step\'s peak above them.', '',
+                  '| config | batch | network | step ms | img/s | TFLOP/s | peak GiB | first step s '
+                  '| / release eager |',
+                  '|---|---:|---|---:|---:|---:|---:|---:|---:|']
+        for config, row in rows.items():
+            if 'networks' not in row:
+                lines.append(f"| {config} | {row.get('batch')} | {row.get('status')}: {row.get('note')} | | | | | | |")
+                continue
+            release = row['networks']['release (eager)']['step_ms']
+            for net, r in row['networks'].items():
+                first = None if r.get('first_step_ms') is None else r['first_step_ms'] / 1e3
+                lines.append(f"| {config} | {row['batch']} | {net} | {fmt(r['step_ms'])} | {fmt(r['img_per_s'])} | "
+                             f"{fmt(r['tflops'])} | {fmt(r['peak_gib'])} | {fmt(first)} | "
+                             f"{r['step_ms'] / release:.3f} |")
+    ours_only = memory.get('ours_only')
+    if ours_only:
+        lines += ['', f"Checkpointing, {memory['config']} batch {memory['batch']}, ours alone: peak "
+                      f"{fmt(ours_only.get('peak_memory_mib'))} MiB, {fmt(ours_only.get('train_step_ms'))} ms per step"]
+    fid = data.get('fid_walltime')
+    if fid:
+        t = fid['timed_s']
+        lines += ['', f"## FID wall time: {fid['config']}, {fid['nfe']} DPM-Solver NFE, guidance {fid['scale']}, "
+                      f"{fid['precision']}, sampling network {'compiled' if fid['compiled'] else 'eager'}", '',
+                  'Random weights (network, autoencoder, Inception); one mini-batch timed after a warm-up batch, '
+                  '50,000 samples extrapolated.', '',
+                  '| batch | sampling s | decode s | Inception s | samples/s | 50,000 samples |',
+                  '|---:|---:|---:|---:|---:|---:|',
+                  f"| {fid['batch']} | {t['sample']:.2f} | {t['decode']:.2f} | {t['inception']:.2f} | "
+                  f"{1 / fid['seconds_per_sample']:.2f} | {fid['extrapolated_s'] / 60:.1f} min |"]
+    return lines
 
-    def __init__(self, out: str, smoke: bool, budget_s: float, sizes: dict, install_s: float):
-        self.out, self.sizes, self.budget_s = out, sizes, budget_s
+
+class Check:
+    """Runs the selected sections in order within the time budget and rewrites the report after each. Sections
+    read ``device``, ``smoke``, ``sizes`` (the mode's, with their own merged in), ``work`` (a scratch folder),
+    ``args`` (the clones) and ``data`` (the report so far)."""
+
+    def __init__(self, out: str, smoke: bool, budget_s: float, sizes: dict, install_s: float, device=None,
+                 args: dict = None, work: str = None):
+        self.out, self.smoke, self.sizes, self.budget_s = out, smoke, sizes, budget_s
+        self.device, self.args, self.work = device, args or {}, work
         self.start = time.time() - install_s  # the budget counts from the shell script's start
         self.data = dict(smoke=smoke, started=time.strftime('%Y-%m-%d %H:%M:%S %Z'), budget_s=budget_s,
-                         estimate_s=sizes['estimate_s'], sections=[], benchmarks={}, failed=False, total_s=0.0,
-                         failure_logs=FAILURE_LOGS,
-                         sizes={k: v for k, v in sizes.items() if k not in ('estimate_s', 'min_s', 'budget_s')})
+                         estimate_s={} if smoke else {name: entry.estimate_s for name, entry in SECTIONS.items()},
+                         sections=[], benchmarks={}, failed=False, total_s=0.0, failure_logs=FAILURE_LOGS,
+                         sizes={k: v for k, v in sizes.items() if k != 'budget_s'})
 
     def elapsed(self) -> float:
         return time.time() - self.start
@@ -597,7 +722,7 @@ class Check:
         """Seconds the section's processes may take: what is left of the budget, and at most three times the
         section's estimate, so that one hung process leaves time for the sections after it."""
         left = self.start + self.budget_s - time.time()
-        estimate = self.sizes['estimate_s'].get(name)
+        estimate = self.data['estimate_s'].get(name)
         return max(1.0, min(left, 3 * estimate) if estimate else left)
 
     def record(self, name: str, status: str, seconds: float, note: str) -> None:
@@ -609,9 +734,9 @@ class Check:
 
     def section(self, name: str, fn) -> None:
         """Run ``fn() -> (status, note)`` unless less than the section's ``min_s`` is left of the budget."""
-        left, need = self.budget_s - self.elapsed(), self.sizes['min_s'].get(name, 0)
+        left, need = self.budget_s - self.elapsed(), 0 if self.smoke else SECTIONS[name].min_s
         if left < max(need, 1):
-            self.record(name, 'skipped', 0.0, f'time budget: {left:.0f} s left, needs about {max(need, 1)} s')
+            self.record(name, 'skipped', 0.0, f'time budget: {left:.0f} s left, needs about {max(need, 1):.0f} s')
             return
         print(f"[{self.elapsed():6.1f} s] {name} ...", flush=True)
         start = time.time()
@@ -620,6 +745,12 @@ class Check:
         except Exception as exc:  # reported in the section's row; the other sections still run
             status, note = 'failed', f'{type(exc).__name__}: {one_line(str(exc))}'
         self.record(name, status, time.time() - start, note)
+
+    def run(self, name: str) -> None:
+        """Run section ``name`` of SECTIONS with the mode's sizes and its own."""
+        entry = SECTIONS[name]
+        sizes = dict(self.sizes, **(entry.smoke if self.smoke else entry.full))
+        self.section(name, lambda: entry.run(self, name, sizes))
 
     def write(self) -> None:
         self.data['total_s'] = self.elapsed()
@@ -653,11 +784,374 @@ def environment(device) -> dict:
                 python=platform.python_version(), xformers=xformers_version, cpus=os.cpu_count())
 
 
+# ------------------------------------------------------------------------------------------------------ sections
+
+def matmul_section(check, name: str, sizes: dict) -> tuple:
+    import torch
+    dtype = sizes['matmul_dtype'] or ('bf16' if check.device.type == 'cuda' else 'fp32')
+    peak = matmul_peak(check.device, sizes['matmul_n'], sizes['matmul_reps'], dtype)
+    check.data['matmul_peak'] = peak
+    if check.device.type == 'cuda':
+        torch.cuda.empty_cache()  # the benchmarks' processes get the whole GPU
+    return 'ok', f"{peak['tflops']:.4g} TFLOP/s {dtype}"
+
+
+def peak_tflops(check):
+    return (check.data.get('matmul_peak') or {}).get('tflops')
+
+
+def bench_section(config_name: str):
+    """The section that measures BENCH_VARIANTS on one config."""
+    def run(check, name: str, sizes: dict) -> tuple:
+        entry = check.data['benchmarks'].setdefault(config_name, dict(batch=sizes['batch'], rows={}, reports=[]))
+        variants = list(BENCH_VARIANTS)
+        report, failure = run_benchmark(config_name, variants, sizes, check.work, check.timeout(name))
+        if report is None:
+            entry['rows'].update({v: dict(status=failure[0], note=failure[1]) for v in variants})
+            return failure
+        entry['reports'].append(report)
+        rows = benchmark_rows(report, peak_tflops(check))
+        entry['rows'].update(rows)
+        failed = [n for n, r in rows.items() if r['status'] == 'failed']
+        if failed:
+            return 'failed', '; '.join(f'{n}: {rows[n]["note"]}' for n in failed)
+        return 'ok', f"{sum(r['status'] == 'ok' for r in rows.values())} of {len(rows)} variants measured"
+    return run
+
+
+def fp16_section(check, name: str, sizes: dict) -> tuple:
+    status, note, details = fp16_training(sizes, check.work, time.time() + check.timeout(name))
+    check.data['fp16_training'] = dict(details, note=note)
+    return status, note
+
+
+def inception_section(check, name: str, sizes: dict) -> tuple:
+    result = inception_throughput(check.device, sizes, check.work)
+    check.data['inception'] = result
+    if not all(r['finite'] for r in result['runs'].values()):
+        return 'failed', 'non-finite Inception features'
+    best = max(result['runs'].values(), key=lambda r: r['img_per_s'])
+    return 'ok', f"{best['images']:,} images at {best['img_per_s']:,.0f} img/s (batch {best['batch']})"
+
+
+def ddp_section(check, name: str, sizes: dict) -> tuple:
+    status, note, details = ddp_check(sizes, check.work, check.timeout(name), check.data['environment']['gpus'])
+    check.data['ddp'] = dict(details, status=status, note=note)
+    return status, note
+
+
+def gpu_path_section(check, name: str, sizes: dict) -> tuple:
+    """benchmark.py's ``default`` variant (train.py's default path here) on each of ``sizes['path_configs']``
+    (config, batch, more flags)."""
+    rows, notes = check.data.setdefault(name, {}), []
+    for config_name, batch, flags in sizes['path_configs']:
+        report, failure = run_benchmark(config_name, ['default'], dict(sizes, batch=batch, nnet=flags), check.work,
+                                        check.timeout(name))
+        if report is None:
+            rows[config_name] = dict(batch=batch, status=failure[0], note=failure[1])
+            notes.append(f'{config_name}: {failure[0]}')
+            continue
+        row = benchmark_rows(report, peak_tflops(check))['default']
+        row.update(batch=batch, settings=report['variants']['default'].get('settings'),
+                   first_step_ms=(row.get('train_warmup_ms') or [None])[0],
+                   first_sample_ms=(report['variants']['default'].get('sample_warmup_ms') or [None])[0])
+        rows[config_name] = row
+        notes.append(f"{config_name}: {100 * row['mfu']:.1f}% MFU" if row.get('mfu') else
+                     f"{config_name}: {row['status']}")
+    failed = any(r['status'] == 'failed' for r in rows.values())
+    return ('failed' if failed else 'ok'), '; '.join(notes)
+
+
+def operator_names():
+    """A dispatch mode that records the name of each aten operator run under it (``.names``)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Names(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+    return Names()
+
+
+def attention_kernels(device, shapes: dict, reps: int) -> dict:
+    """For each named (B, H, L, D) shape: which SDPA kernel each attention backend runs (the aten operator
+    dispatched, and on a GPU the kernels the profiler records) and its forward + backward time in ms."""
+    import torch
+
+    from libs.nets.attention import ATTENTION_BACKENDS, attention, sdpa_op
+    dtype = torch.bfloat16 if device.type == 'cuda' else torch.float32
+    result = {}
+    for label, shape in shapes.items():
+        q, k, v = (torch.randn(*shape, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+        grad = torch.randn(*shape, device=device, dtype=dtype)
+        rows = {}
+        for backend in [b for b in ('sdpa', 'flash', 'cudnn', 'efficient') if b in ATTENTION_BACKENDS]:
+            def call():
+                attention(q, k, v, backend).backward(grad)
+            try:
+                with operator_names() as operators:
+                    call()  # also the warm-up: the kernel's set-up, cuDNN's plan
+                kernels = []
+                if device.type == 'cuda':  # the profiler (seconds to start on a CPU) for the kernels' names
+                    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                        call()
+                        sync(device)
+                    kernels = [e.key for e in prof.key_averages() if str(e.device_type).endswith('CUDA')]
+                names = operators.names
+                sync(device)
+                start = time.perf_counter()
+                for _ in range(reps):
+                    call()
+                sync(device)
+                rows[backend] = dict(kernel=sdpa_op(names), ms=(time.perf_counter() - start) / reps * 1e3,
+                                     gpu_kernels=[n for n in kernels if any(w in n.lower() for w in
+                                                                            ('flash', 'fmha', 'cudnn', 'attn'))][:6])
+            except RuntimeError as exc:  # a kernel this GPU or torch cannot run
+                rows[backend] = dict(kernel='', ms=None, note=one_line(str(exc)))
+        result[label] = dict(shape=list(shape), dtype=str(dtype).replace('torch.', ''), backends=rows)
+    return result
+
+
+def attention_section(check, name: str, sizes: dict) -> tuple:
+    result = attention_kernels(check.device, sizes['attention_shapes'], sizes['attention_reps'])
+    check.data['attention'] = result
+    notes = []
+    for label, entry in result.items():
+        rows = entry['backends']
+        timed = {b: r for b, r in rows.items() if r.get('ms')}
+        fastest = min(timed, key=lambda b: timed[b]['ms']) if timed else '-'
+        notes.append(f"{label}: sdpa runs {rows['sdpa']['kernel'] or '?'}, fastest {fastest}")
+    return 'ok', '; '.join(notes)
+
+
+def against_row(report: dict) -> dict:
+    """What the table shows of one benchmark.py --against report."""
+    nets = report['networks']
+    return dict(batch=report['batch_size'], checkpointing=report['checkpointing'], ratios=report['ratios'],
+                release_commit=report['release_commit'],
+                networks={n: {k: r.get(k) for k in ('step_ms', 'img_per_s', 'tflops', 'peak_gib', 'first_loss')}
+                          | dict(first_step_ms=(r.get('warmup_ms') or [None])[0]) for n, r in nets.items()})
+
+
+def against_section(check, name: str, sizes: dict) -> tuple:
+    """benchmark.py --against each release whose clone was given, on ``sizes['against']``."""
+    rows, notes, failed = check.data.setdefault('against', {}), [], False
+    for clone_key, config_name, batch, nnet in sizes['against']:
+        clone = check.args.get(clone_key)
+        if not clone:
+            notes.append(f'{config_name}: no --{clone_key}, skipped')
+            continue
+        report, failure = run_benchmark(config_name, [], dict(sizes, batch=batch, nnet=nnet), check.work,
+                                        check.timeout(name), against=clone)
+        if report is None:
+            rows[config_name] = dict(batch=batch, status=failure[0], note=failure[1])
+            notes.append(f'{config_name}: {failure[1]}')
+            failed = True
+            continue
+        rows[config_name] = dict(against_row(report), status='ok', clone=clone)
+        ratios = report['ratios']
+        notes.append(f"{config_name}: {ratios['ours_eager/release_eager']:.3f} eager, "
+                     f"{ratios['ours_default/release_eager']:.3f} default")
+    if not rows and not failed:
+        return 'skipped', ('no clone of a release given (--uvit_clone=PATH of github.com/baofff/U-ViT, '
+                           '--dit_clone=PATH of github.com/facebookresearch/DiT)')
+    return ('failed' if failed else 'ok'), '; '.join(notes)
+
+
+def checkpoint_memory_section(check, name: str, sizes: dict) -> tuple:
+    """U-ViT-H/2 with gradient checkpointing: --against the release's when its clone is given, else ours alone."""
+    config_name, batch = sizes['memory_config'], sizes['memory_batch']
+    clone = check.args.get('uvit_clone')
+    if clone:
+        report, failure = run_benchmark(config_name, [], dict(sizes, batch=batch), check.work, check.timeout(name),
+                                        ['--checkpointing'], against=clone)
+        if report is None:
+            return failure
+        row = check.data['checkpoint_memory'] = dict(against_row(report), clone=clone, config=config_name)
+        nets = row['networks']
+        if check.device.type != 'cuda':
+            return 'ok', 'peak memory is measured on CUDA only; the step times are in the table'
+        ours, release = nets['ours (eager)']['peak_gib'], nets['release (eager)']['peak_gib']
+        return 'ok', f'peak {ours:.2f} GiB ours, {release:.2f} GiB the release ({ours / release:.3f})'
+    if check.device.type != 'cuda':
+        return 'skipped', 'no --uvit_clone, and peak memory alone is measured on CUDA only'
+    report, failure = run_benchmark(config_name, ['checkpointing'], dict(sizes, batch=batch), check.work,
+                                    check.timeout(name))
+    if report is None:
+        return failure
+    row = benchmark_rows(report, peak_tflops(check))['checkpointing']
+    check.data['checkpoint_memory'] = dict(batch=batch, ours_only=row, config=config_name)
+    if row['status'] != 'ok':
+        return 'failed', row['note']
+    return 'ok', (f"peak {row['peak_memory_mib'] / 1024:.2f} GiB ours (torch.cuda.max_memory_allocated of the "
+                  f'process); no --uvit_clone for the release\'s')
+
+
+def fid_walltime(device, sizes: dict, work: str) -> dict:
+    """Seconds per sample of a FID evaluation of ``sizes['fid_config']`` as eval.py runs it (bf16 autocast on a
+    GPU, the sampling network compiled by default): guided DPM-Solver sampling, the Stable Diffusion decoder and
+    the Inception features, all with random weights, one mini-batch timed after one warm-up batch; and the 50,000
+    samples' wall time extrapolated from it."""
+    import torch
+
+    from libs.cli import enable_tf32
+    from libs.config import load_config_file
+    from libs.data import data_spec, is_latent
+    from libs.diffusion import build_framework
+    from libs.diffusion.conditioning import build_conditioning
+    from libs.evaluation.harness import draw_samples
+    from libs.latent.spaces import build_space
+    from libs.metrics.fid import InceptionFeatures, load_inception
+    from libs.nets import build_nnet
+    from libs.nets.compile import compile_regions
+    from libs.rng import SampleRandom
+    from libs.training.loop import default_path
+
+    enable_tf32(device)
+    config = load_config_file(os.path.join(ROOT, 'configs', sizes['fid_config'] + '.py'))
+    config.nnet.update(sizes['fid_nnet'])
+    config.sample.update(algorithm='dpm_solver', sample_steps=sizes['fid_nfe'], scale=0.4)
+    torch.manual_seed(0)
+    nnet = build_nnet(config.nnet).to(device).eval().requires_grad_(False)
+    compiled = default_path(config, device)['sample_compile']
+    if compiled:
+        compile_regions(nnet)
+    framework = build_framework(config)
+    if is_latent(config.dataset):  # the Stable Diffusion decoder, random weights
+        from diffusers import AutoencoderKL
+
+        from libs.latent.autoencoder import SD_CONFIG, FrozenAutoencoder, config_format
+        fmt = config_format('AutoencoderKL', SD_CONFIG)
+        autoencoder = FrozenAutoencoder(AutoencoderKL(**SD_CONFIG).to(device), fmt)
+        spec = data_spec(config.dataset, framework.data_shape(nnet), fmt)
+
+        def decode(samples):
+            return autoencoder.decode(samples, batch_size=config.autoencoder.decode_batch_size).float().clamp(-1, 1)
+    else:
+        spec = data_spec(config.dataset, framework.data_shape(nnet))
+        decode = build_space(config, spec, device).decode
+    conditioning = build_conditioning(config, nnet, spec.num_classes)
+    path = os.path.join(work, 'random_fid_inception.pth')
+    if not os.path.isfile(path):
+        random_fid_inception(path)
+    inception = InceptionFeatures(load_inception(path, device=device))
+    batch, denoiser = sizes['fid_batch'], framework.denoiser(nnet)
+    precision = torch.bfloat16 if device.type == 'cuda' else torch.float32
+
+    def one_batch(start: int, nfe: int) -> dict:
+        cfg = config.sample.copy_and_resolve_references()
+        cfg.sample_steps = nfe
+        seconds = {}
+        with torch.autocast(device.type, dtype=precision, enabled=device.type == 'cuda'):
+            sync(device)
+            clock = time.perf_counter()
+            random = SampleRandom(config.seed, range(start, start + batch), device)
+            samples, _ = draw_samples(framework, denoiser, framework.build_sampler(cfg), spec.data_shape,
+                                      conditioning, random, cfg.scale)
+            sync(device)
+            seconds['sample'] = time.perf_counter() - clock
+            clock = time.perf_counter()
+            images = decode(samples)
+            sync(device)
+            seconds['decode'] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        features = inception(images)
+        sync(device)
+        seconds['inception'] = time.perf_counter() - clock
+        seconds['finite'] = bool(math.isfinite(float(features.sum())))
+        return seconds
+
+    warm = one_batch(0, sizes['fid_warmup_nfe'])  # the compilation (sampling shapes) and kernel choices
+    timed = one_batch(batch, sizes['fid_nfe'])
+    per_sample = (timed['sample'] + timed['decode'] + timed['inception']) / batch
+    return dict(config=sizes['fid_config'], batch=batch, nfe=sizes['fid_nfe'], scale=0.4, compiled=compiled,
+                precision=str(precision).replace('torch.', ''), warmup_s=warm, timed_s=timed,
+                seconds_per_sample=per_sample, n_samples=50_000, extrapolated_s=per_sample * 50_000)
+
+
+def latent_spaces_section(check, name: str, sizes: dict) -> tuple:
+    status, note, details = latent_spaces(check.smoke, check.work, check.timeout(name))
+    check.data['latent_spaces'] = details
+    return status, note
+
+
+def fid_walltime_section(check, name: str, sizes: dict) -> tuple:
+    result = fid_walltime(check.device, sizes, check.work)
+    check.data['fid_walltime'] = result
+    if not result['timed_s']['finite']:
+        return 'failed', 'non-finite Inception features'
+    return 'ok', (f"{result['extrapolated_s'] / 60:.1f} min for 50,000 samples ({1 / result['seconds_per_sample']:.1f} "
+                  f"samples/s at batch {result['batch']}, {result['nfe']} NFE with guidance)")
+
+
+class Section(NamedTuple):
+    """One part of the check: ``run(check, name, sizes) -> (status, note)``; its estimate in seconds on one H100 /
+    H200 with the full sizes; the budget it needs left to start (``min_s``); the sections whose results it reads
+    (``needs``: run first when it is selected); its own sizes, added to the mode's (``full``, ``smoke``); whether
+    the whole check runs it (``by_default``; else only when --sections names it)."""
+    run: object
+    estimate_s: float = 0.0
+    min_s: float = 0.0
+    needs: tuple = ()
+    full: dict = {}
+    smoke: dict = {}
+    by_default: bool = True
+
+
+# U-ViT-L/2 and U-ViT-H/2 take 32x32 latents (256 patch tokens), DiT-XL/2 too; the smoke mode shrinks the networks
+TINY_DIT = ['--config.nnet.hidden_size=32', '--config.nnet.depth=2', '--config.nnet.num_heads=2']
+SECTIONS = {
+    'matmul_peak': Section(matmul_section, 2),
+    # each benchmark variant starts a process: about 5 s of imports and CUDA start-up, building the network, 13 steps
+    'bench:imagenet256_uvit_large': Section(bench_section('imagenet256_uvit_large'), 50, needs=('matmul_peak',)),
+    'bench:imagenet64_uvit_mid': Section(bench_section('imagenet64_uvit_mid'), 40, needs=('matmul_peak',)),
+    'bench:cifar10_uvit_small': Section(bench_section('cifar10_uvit_small'), 33, needs=('matmul_peak',)),
+    'fp16_training': Section(fp16_section, 25),
+    'inception': Section(inception_section, 10),
+    'ddp': Section(ddp_section, 0, min_s=40),
+    # issue 22: the default GPU path. Regional compilation compiles two block graphs (U-ViT: with and without the
+    # long skip) for training and two for sampling, about 10 s each way; then 7 steps and 7 sampling forwards
+    'gpu_path': Section(gpu_path_section, 110, min_s=40, needs=('matmul_peak',), full=dict(
+        steps=5, warmup=2, path_configs=[('imagenet256_uvit_large', 256, []), ('imagenet256_dit_xl2', 256, []),
+                      ('cifar10_uvit_small', 128, [])]),
+        smoke=dict(path_configs=[('cifar10_uvit_small', 2, TINY_NNET)])),
+    # train.compile=full on U-ViT-L/2, against gpu_path's regional compilation; only when named (the whole check
+    # stays under 8 minutes)
+    'compile_full': Section(gpu_path_section, 60, min_s=40, needs=('matmul_peak',), by_default=False, full=dict(
+        steps=5, warmup=2, path_configs=[('imagenet256_uvit_large', 256, ['--config.train.compile=full'])]),
+        smoke=dict(path_configs=[('cifar10_uvit_small', 2, [*TINY_NNET, '--config.train.compile=full'])])),
+    'attention': Section(attention_section, 10, full=dict(
+        attention_shapes={'U-ViT-L/2 batch 256': (256, 16, 258, 64), 'DiT-XL/2 batch 256': (256, 16, 256, 72)},
+        attention_reps=20), smoke=dict(attention_shapes={'tiny': (2, 2, 18, 16)}, attention_reps=2)),
+    # three networks, 2 warm-up steps and 3 rounds of 3 steps each: 33 steps, and the default path's compilation
+    'against': Section(against_section, 80, min_s=30, full=dict(rounds=3, steps=3, warmup=2, against=[
+        ('uvit_clone', 'imagenet256_uvit_large', 256, []), ('dit_clone', 'imagenet256_dit_xl2', 256, [])]),
+        smoke=dict(rounds=1, against=[('uvit_clone', 'cifar10_uvit_small', 2, TINY_NNET),
+                                      ('dit_clone', 'digits_dit', 2, TINY_DIT)])),
+    'checkpoint_memory': Section(checkpoint_memory_section, 45, min_s=30, full=dict(
+        rounds=2, steps=2, warmup=2, memory_config='imagenet256_uvit_huge', memory_batch=128),
+        smoke=dict(rounds=1, memory_config='cifar10_uvit_small', memory_batch=2)),
+    # issue 24: U-ViT-H at 512 px on each latent space and the decoders (LATENT_SIZES); only when named
+    'latent_spaces': Section(latent_spaces_section, LATENT_SIZES[False]['estimate_s'], min_s=60, by_default=False),
+    # U-ViT-H/2 at 250 samples, guided (500 per call): about 0.3 s per NFE, 15 s for 50, the decoder and the
+    # compilation besides. The smoke mode samples the pixel-space digits (importing diffusers alone takes seconds)
+    'fid_walltime': Section(fid_walltime_section, 35, min_s=30, full=dict(
+        fid_config='imagenet256_uvit_huge', fid_nnet={}, fid_batch=250, fid_nfe=50, fid_warmup_nfe=3),
+        smoke=dict(fid_config='digits_uvit_tiny', fid_nnet=dict(embed_dim=32, depth=2, num_heads=2), fid_batch=2,
+                   fid_nfe=3, fid_warmup_nfe=3)),
+}
+
+
 def main(argv: list) -> int:
     try:
         args = parse_args(argv)
     except BadArguments as exc:
-        print(f'error: {exc} (usage: bash scripts/gpu_check.sh OUT_DIR [--smoke])', file=sys.stderr)
+        print(f'error: {exc} (usage: bash scripts/gpu_check.sh OUT_DIR [--smoke] [--sections=NAME,...] '
+              f'[--uvit_clone=PATH] [--dit_clone=PATH])', file=sys.stderr)
         return 2
     started = time.time()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -670,74 +1164,21 @@ def main(argv: list) -> int:
         return 2
     sizes = SMOKE if args['smoke'] else FULL
     budget = args['budget_s'] if args['budget_s'] is not None else sizes['budget_s']
-    check = Check(args['out'], args['smoke'], budget, sizes, args['install_s'] + (time.time() - started))
+    work = tempfile.mkdtemp(prefix='gpu_check_')
+    check = Check(args['out'], args['smoke'], budget, sizes, args['install_s'] + (time.time() - started), device,
+                  args, work)
     check.data['environment'] = environment(device)
+    check.data['selected'] = args['sections']
     if args['install_note'] is not None:  # the shell script's install step, timed there
         check.data['sections'].append(dict(name='install', status='ok', seconds=args['install_s'],
                                            note=args['install_note']))
     check.record('startup', 'ok', time.time() - started, f'torch imported, {device.type} device')
-    if sizes['estimate_s']:
-        print(f"estimate {sum(sizes['estimate_s'].values())} s in all; budget {budget:.0f} s", flush=True)
-    work = tempfile.mkdtemp(prefix='gpu_check_')
-    peak = {}
-
-    def measure_peak():
-        dtype = sizes['matmul_dtype'] or ('bf16' if device.type == 'cuda' else 'fp32')
-        peak.update(matmul_peak(device, sizes['matmul_n'], sizes['matmul_reps'], dtype))
-        check.data['matmul_peak'] = peak
-        if device.type == 'cuda':
-            torch.cuda.empty_cache()  # the benchmarks' processes get the whole GPU
-        return 'ok', f"{peak['tflops']:.4g} TFLOP/s {dtype}"
-
-    def bench(config_name, variants, section_name):
-        def measure():
-            entry = check.data['benchmarks'].setdefault(config_name, dict(batch=sizes['batch'], rows={},
-                                                                        reports=[]))
-            report, failure = run_benchmark(config_name, variants, sizes, work, check.timeout(section_name))
-            if report is None:
-                entry['rows'].update({v: dict(status=failure[0], note=failure[1]) for v in variants})
-                return failure
-            entry['reports'].append(report)
-            rows = benchmark_rows(report, peak.get('tflops'))
-            entry['rows'].update(rows)
-            failed = [n for n, r in rows.items() if r['status'] == 'failed']
-            if failed:
-                return 'failed', '; '.join(f'{n}: {rows[n]["note"]}' for n in failed)
-            return 'ok', f"{sum(r['status'] == 'ok' for r in rows.values())} of {len(rows)} variants measured"
-        return measure
-
-    def fp16():
-        status, note, details = fp16_training(sizes, work, time.time() + check.timeout('fp16_training'))
-        check.data['fp16_training'] = dict(details, note=note)
-        return status, note
-
-    def inception():
-        result = inception_throughput(device, sizes, work)
-        check.data['inception'] = result
-        if not all(r['finite'] for r in result['runs'].values()):
-            return 'failed', 'non-finite Inception features'
-        best = max(result['runs'].values(), key=lambda r: r['img_per_s'])
-        return 'ok', f"{best['images']:,} images at {best['img_per_s']:,.0f} img/s (batch {best['batch']})"
-
-    def compile_variant():
-        if device.type == 'cpu':
-            return 'skipped', "on a CPU: inductor's C++ build alone takes minutes on 2 cores"
-        return bench(sizes['compile_config'], ['compile'], 'compile')()
-
-    def ddp():
-        status, note, details = ddp_check(sizes, work, check.timeout('ddp'),
-                                          check.data['environment']['gpus'])
-        check.data['ddp'] = dict(details, status=status, note=note)
-        return status, note
-
+    if not args['smoke']:
+        estimate = sum(SECTIONS[name].estimate_s for name in args['sections'])
+        print(f'estimate {estimate:.0f} s for the sections; budget {budget:.0f} s', flush=True)
     try:
-        check.section('matmul_peak', measure_peak)
-        for config_name in BENCH_CONFIGS:
-            check.section(f'bench:{config_name}', bench(config_name, list(BENCH_VARIANTS), f'bench:{config_name}'))
-        check.section('fp16_training', fp16)
-        check.section('inception', inception)
-        check.section('compile', compile_variant)
-        check.section('ddp', ddp)
+        for name in args['sections']:
+            check.run(name)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     check.write()

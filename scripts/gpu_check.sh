@@ -1,30 +1,49 @@
 #!/usr/bin/env bash
-# One command for a lent GPU: speed, fp16 overflow handling, FID throughput and DDP, in at most 5 minutes on one
-# H100/H200. Writes OUT_DIR/gpu_check.md and OUT_DIR/gpu_check.json (see scripts/gpu_check.py for the sections).
+# One command for a lent GPU: speed, fp16 overflow handling, FID throughput, DDP and the default GPU path side by
+# side with the releases, in under 8 minutes on one H100/H200. Writes OUT_DIR/gpu_check.md and
+# OUT_DIR/gpu_check.json (see scripts/gpu_check.py for the sections).
 #
-#   bash scripts/gpu_check.sh OUT_DIR            the full check (needs a CUDA GPU)
-#   bash scripts/gpu_check.sh OUT_DIR --smoke    tiny sizes on whatever device is here (CI runs this on a CPU)
+#   bash scripts/gpu_check.sh OUT_DIR                        the full check (needs a CUDA GPU)
+#   bash scripts/gpu_check.sh OUT_DIR --smoke                tiny sizes on whatever device is here (CI runs this)
+#   bash scripts/gpu_check.sh OUT_DIR --sections=gpu_path,against --uvit_clone=U-ViT --dit_clone=DiT
+#                                                            only those sections (and what they need); the clones
+#                                                            of the releases (carried with the tree) for --against
 #
 # The GPU machine has its own torch but not all of requirements.txt; what the check needs and that machine lacks
-# (ml_collections, pytorch-fid; xformers, optional) is installed from wheels that scripts/gpu_wheels.sh downloads
-# into .whl/gpu_check/ and that travel with the working tree. Nothing is installed where the imports already work.
+# (ml_collections, pytorch-fid; xformers and timm, optional) is installed from wheels that scripts/gpu_wheels.sh
+# downloads into .whl/gpu_check/ and that travel with the working tree. Nothing is installed where the imports
+# already work.
 set -uo pipefail
 
-usage='usage: bash scripts/gpu_check.sh OUT_DIR [--smoke]'
+usage='usage: bash scripts/gpu_check.sh OUT_DIR [--smoke] [--sections=NAME,...] [--uvit_clone=PATH] [--dit_clone=PATH]'
 die() { echo "error: $*" >&2; exit 2; }
 
-[ $# -ge 1 ] && [ $# -le 2 ] || die "expected an output folder and optionally --smoke ($usage)"
+[ $# -ge 1 ] || die "expected an output folder and options ($usage)"
 out=$1
+shift
 case $out in -*) die "the first argument is the output folder, got '$out' ($usage)" ;; esac
 smoke=
-if [ $# -eq 2 ]; then
-    [ "$2" = --smoke ] || die "unknown option '$2' ($usage)"
-    smoke=--smoke
-fi
+options=()  # checked by gpu_check.py
+for arg in "$@"; do
+    case $arg in
+        --smoke) smoke=--smoke ;;
+        --sections=*|--uvit_clone=*|--dit_clone=*) options+=("$arg") ;;
+        -*) die "unknown option '$arg' ($usage)" ;;
+        *) die "expected an output folder and options, got '$arg' as well ($usage)" ;;
+    esac
+done
 [ -e "$out" ] && [ ! -d "$out" ] && die "$out exists and is not a folder"
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# the full check: the releases' files that scripts/gpu_wheels.sh copied, unless a clone is named
+releases=${GPU_CHECK_RELEASES:-$root/.whl/releases}
+if [ -z "$smoke" ]; then
+    case " ${options[*]-} " in *" --uvit_clone="*) ;; *)
+        [ -f "$releases/U-ViT/libs/uvit.py" ] && options+=("--uvit_clone=$releases/U-ViT") ;; esac
+    case " ${options[*]-} " in *" --dit_clone="*) ;; *)
+        [ -f "$releases/DiT/models.py" ] && options+=("--dit_clone=$releases/DiT") ;; esac
+fi
 mkdir -p "$out" || die "cannot create the output folder $out"
 
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 python=${PYTHON:-python3}
 wheels=${GPU_CHECK_WHEELS:-$root/.whl/gpu_check}
 site=${GPU_CHECK_SITE:-/tmp/gpu_check_site}
@@ -59,6 +78,20 @@ if [ ${#missing[@]} -gt 0 ]; then
         "${missing[@]}" || die "pip could not install ${missing[*]}"
     export PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}
     for w in "${missing[@]}"; do notes+=("installed $(basename "$w" | cut -d- -f1-2)"); done
+fi
+
+# Optional: timm, which the DiT release's models.py imports (the against section with --dit_clone); pure Python.
+if [ -z "$smoke" ] && ! importable timm; then
+    found=$(ls "$wheels"/timm-*.whl 2>/dev/null | head -n 1)
+    if [ -z "$found" ]; then
+        notes+=("timm: no wheel carried")
+    elif "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
+            "$found"; then
+        export PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}
+        notes+=("installed $(basename "$found" | cut -d- -f1-2)")
+    else
+        notes+=("timm: pip could not install $(basename "$found")")
+    fi
 fi
 
 # Optional: xformers, only for a real GPU run (it has no CPU kernels). It goes into a folder of its own that joins
@@ -96,4 +129,5 @@ install_s=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - 
 note=$(printf '%s; ' "${notes[@]}")
 note=${note%; }
 [ -n "$note" ] || note='nothing to install'
-exec "$python" "$root/scripts/gpu_check.py" "$out" $smoke --install_s="$install_s" --install_note="$note"
+exec "$python" "$root/scripts/gpu_check.py" "$out" $smoke ${options[@]+"${options[@]}"} --install_s="$install_s" \
+    --install_note="$note"

@@ -16,13 +16,11 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
 from libs import cli  # noqa: E402
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Text-to-image config (configs/mscoco_uvit_small.py).',
-                                lock_config=False)
+cli.define_config_flag('Text-to-image config (configs/mscoco_uvit_small.py).')
 flags.DEFINE_string('nnet_path', None, 'Weights file (.pth / .safetensors) or a training checkpoint directory.')
 flags.DEFINE_bool('ema', True, 'In a checkpoint directory: use the EMA weights.')
 flags.DEFINE_string('prompts', None, 'Text file with one prompt per line.')

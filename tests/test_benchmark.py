@@ -121,11 +121,12 @@ def test_unknown_variant_is_one_line():
     proc = run_benchmark('--variants=baseline,flash')
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
-    assert errors == ["error: unknown variant 'flash'; known: all, baseline, attention, precision, checkpointing, "
-                      'compile, decode, repa, latent, autoencoders, attention=math, attention=xformers, '
+    assert errors == ["error: unknown variant 'flash'; known: all, baseline, attention, sdpa, precision, "
+                      'checkpointing, compile, fused_optimizer, default, decode, repa, latent, autoencoders, '
+                      'attention=math, attention=xformers, attention=flash, attention=cudnn, attention=efficient, '
                       'precision=fp32, precision=bf16, precision=fp16, latent=sd-vae-f8/p2, latent=sd-vae-f8/p4, '
                       'latent=dc-ae-f32c32/p1, latent=dc-ae-f64c128/p1, decode=sd-vae-f8, decode=sd3-vae, '
-                      'decode=dc-ae-f32c32, decode=dc-ae-f64c128']
+                      'decode=dc-ae-f32c32, decode=dc-ae-f64c128, compile=full']
 
 
 def test_text_to_image_latent_config_trains_on_contexts_times_the_decoders_and_other_latent_spaces(tmp_path):
@@ -180,3 +181,39 @@ def test_a_discrete_config_times_training_and_whole_tau_leaping_steps(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     baseline = json.loads(out.read_text())['variants']['baseline']
     assert baseline['status'] == 'ok' and baseline['train_img_per_s'] > 0 and baseline['sample_img_per_s_per_nfe'] > 0
+
+
+def fake_release(root, files: dict) -> str:
+    """A folder laid out like a clone of a release, with ``files`` ({relative path: text})."""
+    for relative, text in files.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return str(root)
+
+
+def test_against_a_release_times_three_networks_on_one_set_of_weights(tmp_path):
+    """Our own U-ViT stands in for the release's libs/uvit.py (which, like the release's, imports a helper of its
+    own package relatively): one set of weights and the same inputs give each network the same first loss."""
+    clone = fake_release(tmp_path / 'U-ViT', {'libs/uvit.py': 'from .helpers import UViT  # noqa: F401\n',
+                                             'libs/helpers.py': 'from libs.nets.uvit import UViT  # noqa: F401\n'})
+    out = tmp_path / 'against.json'
+    proc = run_benchmark(f'--against={clone}', f'--batch_size={BATCH}', '--steps=1', '--warmup=1', '--rounds=2',
+                         f'--out={out}')
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    networks = report['networks']
+    assert list(networks) == ['release (eager)', 'ours (eager)', 'ours (default path)']
+    losses = [r['first_loss'] for r in networks.values()]
+    assert math.isfinite(losses[0]) and losses == [losses[0]] * 3
+    for r in networks.values():
+        assert len(r['round_ms']) == 2 and len(r['warmup_ms']) == 1
+        assert all(math.isfinite(ms) and ms > 0 for ms in r['round_ms'])
+        assert r['step_ms'] == pytest.approx(sorted(r['round_ms'])[0] / 2 + sorted(r['round_ms'])[1] / 2)
+    release = networks['release (eager)']['step_ms']
+    assert report['ratios'] == pytest.approx({'ours_eager/release_eager': networks['ours (eager)']['step_ms'] / release,
+                                              'ours_default/release_eager':
+                                                  networks['ours (default path)']['step_ms'] / release})
+    assert not any(report['default_path'].values())  # on a CPU train.py's default path is eager
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith('ours eager / release eager = ') and 'ours default path / release eager = ' in last

@@ -35,7 +35,7 @@ def quick_config(**train):
 def assert_same_state(a: str, b: str) -> None:
     """Two checkpoint directories hold bit-identical weights, EMA, optimizer and LR scheduler."""
     for name in ('nnet.pth', 'nnet_ema.pth', 'optimizer.pth', 'lr_scheduler.pth'):
-        left, right = (torch.load(os.path.join(d, name), weights_only=False) for d in (a, b))
+        left, right = (torch.load(os.path.join(d, name), weights_only=True) for d in (a, b))
         assert_equal_nested(left, right, name)
 
 
@@ -219,7 +219,7 @@ def test_infinite_gradients_with_a_finite_loss_stop_before_the_update(tmp_path):
     for model in (trainer.backbone(), trainer.nnet_ema):
         assert all(torch.isfinite(v).all() for v in model.state_dict().values())
     for name in ('nnet.pth', 'nnet_ema.pth', 'optimizer.pth'):
-        saved = torch.load(tmp_path / 'ckpts' / '2.ckpt' / name, weights_only=False)
+        saved = torch.load(tmp_path / 'ckpts' / '2.ckpt' / name, weights_only=True)
         tensors = saved.values() if name != 'optimizer.pth' else [t for s in saved['state'].values() for t in s.values()]
         assert all(torch.isfinite(t).all() for t in tensors), name
 
@@ -311,3 +311,60 @@ def test_storage_detection_tells_shared_from_node_local_directories(tmp_path):
     # one node: shared without a marker
     assert checkpoint_module.detect_storage(str(root), ScriptedPeers(1, 2, [[0, None]]), local_rank=1) == \
         checkpoint_module.Storage(shared=True, writer=False, ranks=(0, 1))
+
+
+class Planted:
+    """A pickle that runs code when loaded unsafely: unpickling it calls os.makedirs(path)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return os.makedirs, (self.path,)
+
+
+@pytest.fixture(scope='module')
+def two_checkpoints(tmp_path_factory):
+    """A run with verified checkpoints at steps 2 and 4, written once for the module."""
+    reset_accelerate()
+    work = tmp_path_factory.mktemp('planted') / 'run'
+    config = quick_config(n_steps=4, save_interval=2, keep_ckpts=0)
+    config.eval.train_n_samples = 0
+    Trainer(config, str(work)).fit()
+    reset_accelerate()
+    return config, work
+
+
+def test_a_planted_pickle_in_any_checkpoint_file_is_refused_and_the_run_resumes_from_the_previous_one(
+        two_checkpoints, tmp_path, caplog):
+    """Each .pth file of checkpoint 4 in turn holds a pickle that would run code, with the manifest re-signed so
+    that it verifies: loading refuses it in one line, the run resumes from checkpoint 2, and the code never runs."""
+    import pickle
+    import shutil
+    config, work = two_checkpoints
+    names = sorted(n for n in os.listdir(work / 'ckpts' / '4.ckpt') if n.endswith('.pth'))
+    assert names == ['lr_scheduler.pth', 'nnet.pth', 'nnet_ema.pth', 'optimizer.pth', 'rng_state_0.pth']
+    for name in names:  # what the run writes is plain data: torch reads it without any allowance
+        torch.load(work / 'ckpts' / '4.ckpt' / name, weights_only=True)
+    marker = tmp_path / 'code_ran'
+    pickle.loads(pickle.dumps(Planted(str(marker))))  # the plant is live: unpickled unsafely, it runs
+    assert marker.is_dir()
+    marker.rmdir()
+    for name in names:
+        copy = tmp_path / name
+        shutil.copytree(work, copy)
+        ckpt = str(copy / 'ckpts' / '4.ckpt')
+        checkpoint_module.replace_file(ckpt, name, {'state': Planted(str(marker))})
+        assert verify(ckpt) is None  # re-signed: the manifest no longer stops it before torch.load
+        reset_accelerate()
+        caplog.clear()
+        with caplog.at_level('WARNING'):
+            trainer = Trainer(config, str(copy))
+        assert trainer.step == 2, name
+        refusal = (f'{ckpt} ({name}: refused, it holds a pickled os.makedirs, which could run code if loaded); '
+                   f'resuming from {copy}/ckpts/2.ckpt')
+        assert [r.getMessage() for r in caplog.records if refusal in r.getMessage()], (name, caplog.text)
+        assert not marker.exists(), name
+    os.remove(os.path.join(ckpt, 'manifest.json'))  # a checkpoint of the layout before manifests verifies by loading
+    assert verify(ckpt) == f'{names[-1]}: refused, it holds a pickled os.makedirs, which could run code if loaded'
+    assert not marker.exists()

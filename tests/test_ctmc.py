@@ -9,7 +9,7 @@ import torch
 from libs.config import d
 from libs.diffusion.ctmc import CTMCFramework, states_of, values_of
 from libs.diffusion.rates import RATES, build_rate
-from libs.diffusion.samplers.tau_leaping import build_ctmc_sampler, gillespie, tau_leaping
+from libs.diffusion.samplers.tau_leaping import build_ctmc_sampler, gillespie, leap, tau_leaping
 from libs.errors import UserError
 from libs.nets.dit import DiT
 from libs.nets.uvit import UViT
@@ -211,11 +211,26 @@ def test_tau_leaping_approaches_the_data_law_and_agrees_with_the_exact_chain():
     tv = {}
     for steps in (2, 10, 200):
         times = torch.linspace(1.0, 0.01, steps + 1).tolist()
-        tv[steps] = total_variation(tau_leaping(model.logits, fw, x_T, times, final_step='sample'), pdata)
+        samples = tau_leaping(model.logits, fw, x_T, times, final_step='sample')
+        tv[steps] = total_variation(samples, pdata)
     assert tv[2] > tv[10] + 0.05 > tv[200] + 0.1, tv
+    share = torch.bincount(samples.flatten(), minlength=5).double() / (n * pdata)   # 200 steps, per state
+    assert ((share > 0.67) & (share < 1.5)).all(), share   # measured 0.97 to 1.29; the top state too
     exact = gillespie(model.logits, fw, x_T, 0.01, final_step='sample')
     assert total_variation(exact, pdata) < 0.03
     assert tv[200] < 0.05
+
+
+def test_a_leap_without_rates_leaves_every_state_and_clips_to_the_end_states():
+    """Zero rates: no jump, so every state, the end ones included, stays; rates towards far values clip to 0 and
+    S - 1, and no further (ordinal)."""
+    S = 6
+    x = torch.arange(S).repeat(2, 1)                                          # (B=2, D=S): every state
+    assert torch.equal(leap(x, torch.zeros(2, S, S, dtype=torch.float64), 0.5, None, True, S - 1), x)
+    assert torch.equal(leap(x, torch.zeros(2, S, S, dtype=torch.float64), 0.5, None, False, S - 1), x)
+    up = torch.zeros(2, S, S, dtype=torch.float64)
+    up[0, :, S - 1], up[1, :, 0] = 1e3, 1e3                                  # many jumps to the top / the bottom
+    assert torch.equal(leap(x, up, 1.0, None, True, S - 1), torch.tensor([[S - 1] * S, [0] * S]))
 
 
 def test_midpoint_and_predictor_corrector_run_and_beat_plain_tau_leaping_at_few_steps():

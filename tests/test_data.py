@@ -1,5 +1,5 @@
-"""Tests for libs/data.py on small files written here: fake CIFAR-10 pickles, CelebA JPEGs, ImageNet trees and npz,
-CIFAR-100 pickles, SVHN .mat files, STL-10 binaries and a Tiny ImageNet tree."""
+"""Tests for libs/data/ on small files written here: fake CIFAR-10 pickles, CelebA JPEGs, ImageNet trees and npz,
+CIFAR-100 pickles, SVHN .mat files, STL-10 binaries and a Tiny ImageNet tree; the registry and its import names."""
 import os
 import pickle
 
@@ -120,6 +120,59 @@ def test_cifar10_missing(tmp_path):
     msg = str(e.value)
     assert '\n' not in msg and missing in msg and 'cifar-10-python.tar.gz' in msg
     assert os.path.join(missing, 'cifar-10-batches-py', 'data_batch_1') in msg
+
+
+class Planted:
+    """Unpickled by an unrestricted reader, it calls os.makedirs(path)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return os.makedirs, (self.path,)
+
+
+def test_cifar_pickles_are_read_without_running_code(tmp_path):
+    """The python-pickle release is read by an unpickler that builds plain data and numpy arrays only: a batch
+    holding anything else is refused in one line, and its code never runs."""
+    write_cifar(str(tmp_path))
+    marker = tmp_path / 'code_ran'
+    batch = tmp_path / 'cifar-10-batches-py' / 'data_batch_3'
+    with open(batch, 'wb') as f:
+        pickle.dump({b'data': np.zeros((1, 3072), np.uint8), b'labels': [0], b'x': Planted(str(marker))}, f)
+    with pytest.raises(UserError, match=r'data_batch_3 is not a CIFAR-10 python batch \(global os.makedirs '
+                                        r'refused: only plain data and numpy arrays are read\): re-extract'):
+        build_dataset(cfg(name='cifar10', path=str(tmp_path)))
+    assert not marker.exists()
+
+
+def test_the_registry_and_the_names_libs_data_exported_before_the_split():
+    import types
+
+    import libs.data
+    from libs.data import datasets
+    exported = {
+        libs.data: ['DATASETS', 'DataSpec', 'IMAGE_DATASETS', 'ImageNetFeatures', 'LatentFormat', 'MSCOCOFeatures',
+                    'build_dataset', 'build_from', 'class_from', 'data_spec', 'dataset_class', 'is_latent'],
+        datasets: ['CELEBA_ALIGNED_SIZE', 'CELEBA_CROP_BOX', 'CelebA64', 'Cifar10', 'Cifar100', 'Digits',
+                   'IMAGE_DATASETS', 'IMAGE_EXTENSIONS', 'ImageDataset', 'ImageFolder', 'ImageNet32', 'ImageNet64',
+                   'ImageNetSubset', 'Interpolated', 'MSCOCO', 'Mnist', 'STL10', 'SVHN', 'TinyImageNet', 'build_from',
+                   'class_from', 'crop_and_resize']}
+    for module, names in exported.items():
+        assert set(names) <= {n for n in dir(module) if not isinstance(getattr(module, n), types.ModuleType)}, module
+    for name, cls in datasets.IMAGE_DATASETS.items():   # one class per name, in its family's module
+        assert cls.name == name and (cls.__module__ != 'libs.data.datasets' or name == 'interpolated'), name
+    assert DATASETS['interpolated'] is datasets.Interpolated and datasets.Interpolated.bases is datasets.IMAGE_DATASETS
+
+
+def test_a_key_the_dataset_does_not_take_is_one_line():
+    """config.dataset is free-form (each dataset takes its own keys, and the command line may add them), so the
+    dataset refuses a key it does not take, naming the close one."""
+    with pytest.raises(UserError, match=r"^dataset 'digits' takes no key config.dataset.resolutoin; did you mean "
+                                        r"resolution\? \(it takes fid_stats, name, random_flip, resolution\)$"):
+        build_dataset(cfg(name='digits', resolutoin=16))
+    with pytest.raises(UserError, match=r"^dataset 'cifar10' takes no key config.dataset.resolution \(it takes"):
+        build_dataset(cfg(name='interpolated', base=cfg(name='cifar10', resolution=32)))
 
 
 # celeba64
@@ -301,6 +354,10 @@ def test_image_folder_at_native_size(tmp_path):
     with pytest.raises(UserError, match=r'not all of one square size \(12x12 in a.png, 20x10 in c.png\): set a '
                                         r'resolution \(config.dataset.resolution'):
         build_dataset(cfg(name='image_folder', path=str(tmp_path)))
+    (tmp_path / 'a.png').unlink()
+    (tmp_path / 'b.png').unlink()
+    with pytest.raises(UserError, match=r'not all of one square size \(20x10 in c.png\): set a resolution'):
+        build_dataset(cfg(name='image_folder', path=str(tmp_path)))   # one image, not square: named once
 
 
 def test_image_folder_errors(tmp_path):

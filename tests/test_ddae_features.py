@@ -164,7 +164,7 @@ def test_two_processes_extract_the_features_of_one(run_dir, tmp_path, fresh_acce
 
     codes = [wait(pid) for pid in fork_ranks(action, 2, str(tmp_path))]
     assert codes == [0, 0], (tmp_path / 'rank0.log').read_text()[-3000:]
-    two = torch.load(tmp_path / 'two.pt', weights_only=False)
+    two = torch.load(tmp_path / 'two.pt', weights_only=True)
     torch.testing.assert_close(two['table']['block_1@2'], one['block_1@2'], rtol=1e-5, atol=1e-5)
     assert torch.equal(two['table']['labels'], one['labels'])
     assert two['result']['accuracy'] == pytest.approx(single['accuracy'], abs=2 / 100)

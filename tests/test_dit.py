@@ -78,6 +78,46 @@ def test_adaln_zero_makes_a_fresh_block_the_identity_and_a_fresh_dit_output_zero
     assert out.shape == (2, 2, 8, 8) and torch.equal(out, torch.zeros_like(out))   # learn_sigma: 2C channels
 
 
+def layer_norm(x, eps=1e-6):
+    """LayerNorm over the last axis without parameters (DiT's norm1, norm2 and norm_final)."""
+    mean = x.mean(-1, keepdim=True)
+    return (x - mean) / torch.sqrt((x - mean).square().mean(-1, keepdim=True) + eps)
+
+
+def adaln(module, c, chunks: int) -> list:
+    """The paper's modulation: Linear(SiLU(c)) split into ``chunks`` (B, 1, D) parts, in the release's order."""
+    linear = module.adaLN_modulation[-1]
+    out = torch.nn.functional.silu(c) @ linear.weight.T + linear.bias
+    return [part[:, None] for part in out.chunk(chunks, dim=1)]
+
+
+def randomise_modulations(net) -> None:
+    """Non-zero weights in every block and the final layer, the adaLN modulations included (adaLN-Zero starts them at
+    zero, where shift, scale and gate cannot be told apart)."""
+    torch.manual_seed(1)
+    for module in [*net.blocks, net.final_layer]:
+        for parameter in module.parameters():
+            torch.nn.init.normal_(parameter, std=0.3)
+
+
+def test_a_block_and_the_final_layer_follow_the_papers_adaln_with_non_zero_modulations():
+    """x + gate_msa attn(LN(x) (1 + scale_msa) + shift_msa), then the same for the MLP, with (shift, scale, gate) x 2
+    in the release's order; the final layer is Linear(LN(x) (1 + scale) + shift) with (shift, scale). Attention and
+    MLP are the block's own (tested in test_attention.py): what is checked here is where each modulation goes."""
+    net = small_dit().eval()
+    randomise_modulations(net)
+    block, final = net.blocks[0], net.final_layer
+    x, c = torch.randn(3, 5, 32), torch.randn(3, 32)
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = adaln(block, c, 6)
+    h = x + gate_msa * block.attn(layer_norm(x) * (1 + scale_msa) + shift_msa)
+    expected = h + gate_mlp * block.mlp(layer_norm(h) * (1 + scale_mlp) + shift_mlp)
+    shift, scale = adaln(final, c, 2)
+    expected_final = (layer_norm(x) * (1 + scale) + shift) @ final.linear.weight.T + final.linear.bias
+    with torch.no_grad():
+        for ours, theirs in ((block(x, c), expected), (final(x, c), expected_final)):
+            torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5 * theirs.abs().max().item())
+
+
 def test_positions_are_fixed_two_dimensional_sin_cos():
     table = sincos_2d(8, 4)                             # 16 positions: columns in the first half, rows in the second
     assert table.shape == (16, 8)

@@ -98,7 +98,7 @@ def test_the_settings_change_with_what_changes_the_samples(tmp_path, weights):
     fewer_steps.sample_steps = 2
     assert settings['config']['sample'] != run.shard_settings(fewer_steps)['config']['sample']
     other = tmp_path / 'other.pth'
-    state = torch.load(weights)
+    state = torch.load(weights, weights_only=True)
     state['pos_embed'] += 1e-3
     torch.save(state, other)
     assert dataclasses.replace(run, weights=str(other)).shard_settings(config.sample)['weights_sha256'] \

@@ -45,7 +45,7 @@ def test_in_process_fid_equals_pytorch_fid_on_pngs(random_weights, tmp_path):
 
     save_pngs(a, str(tmp_path / 'a'), 0)
     save_pngs(b, str(tmp_path / 'b'), 0)
-    weights = torch.load(random_weights, map_location='cpu')
+    weights = torch.load(random_weights, map_location='cpu', weights_only=True)
     with mock.patch.object(fid_inception, 'load_state_dict_from_url', lambda *a, **k: weights):
         reference = fid_score.calculate_fid_given_paths([str(tmp_path / 'a'), str(tmp_path / 'b')], batch_size=50,
                                                         device='cpu', dims=64, num_workers=0)
@@ -183,7 +183,7 @@ def test_weights_search_order(tmp_path, monkeypatch):
 
 
 def test_error_bad_weights(random_weights, tmp_path):
-    weights = torch.load(random_weights, map_location='cpu')
+    weights = torch.load(random_weights, map_location='cpu', weights_only=True)
     renamed = {('renamed.' + k if i == 3 else k): v for i, (k, v) in enumerate(weights.items())}
     bad_key = list(weights)[3]
     torch.save(renamed, tmp_path / 'renamed.pth')

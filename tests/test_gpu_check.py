@@ -15,7 +15,7 @@ SCRIPT = os.path.join(ROOT, 'scripts', 'gpu_check.sh')
 CONFIGS = ['imagenet256_uvit_large', 'imagenet64_uvit_mid', 'cifar10_uvit_small']
 VARIANTS = ['baseline', 'precision=fp16', 'attention=xformers', 'checkpointing']
 SECTIONS = ['install', 'startup', 'matmul_peak', *[f'bench:{c}' for c in CONFIGS], 'fp16_training', 'inception',
-            'compile', 'ddp']
+            'ddp', 'gpu_path', 'attention', 'against', 'checkpoint_memory', 'fid_walltime']
 GPU = torch.cuda.is_available()
 
 
@@ -78,8 +78,10 @@ def test_every_section_runs_or_says_why_not(smoke):
     assert positive(report['total_s'])
     assert sum(s['seconds'] for s in report['sections']) <= report['total_s'] + 0.5
     statuses = {s['name']: s['status'] for s in report['sections']}
-    assert statuses['compile'] == ('ok' if GPU else 'skipped')
     assert statuses['ddp'] == ('ok' if torch.cuda.device_count() > 1 else 'skipped')
+    assert statuses['gpu_path'] == statuses['attention'] == statuses['fid_walltime'] == 'ok'
+    assert statuses['against'] == 'skipped'  # no clone of a release given
+    assert statuses['checkpoint_memory'] == ('ok' if GPU else 'skipped')
     assert 'wrote ' in stdout.splitlines()[-1]
 
 
@@ -90,8 +92,7 @@ def test_benchmark_rows_have_sane_numbers_and_mfu(smoke):
     assert list(report['benchmarks']) == CONFIGS
     for config in CONFIGS:
         rows = report['benchmarks'][config]['rows']
-        expected = VARIANTS + (['compile'] if GPU and config == 'cifar10_uvit_small' else [])
-        assert list(rows) == expected
+        assert list(rows) == VARIANTS
         measured = ['baseline', 'checkpointing'] + (['precision=fp16'] if GPU else [])
         for name in measured:
             row = rows[name]
@@ -102,6 +103,56 @@ def test_benchmark_rows_have_sane_numbers_and_mfu(smoke):
             assert row['mfu'] == pytest.approx(row['train_tflops'] / peak['tflops'])
         assert rows['precision=fp16']['status'] == ('ok' if GPU else 'skipped')
         assert rows['attention=xformers']['status'] in ('ok', 'unavailable')
+
+
+def test_the_default_gpu_path_attention_kernels_and_fid_wall_time_are_measured(smoke):
+    """Issue 22's sections: train.py's default path (on a CPU: eager, as the baseline), the SDPA kernel each
+    attention backend runs, and a FID evaluation's wall time extrapolated from one timed mini-batch."""
+    report, markdown, _ = smoke
+    from libs.config import load_config_file
+    from libs.training.loop import default_path
+    row = report['gpu_path']['cifar10_uvit_small']
+    path = default_path(load_config_file(os.path.join(ROOT, 'configs', 'cifar10_uvit_small.py')),
+                        'cuda' if GPU else 'cpu')
+    assert row['status'] == 'ok' and row['settings']['fused_optimizer'] == path['fused_optimizer']
+    assert row['settings']['compile'] == (path['compile'] or False)
+    for key in ('train_step_ms', 'train_tflops', 'mfu', 'first_step_ms', 'first_sample_ms',
+                'sample_img_per_s_per_nfe'):
+        assert positive(row[key]), (key, row.get(key))
+    assert row['mfu'] == pytest.approx(row['train_tflops'] / report['matmul_peak']['tflops'])
+    for entry in report['attention'].values():
+        backends = entry['backends']
+        assert set(backends) >= {'sdpa', 'flash'}
+        for backend, r in backends.items():
+            assert r['kernel'] in ('flash', 'cudnn', 'efficient', 'math') and positive(r['ms']), (backend, r)
+        assert backends['flash']['kernel'] == 'flash'
+    fid = report['fid_walltime']
+    timed = fid['timed_s']
+    assert timed['finite'] and all(positive(timed[k]) for k in ('sample', 'decode', 'inception'))
+    assert fid['seconds_per_sample'] == pytest.approx((timed['sample'] + timed['decode'] + timed['inception'])
+                                                      / fid['batch'])
+    assert fid['extrapolated_s'] == pytest.approx(50_000 * fid['seconds_per_sample'])
+    assert "## train.py's default GPU path" in markdown and '## Attention kernels' in markdown
+    assert '## FID wall time' in markdown
+
+
+def test_sections_are_selected_by_name_with_what_they_read():
+    assert gpu_check.select_sections('gpu_path') == ['matmul_peak', 'gpu_path']
+    assert gpu_check.select_sections('against,fid_walltime') == ['against', 'fid_walltime']
+    assert gpu_check.select_sections('bench') == ['matmul_peak', *[f'bench:{c}' for c in CONFIGS]]
+    by_name_only = ('compile_full', 'latent_spaces')  # the whole check stays under 8 minutes without them
+    assert gpu_check.parse_args(['out'])['sections'] == [s for s in gpu_check.SECTIONS if s not in by_name_only]
+    assert gpu_check.select_sections('compile_full') == ['matmul_peak', 'compile_full']
+    with pytest.raises(gpu_check.BadArguments, match=r"unknown section 'speed'; known: matmul_peak, bench:"):
+        gpu_check.select_sections('inception,speed')
+    with pytest.raises(gpu_check.BadArguments, match=r'--uvit_clone=/no/such/clone: no such folder'):
+        gpu_check.parse_args(['out', '--uvit_clone=/no/such/clone'])
+
+
+def test_an_unknown_section_is_one_line_from_the_shell(tmp_path):
+    proc = run_check(str(tmp_path), '--smoke', '--sections=speed', timeout=60)
+    assert proc.returncode == 2 and proc.stdout == ''
+    assert proc.stderr.count('\n') == 1 and proc.stderr.startswith("error: unknown section 'speed'; known: ")
 
 
 def test_fp16_training_counts_skips_and_keeps_checkpoints_finite(smoke):

@@ -19,7 +19,7 @@ from libs.evaluation import run_eval_mode
 from libs.evaluation.likelihood import InShape
 from libs.metrics import classification as cm
 from libs.metrics import fid
-from libs.metrics.likelihood import bits_per_dim
+from libs.diffusion.vlb import bits_per_dim
 from libs.nets import build_nnet
 from libs.rng import eval_process_seed
 from libs.training.objectives import build_objective
@@ -295,6 +295,8 @@ def test_bad_settings_raise_user_errors(ckpt, fresh_accelerate_state):
     cases = [
         (config(ood_scores=('px', 'pz')), 'ood', "unknown clf_eval.ood_scores"),
         (config(ood=('interpolated=/x',)), 'ood', "OOD set 'interpolated' takes no path"),
+        (config(ood=('image_folder=/nowhere/pics',)), 'ood', r"^OOD set 'image_folder=/nowhere/pics': image folder "
+         r"not found at /nowhere/pics: set the path of its clf_eval.ood entry \('image_folder=PATH'\) to a folder"),
         (config(attack_norms=('l1',)), 'attack', 'clf_eval.attack_norms must name some of linf, l2'),
     ]
     for cfg, mode, message in cases:

@@ -14,7 +14,7 @@ from diffusers import AutoencoderDC
 from PIL import Image
 
 from conftest import reset_accelerate
-from libs.diffusion.conditioning import ClassLabels, TextContexts
+from libs.diffusion.conditioning import ClassLabels, TextContexts, Unconditional
 from libs.config import load_config_file
 from libs.data import build_dataset, data_spec
 from libs.data.latent_format import LatentFormat
@@ -170,6 +170,21 @@ def test_condition_dropout_and_the_unconditional_counterparts():
     assert torch.equal(text.null({'context': context[:2]})['context'], empty.expand(2, 77, 8))
 
 
+def test_the_condition_of_labelled_test_images_and_one_that_tells_nothing():
+    """What the likelihood modes and the feature probes ask of each kind of conditioning."""
+    y = torch.tensor([3, 1])
+    assert Unconditional().labelled(y) == {} and Unconditional().uninformative(2, 'cpu') == {}
+    labels = ClassLabels(num_classes=10, null_label=10)
+    assert labels.labelled(y)['y'] is y
+    assert torch.equal(labels.uninformative(3, 'cpu')['y'], torch.tensor([10, 10, 10]))
+    with pytest.raises(UserError, match='needs the "no class" label'):
+        ClassLabels(num_classes=10).uninformative(3, 'cpu')
+    with pytest.raises(UserError, match='not text-conditional ones$'):
+        TextContexts(torch.zeros(77, 8)).labelled(y)
+    with pytest.raises(UserError, match='not text-conditional ones$'):
+        TextContexts(torch.zeros(77, 8)).uninformative(2, 'cpu')
+
+
 def test_text_guidance_is_one_batched_call_of_cond_plus_scale_times_the_difference():
     empty = torch.randn(77, 8)
     calls = []
@@ -189,7 +204,7 @@ def test_text_guidance_is_one_batched_call_of_cond_plus_scale_times_the_differen
 
 
 # ------------------------------------------------------------------------------------------- training + eval
-def test_class_conditional_latent_training_samples_decodes_and_scores(assets, tmp_path):
+def test_class_conditional_latent_training_samples_decodes_and_scores(assets, tmp_path, monkeypatch):
     config = imagenet_config(assets, p_uncond=0.15)
     Trainer(config, str(tmp_path)).fit()
     grid = Image.open(tmp_path / 'samples' / '4.png')
@@ -209,6 +224,21 @@ def test_class_conditional_latent_training_samples_decodes_and_scores(assets, tm
     assert Image.open(tmp_path / 'pngs' / '000003.png').size == (RES, RES)
 
 
+    # one autoencoder load per evaluation, however many sampling passes it makes (gen: config.sample, then the
+    # ancestral sampler over the whole chain)
+    import libs.latent.autoencoder
+    loads = []
+    load = libs.latent.autoencoder.load_autoencoder
+    monkeypatch.setattr(libs.latent.autoencoder, 'load_autoencoder', lambda *a, **k: loads.append(a) or load(*a, **k))
+    reset_accelerate()
+    run = EvalRun.load(config, str(ckpt / 'nnet_ema.pth'))
+    first, second = config.sample, config.sample.copy_and_resolve_references()
+    second.update(algorithm='euler_maruyama_sde', sample_steps=2)
+    for sample_cfg in (first, second):
+        assert run.generate(sample_cfg, None) == {}
+    assert len(loads) == 1 and run.conditioning() is run.conditioning()
+
+
 def test_latent_resume_is_exact(assets, tmp_path):
     # (with scores at the checkpoints too: test_objectives checks that scoring leaves the training RNG alone)
     def config(**train):
@@ -221,8 +251,8 @@ def test_latent_resume_is_exact(assets, tmp_path):
     reset_accelerate()
     Trainer(config(), str(tmp_path / 'resumed')).fit()
     for name in ('nnet.pth', 'nnet_ema.pth'):
-        a = torch.load(tmp_path / 'straight' / 'ckpts' / '4.ckpt' / name)
-        b = torch.load(tmp_path / 'resumed' / 'ckpts' / '4.ckpt' / name)
+        a = torch.load(tmp_path / 'straight' / 'ckpts' / '4.ckpt' / name, weights_only=True)
+        b = torch.load(tmp_path / 'resumed' / 'ckpts' / '4.ckpt' / name, weights_only=True)
         assert all(torch.equal(a[k], b[k]) for k in a), name
 
 
@@ -329,7 +359,7 @@ def test_dit_trains_on_dc_ae_latents_at_patch_size_1(assets, dc_assets, tmp_path
     config = dc_config(assets, dc_assets, 'imagenet512_dit_xl1_dcae.py')
     Trainer(config, str(tmp_path)).fit()
     assert Image.open(tmp_path / 'samples' / '2.png').size[0] >= 2 * RES
-    weights = torch.load(tmp_path / 'ckpts' / '2.ckpt' / 'nnet_ema.pth')
+    weights = torch.load(tmp_path / 'ckpts' / '2.ckpt' / 'nnet_ema.pth', weights_only=True)
     assert weights['final_layer.linear.weight'].shape[0] == 2 * 8                # eps and variance, 8 channels
 
 

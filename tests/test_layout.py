@@ -153,3 +153,75 @@ def test_a_backbone_without_the_protocol_is_one_line_for_the_framework():
         GaussianFramework(VPSDE()).check_backbone(Bare())
     with pytest.raises(UserError, match="declares 'logits'"):
         GaussianFramework(VPSDE()).check_backbone(Logits())
+
+
+# Behaviour that depends on a framework, backbone, schedule, space or conditioning lives behind its interface: outside
+# the package that owns them, no comparison of their names and no isinstance of their classes.
+INTERFACE_PACKAGES = ('libs.diffusion', 'libs.nets', 'libs.latent', 'libs.data')
+INTERFACE_OBJECTS = ('framework', 'nnet', 'backbone', 'schedule', 'space', 'conditioning')
+
+
+def dotted(node) -> str:
+    """'a.b.c' of a Name or Attribute chain, else ''."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        inner = dotted(node.value)
+        return f'{inner}.{node.attr}' if inner else ''
+    return ''
+
+
+def interface_checks(source: str, module: str) -> list:
+    """'line: code' of each check in ``source`` (of ``module``, dotted) that asks which framework, backbone, ... it
+    holds: ``<...framework...>.name`` in a comparison, or isinstance / issubclass of a class imported from another
+    libs package that owns such objects."""
+    tree = ast.parse(source)
+    imported = {}  # local name -> the libs module it comes from
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith('libs'):
+            imported.update({alias.asname or alias.name: node.module for alias in node.names})
+        elif isinstance(node, ast.Import):
+            imported.update({alias.asname or alias.name: alias.name for alias in node.names
+                             if alias.name.startswith('libs')})
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            for side in (node.left, *node.comparators):
+                parts = dotted(side).split('.')
+                if len(parts) > 1 and parts[-1] == 'name' and any(o in parts[-2].lower() for o in INTERFACE_OBJECTS):
+                    found.append(f'{node.lineno}: {ast.unparse(node)}')
+        elif isinstance(node, ast.Call) and dotted(node.func) in ('isinstance', 'issubclass') and len(node.args) == 2:
+            kinds = node.args[1].elts if isinstance(node.args[1], ast.Tuple) else [node.args[1]]
+            for kind in kinds:
+                parts = dotted(kind).split('.')
+                owner = imported.get(parts[0], '')
+                owner = '.'.join([owner, *parts[1:-1]]) if owner else ''
+                if package(owner) in INTERFACE_PACKAGES and package(owner) != package(module):
+                    found.append(f'{node.lineno}: {ast.unparse(node)}')
+    return found
+
+
+def test_the_scan_for_interface_checks_finds_them_and_only_them():
+    source = '\n'.join([
+        'from libs.diffusion.schedules import DiscreteSchedule',
+        'from libs.diffusion import conditioning as c',
+        'from libs.errors import UserError',
+        "if run.framework.name == 'ctmc': pass",
+        "if 'uvit' != config.nnet.name: pass",
+        'if isinstance(schedule, DiscreteSchedule): pass',
+        'if isinstance(cond, (int, c.ClassLabels)): pass',
+        'if isinstance(exc, UserError) or isinstance(x, torch.Tensor) or dataset.name == "x": pass',
+        "if self.rate.name != 'gaussian' or name == 'framework': pass",
+    ])
+    assert [f.split(':')[0] for f in interface_checks(source, 'libs.evaluation.likelihood')] == ['4', '5', '6', '7']
+    assert [f.split(':')[0] for f in interface_checks(source, 'libs.diffusion.gaussian')] == ['4', '5']
+
+
+def test_no_framework_backbone_or_space_checks_outside_their_packages():
+    paths = [os.path.join(d, n) for top in ('libs', 'scripts') for d, _, names in os.walk(os.path.join(ROOT, top))
+             for n in names if n.endswith('.py')]
+    paths += [os.path.join(ROOT, n) for n in os.listdir(ROOT) if n.endswith('.py')]
+    assert len(paths) > 60
+    found = [f'{os.path.relpath(path, ROOT)}:{check}' for path in sorted(paths)
+             for check in interface_checks(open(path).read(), module_name(path))]
+    assert found == [], found

@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
+from libs.diffusion import vlb
 from libs.diffusion.gaussian import Denoiser
 from libs.diffusion.schedules import VPSDE, DiscreteSchedule
 from libs.errors import UserError
 from libs.images import to_uint8
-from libs.metrics import likelihood
 
 MEAN, STD = 0.1, 0.3  # data x0 ~ N(MEAN, STD^2 I), rounded to the 256 pixel levels
 N_STEPS = 100
@@ -70,7 +70,7 @@ def test_terms_are_their_closed_forms_at_the_same_draws(variance):
     # decoder's bin probability at x_1, and the prior in closed form.
     schedule = _schedule()
     x0, g = _gaussian_data(500, seed=0)
-    terms = likelihood.vlb_terms(_exact_denoiser(schedule), x0, generator=g, variance=variance)
+    terms = vlb.vlb_terms(_exact_denoiser(schedule), x0, generator=g, variance=variance)
     assert terms['kl'].shape == (500, N_STEPS - 1)
     abar = [1.0] + schedule.alphas_cumprod.tolist()
     betas = schedule.betas.tolist()
@@ -102,7 +102,7 @@ def test_kl_terms_match_their_expectation_under_the_exact_denoiser():
     # E[L_{n-1} | x0] = c_n^2 / (2 bt_n) sum_d E (x0 - x0_hat)^2. Only the noise draws differ from that average.
     schedule = _schedule()
     x0, g = _gaussian_data(2000, seed=1)
-    kl = likelihood.vlb_terms(_exact_denoiser(schedule), x0, generator=g)['kl'].mean(0)
+    kl = vlb.vlb_terms(_exact_denoiser(schedule), x0, generator=g)['kl'].mean(0)
     betas = schedule.betas
     abar = torch.cat([torch.ones(1, dtype=torch.float64), schedule.alphas_cumprod])
     n = torch.arange(2, N_STEPS + 1)
@@ -126,7 +126,7 @@ def test_bound_is_above_the_exact_nll_of_the_discretised_data(variance, max_gap_
     # 1000 steps: 0.80 and 0.006). The exact NLL itself is 7.30 bits/dim.
     schedule = _schedule()
     x0, g = _gaussian_data(2000, seed=2, side=8)
-    total = likelihood.vlb_terms(_exact_denoiser(schedule), x0, generator=g, variance=variance)['total']
+    total = vlb.vlb_terms(_exact_denoiser(schedule), x0, generator=g, variance=variance)['total']
     gap = (total - _exact_nll(x0)) / (64 * math.log(2))
     stderr = float(gap.std()) / math.sqrt(gap.numel())
     print(f'{variance}: bound - exact NLL = {float(gap.mean()):.4f} +- {stderr:.4f} bits/dim')
@@ -146,19 +146,19 @@ def test_bits_per_dim_units_shapes_and_batching():
     g = torch.Generator().manual_seed(0)
     x0 = torch.randint(0, 256, (3, 3, 4, 4), generator=g).float() / 127.5 - 1
     y = torch.tensor([0, 1, 2])
-    terms = likelihood.vlb_terms(denoiser, x0, cond={'y': y}, generator=torch.Generator().manual_seed(5))
+    terms = vlb.vlb_terms(denoiser, x0, cond={'y': y}, generator=torch.Generator().manual_seed(5))
     assert terms['kl'].shape == (3, 19) and terms['kl'].dtype == torch.float64
     assert all(terms[k].shape == (3,) for k in ('prior', 'decoder', 'total'))
     assert seen == [(3, 3)] * 20
 
     seen.clear()
-    stacked = likelihood.vlb_terms(denoiser, x0, cond={'y': y}, generator=torch.Generator().manual_seed(5),
+    stacked = vlb.vlb_terms(denoiser, x0, cond={'y': y}, generator=torch.Generator().manual_seed(5),
                                    per_step=False, steps_per_call=7)
     assert seen == [(21, 21), (21, 21), (18, 18)]
     assert_close(stacked['kl'], terms['kl'].sum(1), rtol=1e-6)
     assert_close(stacked['total'], terms['total'], rtol=1e-6)
 
-    bpd = likelihood.bits_per_dim(denoiser, x0, cond={'y': y}, generator=torch.Generator().manual_seed(5))
+    bpd = vlb.bits_per_dim(denoiser, x0, cond={'y': y}, generator=torch.Generator().manual_seed(5))
     assert bpd.shape == (3,)
     assert_close(bpd, terms['total'] / (48 * math.log(2)), rtol=1e-6)
 
@@ -166,7 +166,7 @@ def test_bits_per_dim_units_shapes_and_batching():
 @pytest.mark.parametrize('mean, std', [(0.3, 0.05), (-0.99, 1e-3), (0.0, 3.0), (1.5, 0.01)])
 def test_discretised_decoder_is_a_distribution_over_the_256_levels(mean, std):
     levels = torch.arange(256, dtype=torch.float64) / 127.5 - 1
-    log_p = likelihood.discretized_gaussian_log_likelihood(levels, torch.tensor(mean), std)
+    log_p = vlb.discretized_gaussian_log_likelihood(levels, torch.tensor(mean), std)
     assert bool(torch.isfinite(log_p).all())
     assert float(torch.logsumexp(log_p, 0).exp()) == pytest.approx(1.0, abs=1e-9)
 
@@ -181,7 +181,7 @@ def _log_ndtr_far_tail(z):
 def test_discretised_decoder_far_in_the_tail():
     # 90 and 190 standard deviations from the mean: finite, and equal to the Gaussian tail. The bin of level 128
     # ([0, 2/255]) has log P = log Phi(-z_upper) + log(1 - Phi(-z_lower) / Phi(-z_upper)), the ratio e^-70.
-    far = likelihood.discretized_gaussian_log_likelihood(torch.tensor([-1.0, 1 / 255], dtype=torch.float64),
+    far = vlb.discretized_gaussian_log_likelihood(torch.tensor([-1.0, 1 / 255], dtype=torch.float64),
                                                          torch.tensor(0.9, dtype=torch.float64), 1e-2)
     assert float(far[0]) == pytest.approx(_log_ndtr_far_tail((0.9 + 1 - 1 / 255) / 1e-2), rel=1e-12)  # edge bin
     assert float(far[1]) == pytest.approx(_log_ndtr_far_tail((0.9 - 2 / 255) / 1e-2), rel=1e-12)
@@ -191,12 +191,52 @@ def test_bad_input_raises_user_error():
     schedule = _schedule()
     x0 = torch.zeros(2, 1, 2, 2)
     cases = [
-        lambda: likelihood.vlb_terms(Denoiser(lambda x, t: x, VPSDE()), x0),
-        lambda: likelihood.vlb_terms(_exact_denoiser(schedule), x0, variance='learned'),
-        lambda: likelihood.bits_per_dim(_exact_denoiser(schedule), x0 + 1.5),
-        lambda: likelihood.bits_per_dim(_exact_denoiser(schedule), torch.zeros(2, 4, dtype=torch.int64)),
+        lambda: vlb.vlb_terms(Denoiser(lambda x, t: x, VPSDE()), x0),
+        lambda: vlb.vlb_terms(_exact_denoiser(schedule), x0, variance='learned'),
+        lambda: vlb.bits_per_dim(_exact_denoiser(schedule), x0 + 1.5),
+        lambda: vlb.bits_per_dim(_exact_denoiser(schedule), torch.zeros(2, 4, dtype=torch.int64)),
     ]
     for case in cases:
         with pytest.raises(UserError) as info:
             case()
         assert '\n' not in str(info.value)
+
+
+def test_each_framework_answers_for_its_own_likelihood_bound():
+    """A discrete Gaussian chain gives the variational bound with config.clf_eval's options, the CTMC its own bound
+    with config.ctmc's; a continuous schedule (the VP SDE, EDM's, flow matching's path) says in one line that it has
+    none."""
+    from libs.config import defaults
+    from libs.diffusion.ctmc import CTMCFramework
+    from libs.diffusion.edm import EDMFramework, EDMPrecond
+    from libs.diffusion.gaussian import GaussianFramework
+    from libs.diffusion.rates import build_rate
+    from libs.diffusion.schedules import LinearPath
+    config = defaults()
+    config.clf_eval.update(nll_variance='beta_tilde', nll_steps_per_call=3)
+    config.ctmc.nll_time_samples = 2
+    x0 = torch.randint(0, 256, (2, 1, 2, 2), generator=torch.Generator().manual_seed(0)).float() / 127.5 - 1
+    schedule = _schedule()
+    bound = GaussianFramework(schedule).likelihood_bound(config)
+    assert bound.settings == {'variance': 'beta_tilde', 'schedule_steps': N_STEPS} and bound.tag == 'beta_tilde'
+    assert_close(bound.bits_per_dim(_exact_denoiser(schedule), x0, generator=torch.Generator().manual_seed(1)),
+                 vlb.bits_per_dim(_exact_denoiser(schedule), x0, generator=torch.Generator().manual_seed(1),
+                                  variance='beta_tilde'), rtol=1e-6)
+    ctmc = CTMCFramework(build_rate(config.ctmc, 4), 'nll')
+    bound = ctmc.likelihood_bound(config)
+    assert bound.settings['time_samples'] == 2 and bound.tag == 'ctmc'
+
+    class Uniform:  # p(x_0 | x_t) uniform over the 4 states
+        def logits(self, x, t, **cond):
+            return torch.zeros(*x.shape, 4)
+    bits = bound.bits_per_dim(Uniform(), x0, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(bits, ctmc.nll_bound(Uniform(), x0, generator=torch.Generator().manual_seed(2), time_samples=2))
+    assert not torch.equal(bits, ctmc.nll_bound(Uniform(), x0, generator=torch.Generator().manual_seed(2)))  # 8 times
+    flow = GaussianFramework(LinearPath(), prediction='velocity')  # SiT's flow matching, in the Gaussian family
+    for framework in (GaussianFramework(VPSDE()), EDMFramework(EDMPrecond()), flow):
+        with pytest.raises(UserError, match=r'has no likelihood bound: the variational bound needs a discrete chain'
+                                            r" \(config.schedule.name 'ddpm_linear', 'stable_diffusion' or "
+                                            r"'cosine'\)$"):
+            framework.likelihood_bound(config)
+        assert framework.chain_steps() is None
+    assert GaussianFramework(schedule).chain_steps() == N_STEPS and ctmc.chain_steps() is None

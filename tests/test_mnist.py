@@ -1,4 +1,4 @@
-"""Tests for the MNIST dataset of libs/data/datasets.py on tiny idx files written here, plain and gzipped."""
+"""Tests for the MNIST dataset of libs/data/releases.py on tiny idx files written here, plain and gzipped."""
 import gzip
 import os
 import struct

@@ -127,13 +127,13 @@ def test_genvit_and_hybvit_runs_share_trainer_checkpoints_and_resume(tmp_path):
     """A HybViT checkpoint resumes as a GenViT (diffusion only) run and back: one network, one checkpoint format."""
     config = hybvit_config(n_steps=2, save_interval=2, log_interval=1)
     Trainer(config, str(tmp_path)).fit()
-    hybvit_keys = set(torch.load(tmp_path / 'ckpts' / '2.ckpt' / 'nnet.pth'))
+    hybvit_keys = set(torch.load(tmp_path / 'ckpts' / '2.ckpt' / 'nnet.pth', weights_only=True))
     config.objective.name = 'diffusion'
     config.train.n_steps = 4
     genvit = Trainer(config, str(tmp_path))
     assert genvit.step == 2                                    # resumed weights, EMA, optimizer state
     genvit.fit()
-    assert set(torch.load(tmp_path / 'ckpts' / '4.ckpt' / 'nnet.pth')) == hybvit_keys
+    assert set(torch.load(tmp_path / 'ckpts' / '4.ckpt' / 'nnet.pth', weights_only=True)) == hybvit_keys
     with open(tmp_path / 'metrics.jsonl') as f:
         rows = [json.loads(line) for line in f]
     assert [r['step'] for r in rows] == [1, 2, 3, 4]

@@ -8,6 +8,7 @@ import sys
 import time
 
 import ml_collections
+import numpy as np
 import pytest
 import torch
 
@@ -274,7 +275,7 @@ def test_nan_loss_stops_before_the_update_and_keeps_the_last_good_checkpoint(tmp
                                         r'is kept'):
         trainer.fit()
     assert CheckpointManager(str(tmp_path / 'ckpts')).steps() == [2]
-    saved = torch.load(tmp_path / 'ckpts' / '2.ckpt' / 'nnet.pth')
+    saved = torch.load(tmp_path / 'ckpts' / '2.ckpt' / 'nnet.pth', weights_only=True)
     assert all(torch.isfinite(v).all() for v in saved.values())
     assert all(torch.isfinite(v).all() for v in trainer.nnet.state_dict().values())
     assert any(not torch.equal(before[k], v) for k, v in trainer.nnet.state_dict().items())
@@ -291,9 +292,12 @@ def test_resume_into_a_different_model_names_the_key(tmp_path):
     reset_accelerate()
     config = tiny_config(n_steps=4)
     config.nnet.embed_dim = 48
+    with pytest.raises(UserError, match=r'another network \(nnet\.embed_dim: 32 -> 48\)'):  # config.json first
+        Trainer(config, str(tmp_path))
+    reset_accelerate()
     with pytest.raises(UserError, match=r"2\.ckpt/nnet\.pth does not fit the model: 'pos_embed' has shape "
                                         r"\(1, 18, 32\), the model expects \(1, 18, 48\)"):
-        Trainer(config, str(tmp_path))
+        Trainer(config, str(tmp_path), resume_anyway=True)
 
 
 def test_unknown_config_keys_are_rejected_with_a_suggestion():
@@ -359,8 +363,7 @@ def run_train(args, env=None, **kwargs):
 
 
 @pytest.mark.parametrize('override,message', [
-    ('--config.train.n_stepz=3', "error: unknown config key 'n_stepz' in --config.train.n_stepz; "
-                                 "did you mean 'n_steps'?"),
+    ('--config.train.n_stepz=3', 'error: unknown config key train.n_stepz; did you mean train.n_steps?'),
     ('--config.train.batch_size=abc', 'error: flag --config.train.batch_size=abc: invalid literal for int()'),
     ('--config.dataset.name=cifar10', 'error: CIFAR-10 not found at assets/datasets/cifar10'),
     ('--config.train.batch_size=30000', 'error: the dataset has 1438 images, fewer than one global batch'),
@@ -371,6 +374,64 @@ def test_bad_input_is_one_line_on_stderr(tmp_path, override, message):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines and lines[-1].startswith(message), result.stderr
     assert 'Traceback' not in result.stderr
+
+
+def write_folder(root, seed: int) -> str:
+    """Two class subfolders of 4 RGB images each, 40x48 (not square: the resolution crops and resizes them)."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    for name in ('cat', 'dog'):
+        os.makedirs(os.path.join(root, name))
+        for i in range(4):
+            pixels = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(os.path.join(root, name, f'{i}.png'))
+    return str(root)
+
+
+OWN_DATA_TINY = dict(nnet=dict(embed_dim=16, depth=2, num_heads=2),
+                     train=dict(n_steps=2, batch_size=4, log_interval=1, grid_size=4),
+                     eval=dict(train_n_samples=0, train_sample_steps=5))
+
+
+def test_the_readmes_own_data_command_trains_and_another_folder_never_resumes_its_run(tmp_path):
+    """README, "Your own data": the command as written (its dataset keys added on the command line to a config
+    that lacks them), with labels from subfolders and a tiny network. Another folder gets another work directory,
+    and resuming a work directory on another folder is refused in one line unless asked for."""
+    from libs.cli import hparams
+    from libs.config import d
+    first, second = write_folder(tmp_path / 'a' / 'images', 0), write_folder(tmp_path / 'b' / 'images', 1)
+    os.symlink(os.path.join(ROOT, 'configs'), tmp_path / 'configs')  # run from a folder of its own, as from the root
+    stats = str(tmp_path / 'mine.npz')
+    readme = ['--config=configs/cifar10_uvit_small.py', '--config.dataset.name=image_folder',
+              f'--config.dataset.path={first}', '--config.dataset.resolution=32', f'--config.dataset.fid_stats={stats}',
+              '--config.dataset.labels_from_subfolders=True', '--config.train.mode=cond', '--config.nnet.num_classes=2']
+    tiny = [f'--config.{section}.{k}={v}' for section, values in OWN_DATA_TINY.items() for k, v in values.items()]
+    result = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), *readme, *tiny,
+                             '--config.log_with=none'], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, PYTHONPATH=ROOT))
+    assert result.returncode == 0, result.stderr[-3000:]
+    workdir = tmp_path / 'workdir' / 'cifar10_uvit_small' / hparams(['', *readme, *tiny, '--config.log_with=none'])
+    saved = json.loads((workdir / 'config.json').read_text())
+    assert saved['dataset'] == dict(name='image_folder', path=first, resolution=32, fid_stats=stats,
+                                    labels_from_subfolders=True, random_flip=True)
+    assert (workdir / 'ckpts' / '2.ckpt').is_dir() and (workdir / 'samples' / '2.png').is_file()
+    assert 'DPM-Solver' in result.stderr  # the end-of-run sample grid's progress bar
+    assert 'no fid scores during training: ' in result.stdout  # no statistics at fid_stats yet: one line
+    assert 'worker processes in total' not in result.stderr  # workers no more than the CPUs
+
+    other = [a.replace(first, second) for a in readme]
+    assert hparams(['', *other]) != hparams(['', *readme])
+    config = load_config_file(os.path.join(ROOT, 'configs', 'cifar10_uvit_small.py'))
+    config.dataset = d(**{**saved['dataset'], 'path': second})
+    config.train.mode, config.nnet.num_classes, config.log_with = 'cond', 2, 'none'
+    for section, values in OWN_DATA_TINY.items():
+        config[section].update(values)
+    with pytest.raises(UserError, match=rf"^{workdir} holds a run on other data or another network \(dataset.path: "
+                                        rf"'{first}' -> '{second}'\): resuming its checkpoint .*2\.ckpt would train "
+                                        rf"it on this; give another --workdir, or --resume_anyway"):
+        Trainer(config, str(workdir))
+    reset_accelerate()
+    assert Trainer(config, str(workdir), resume_anyway=True).step == 2
 
 
 def test_sigterm_to_a_real_run_saves_and_exits_cleanly(tmp_path):
@@ -486,3 +547,36 @@ def test_the_grad_scaler_starts_at_the_configured_scale(tmp_path):
     config.train.grad_scaler_init_scale = 1024.0
     accelerator = loop_module.make_accelerator(config, str(tmp_path))
     assert accelerator.scaler_handler.to_kwargs() == {'init_scale': 1024.0}
+
+
+class HostReads(torch.overrides.TorchFunctionMode):
+    """Counts the tensor reads to the host (item, tolist, bool, float, ...) made by the suite's own code, but for the
+    batch sampler, whose indices are host tensors from the start."""
+    READS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__float__,
+             torch.Tensor.__int__, torch.Tensor.__index__, torch.Tensor.numpy, torch.Tensor.cpu}
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.READS:
+            caller = sys._getframe(1).f_code.co_filename
+            if caller.startswith(os.path.join(ROOT, 'libs')) and not caller.endswith('data_order.py'):
+                self.calls.append(f'{func.__name__} in {os.path.relpath(caller, ROOT)}')
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_step_reads_the_device_once_and_a_log_line_once(tmp_path):
+    """Every per-step decision (non-finite loss or gradients, SIGTERM, time budget) comes from one read of one
+    all-reduced flag vector; the logged losses and norms are read only at the log interval, together."""
+    trainer = Trainer(tiny_config(n_steps=4, log_interval=100, grad_clip=1.0), str(tmp_path))
+    data = trainer.batches()
+    for _ in range(2):
+        with HostReads() as reads:
+            metrics = trainer.train_step(data)
+        assert reads.calls == ['tolist in libs/training/loop.py']
+    with HostReads() as reads:
+        values = trainer.log(metrics, images_per_sec=1.0)
+    assert reads.calls == ['tolist in libs/training/loop.py']
+    assert set(values) >= {'loss', 'grad_norm'} and values['loss'] == pytest.approx(metrics['loss'].item())

@@ -220,7 +220,7 @@ def test_a_saved_state_dict_loads_strictly_and_gives_the_same_outputs(tmp_path):
     x, t = torch.randn(2, 1, 8, 8), torch.tensor([0.1, 0.6])
     with torch.no_grad():
         assert not torch.allclose(source(x, t), target(x, t))
-        target.load_state_dict(torch.load(tmp_path / 'unet.pth'), strict=True)
+        target.load_state_dict(torch.load(tmp_path / 'unet.pth', weights_only=True), strict=True)
         assert torch.equal(source(x, t), target(x, t))
     keys = set(target.state_dict())
     for key in ('image_proj.weight', 'time_emb.lin1.weight', 'down.0.res.conv1.weight',

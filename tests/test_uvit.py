@@ -50,7 +50,7 @@ def test_state_dict_built_from_the_released_key_list_loads_strictly_and_samples(
     model = build_nnet(dict(name='uvit', **kwargs))
     assert load_nnet_weights(model, str(path)) == str(path)
     loaded = model.state_dict()
-    reference = torch.load(path)
+    reference = torch.load(path, weights_only=True)
     assert all(torch.equal(loaded[k], reference[k]) for k in reference)
     c, s = kwargs.get('in_chans', 3), kwargs['img_size']
     x = torch.randn(2, c, s, s)
@@ -147,6 +147,23 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         grads.append({k: p.grad.clone() for k, p in model.named_parameters()})
     for k in grads[0]:
         torch.testing.assert_close(grads[0][k], grads[1][k], rtol=1e-5, atol=1e-7)
+
+
+def test_the_long_skip_hands_back_compact_gradients_with_the_same_numbers():
+    """JoinSkip is torch.cat in the forward; in the backward each input gets a compact gradient of its own, not a
+    slice that keeps the (B, L, 2D) gradient alive until the backward reaches the shallow block."""
+    from libs.nets.layers import JoinSkip
+    torch.manual_seed(0)
+    x, skip = torch.randn(2, 5, 8, requires_grad=True), torch.randn(2, 5, 8, requires_grad=True)
+    weight = torch.randn(16, 4)
+    joined = JoinSkip.apply(x, skip)
+    assert torch.equal(joined, torch.cat([x, skip], dim=-1))
+    ours = torch.autograd.grad((joined @ weight).sin().sum(), (x, skip))
+    plain = torch.autograd.grad((torch.cat([x, skip], dim=-1) @ weight).sin().sum(), (x, skip))
+    for grad, reference in zip(ours, plain):
+        assert torch.equal(grad, reference)
+        assert grad.is_contiguous() and grad.untyped_storage().nbytes() == grad.numel() * grad.element_size()
+    assert reference.untyped_storage().nbytes() == 2 * reference.numel() * reference.element_size()  # cat's slices
 
 
 def test_mismatched_checkpoint_names_the_first_offending_key(tmp_path):

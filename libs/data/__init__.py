@@ -1,7 +1,9 @@
-"""Datasets: images (libs/data/datasets.py) and stored autoencoder features (libs/data/feature_store.py), one
-registry for ``config.dataset.name``; batch augmentations live in libs/data/augment.py."""
+"""Datasets: images (registered in libs/data/datasets.py, one module per family) and stored autoencoder features
+(libs/data/feature_store.py), one registry for ``config.dataset.name``; batch augmentations live in
+libs/data/augment.py."""
 import dataclasses
 
+from libs.data.common import loader_workers
 from libs.data.datasets import IMAGE_DATASETS, build_from, class_from
 from libs.data.feature_store import ImageNetFeatures, MSCOCOFeatures
 from libs.data.latent_format import LatentFormat

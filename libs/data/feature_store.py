@@ -104,6 +104,7 @@ class FeatureDataset(Dataset):
     label_classes = 0
     has_contexts = False
     stores_features = True
+    loop_keys = ('source_path',)  # config.dataset keys the training loop reads for this dataset (REPA's images)
     describe = classmethod(describe)
 
     def __init__(self, path: str, split: str, resolution: int = None, fid_stats=None):

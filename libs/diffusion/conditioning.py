@@ -7,6 +7,10 @@ One small object per kind answers the four questions the training loop and the s
   (``random``: a libs.rng.SampleRandom), and the labels a score checks them against (or None);
 - ``grid(random)``: conditions for a sample grid of ``len(random)`` samples (classes in rows; the test prompts);
 - ``null(cond)``: the "no condition" counterpart of ``cond`` for guidance (the extra label, the empty text).
+Evaluations on a labelled test split ask two more:
+- ``labelled(y)``: the condition of test images whose class labels are ``y`` (the likelihood modes);
+- ``uninformative(n, device)``: a condition for ``n`` images that says nothing about them (DDAE's feature probes,
+  where a label would leak the answer into the features).
 Conditions are dicts of keyword arguments for the backbone (``{'y': labels}``, ``{'context': contexts}``). Which
 kind applies is the backbone's declaration (``condition``, libs/nets/protocol.py); ``config.train.mode`` must agree.
 """
@@ -27,6 +31,12 @@ class Unconditional:
 
     def null(self, cond: dict) -> dict:
         raise UserError('classifier-free guidance (config.sample.scale > 0) needs a conditional model')
+
+    def labelled(self, y) -> dict:
+        return {}
+
+    def uninformative(self, n: int, device) -> dict:
+        return {}
 
 
 class ClassLabels:
@@ -57,6 +67,15 @@ class ClassLabels:
             raise UserError('classifier-free guidance (config.sample.scale > 0) needs a model trained with a '
                             '"no class" label (nnet.num_classes = dataset classes + 1)')
         return {'y': torch.full_like(cond['y'], self.null_label)}
+
+    def labelled(self, y) -> dict:
+        return {'y': y}
+
+    def uninformative(self, n: int, device) -> dict:
+        if self.null_label is None:
+            raise UserError('a condition that says nothing of the image needs the "no class" label (a label would '
+                            'leak the answer into the features); this model was trained without one')
+        return {'y': torch.full((n,), self.null_label, device=device)}
 
 
 class TextContexts:
@@ -101,6 +120,14 @@ class TextContexts:
     def null(self, cond: dict) -> dict:
         context = cond['context']
         return {'context': self.empty.to(context.device, context.dtype).expand_as(context)}
+
+    def labelled(self, y) -> dict:
+        raise UserError('test images have class labels, not captions: this evaluation takes unconditional or '
+                        'class-conditional models, not text-conditional ones')
+
+    def uninformative(self, n: int, device) -> dict:
+        raise UserError('the feature evaluations probe unconditional or class-conditional networks, not '
+                        'text-conditional ones')
 
 
 def null_label(num_classes_model: int, num_classes_data: int):

@@ -36,7 +36,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from libs.diffusion.framework import Framework
+from libs.diffusion.framework import Framework, LikelihoodBound
 from libs.diffusion.guidance import classifier_free_guidance
 from libs.diffusion.rates import (TINY, AbsorbingRate, build_rate, draw_categorical, exact_reverse_rates,
                                   forward_rates, jump_once, reverse_rates, rows_of)
@@ -290,6 +290,14 @@ class CTMCFramework(Framework):
         decoder = self.pixel_nll(denoiser.logits(x_min, t_min, **(cond or {})).double(), states).sum(1)
         return (kl_prior + integral + decoder) / (D * math.log(2.0))
 
+    def likelihood_bound(self, config) -> LikelihoodBound:
+        """``nll_bound`` with config.ctmc.nll_time_samples times per image."""
+        samples = int(config.ctmc.nll_time_samples)
+
+        def bits(denoiser, x0, cond=None, generator=None):
+            return self.nll_bound(denoiser, x0, cond=cond, generator=generator, time_samples=samples)
+        return LikelihoodBound(bits, {'framework': repr(self), 'time_samples': samples}, 'ctmc')
+
     # --- sampling -------------------------------------------------------------------------------------------------
 
     def prior(self, shape, noise, initial_dist: str = 'stationary'):
@@ -320,6 +328,16 @@ class CTMCFramework(Framework):
     def build_sampler(self, sample_cfg):
         from libs.diffusion.samplers.tau_leaping import build_ctmc_sampler
         return build_ctmc_sampler(sample_cfg, self)
+
+    def sampler_step(self, denoiser, x, cond: dict):
+        """One whole tau-leaping step at t = 1/2 on the states of images ``x`` (logits, reverse rates, Poisson jumps)
+        and the final argmax: two network evaluations."""
+        from libs.diffusion.samplers.tau_leaping import tau_leaping
+        states = states_of(x, self.num_states)
+
+        def step():
+            tau_leaping(lambda s, t: denoiser.logits(s, t, **cond), self, states, [0.5, 0.49], ordinal=not self.masked)
+        return step, 2
 
     def sample(self, denoiser, sampler, shape, cond: dict, random, null_cond: dict = None, scale: float = 0.0):
         """Samples as images in [-1, 1] (B, *shape) from the sampler's initial law."""

@@ -13,7 +13,7 @@ The reverse model replaces x_0 by the network's prediction and uses a fixed vari
 log sigma^2 = frac log beta + (1 - frac) log beta_tilde with frac = (v + 1) / 2 (``learned_log_variance``). At the
 chain's first step beta_tilde_1 = 0, so its log is clipped to that of the next step, as they do.
 
-Also here, for the variational bound's terms (the learned variance's loss and libs/metrics/likelihood.py): the
+Also here, for the variational bound's terms (the learned variance's loss and libs/diffusion/vlb.py): the
 Gaussian KL (``normal_kl``) and the discretised Gaussian decoder of 8-bit data
 (``discretized_gaussian_log_likelihood``).
 """

@@ -10,12 +10,31 @@ than edits. A framework owns:
   (``denoiser``: the preconditioning / parameterisation wrapper);
 - the prior (``prior``), the samplers that are valid for it (``samplers``, ``build_sampler``) and guidance
   (``guided``);
-- a check that a backbone's declared output fits it (``check_backbone``, libs/nets/protocol.py).
+- a check that a backbone's declared output fits it (``check_backbone``, libs/nets/protocol.py);
+- its likelihood bound, if it has one (``likelihood_bound``), the steps of its discrete chain, if time is discrete
+  (``chain_steps``), and what one step of its samplers computes (``sampler_step``, for benchmarks).
+
+Callers never ask which framework they hold (``framework.name`` names it in messages and files only): what differs
+is a method here.
 
 Conventions: data ``x0`` is ``(B, *data_shape)`` (images in [-1, 1], or latents); conditions are dicts of keyword
 arguments for the backbone (``{'y': labels}``, ``{'context': ...}``); a sampler is ``sampler(model_fn, x_T, noise)``
 where ``noise`` is the per-sample random source of libs/rng.py.
 """
+from typing import Callable, NamedTuple
+
+import torch
+
+from libs.errors import UserError
+
+
+class LikelihoodBound(NamedTuple):
+    """A framework's bound on -log p(x_0): ``bits_per_dim(denoiser, x0, cond=None, generator=None)`` gives (B,)
+    float64 bits per dimension of images x0 in [-1, 1] on 256 levels; ``settings``: what its value depends on (for
+    the JSON); ``tag``: a word for the file name."""
+    bits_per_dim: Callable
+    settings: dict
+    tag: str
 
 
 class Framework:
@@ -75,3 +94,21 @@ class Framework:
         """``len(random)`` samples of ``shape`` (per sample) conditioned on ``cond``: prior, guidance, sampler."""
         x_T = self.prior(shape, random)
         return sampler(self.guided(denoiser, cond, null_cond, scale), x_T, noise=random)
+
+    def likelihood_bound(self, config) -> LikelihoodBound:
+        """The bound eval.py --eval=nll and the OOD px score report, with its options from ``config``; a UserError
+        (one line) when this framework has none."""
+        raise UserError(f'{self!r} has no likelihood bound (bits_per_dim): eval.py --eval=nll and the px score of '
+                        f'--eval=ood need a discrete chain or discrete states')
+
+    def chain_steps(self):
+        """N, the steps of this framework's discrete chain (what an ancestral sampler over the whole chain takes),
+        or None when its time is continuous."""
+        return None
+
+    def sampler_step(self, denoiser, x, cond: dict):
+        """(call, network evaluations per call): one step of this framework's samplers on the batch ``x`` (data,
+        (B, *data_shape)), for benchmarks. By default one evaluation of the model function at t = 1/2."""
+        model_fn = self.guided(denoiser, cond)
+        t = torch.full((x.shape[0],), 0.5, device=x.device)
+        return (lambda: model_fn(x, t)), 1

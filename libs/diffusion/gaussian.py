@@ -33,12 +33,13 @@ import torch
 
 from libs.diffusion.ddpm import (discretized_gaussian_log_likelihood, learned_log_variance, normal_kl,
                                  posterior_step)
-from libs.diffusion.framework import Framework
+from libs.diffusion.framework import Framework, LikelihoodBound
 from libs.diffusion.guidance import GuidanceInterval, classifier_free_guidance
 from libs.diffusion.predictions import (NOISE_LIKE, PREDICTIONS, broadcast_rates, broadcast_scales, convert_at,
                                         convert_prediction)
 from libs.diffusion.samplers import NOISE, NOISE_AND_VARIANCE, SAMPLERS, VELOCITY, build_sampler
 from libs.diffusion.schedules import DiscreteSchedule, build_schedule
+from libs.diffusion.vlb import bits_per_dim
 from libs.errors import UserError
 from libs.rng import generator_noise
 
@@ -391,6 +392,23 @@ class GaussianFramework(Framework):
         model_fn = self.guided(denoiser, cond, null_cond, scale, channels, consumes,
                                getattr(sampler, 'guidance_interval', None))
         return sampler(model_fn, self.prior(shape, random), noise=random)
+
+    def chain_steps(self):
+        return self.schedule.num_steps if isinstance(self.schedule, DiscreteSchedule) else None
+
+    def likelihood_bound(self, config) -> LikelihoodBound:
+        """Ho et al.'s variational bound of the discrete chain (libs/diffusion/vlb.py) with config.clf_eval's reverse
+        variance and steps per network call; a continuous schedule (the VP SDE, EDM's) has none."""
+        steps = self.chain_steps()
+        if steps is None:
+            raise UserError(f"{self!r} has no likelihood bound: the variational bound needs a discrete chain "
+                            f"(config.schedule.name 'ddpm_linear', 'stable_diffusion' or 'cosine')")
+        variance, per_call = config.clf_eval.nll_variance, config.clf_eval.nll_steps_per_call
+
+        def bits(denoiser, x0, cond=None, generator=None):
+            return bits_per_dim(denoiser, x0, cond=cond, generator=generator, variance=variance,
+                                steps_per_call=per_call)
+        return LikelihoodBound(bits, {'variance': variance, 'schedule_steps': steps}, variance)
 
     def level_range(self) -> tuple:
         """The noise-level indices (DDAE's "timestep"): step n in 1..N of a discrete N-step chain, or n / 1000 of

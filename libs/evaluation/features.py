@@ -115,18 +115,8 @@ class Features:
             raise UserError(f'{type(nnet).__name__} gives no features (libs/nets/protocol.py): the feature '
                             f'evaluations need a backbone with feature_layers() and features()')
         self.layers = list(nnet.feature_layers())
-        conditioning = run.conditioning(with_prompts=False)
-        from libs.diffusion.conditioning import ClassLabels, Unconditional
-        if isinstance(conditioning, ClassLabels):
-            if conditioning.null_label is None:
-                raise UserError('probing a class-conditional network needs its "no class" label (a label would '
-                                'leak the answer into the features); this one was trained without one')
-            self.null_label = conditioning.null_label
-        elif isinstance(conditioning, Unconditional):
-            self.null_label = None
-        else:
-            raise UserError('the feature evaluations probe unconditional or class-conditional networks, not '
-                            'text-conditional ones')
+        self.conditioning = run.conditioning(with_prompts=False)
+        self.conditioning.uninformative(0, 'cpu')  # a network it cannot probe fails now, in one line
 
     def check_layers(self, layers) -> list:
         from libs.nets.protocol import check_feature_layers
@@ -147,7 +137,7 @@ class Features:
         return self.check_layers(layers), levels_of(self.run.framework, indices)
 
     def _cond(self, x):
-        return {} if self.null_label is None else {'y': torch.full((x.shape[0],), self.null_label, device=x.device)}
+        return self.conditioning.uninformative(x.shape[0], x.device)
 
     @torch.no_grad()
     def __call__(self, x0, image_index, layers, t, stream: int) -> dict:

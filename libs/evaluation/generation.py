@@ -26,23 +26,23 @@ def score_samples(run: EvalRun, mode: str, sample_cfg, scorer, png_dir: str) -> 
 
 def eval_sample(config, nnet_path: str, ema: bool = True) -> dict:
     """Sample ``config.sample.n_samples``, score them (FID or the digit score), keep PNGs in ``sample.path``."""
-    run = EvalRun.load(config, nnet_path, ema, mode='sample')
+    run = EvalRun.load(config, nnet_path, ema, mode='sample', sampling=True)
     scorer = run.scorer()  # before any sampling: missing FID files fail now
     return score_samples(run, 'sample', config.sample, scorer, config.sample.path)
 
 
 def eval_gen(config, nnet_path: str, ema: bool = True) -> dict:
     """``config.sample`` and, with ``clf_eval.ancestral``, that sampler over every step of the discrete chain."""
-    from libs.diffusion.schedules import DiscreteSchedule
-    run = EvalRun.load(config, nnet_path, ema, mode='gen')
+    run = EvalRun.load(config, nnet_path, ema, mode='gen', sampling=True)
     runs = [config.sample]
     if config.clf_eval.ancestral:
-        schedule = getattr(run.framework, 'schedule', None)
-        if not isinstance(schedule, DiscreteSchedule):
+        steps = run.framework.chain_steps()
+        if steps is None:
             raise UserError(f'clf_eval.ancestral={config.clf_eval.ancestral!r} needs a discrete schedule '
-                            f"(config.schedule.name 'linear' or 'cosine'); set clf_eval.ancestral='' to skip it")
+                            f"(config.schedule.name 'ddpm_linear', 'stable_diffusion' or 'cosine'); "
+                            "set clf_eval.ancestral='' to skip it")
         full = config.sample.copy_and_resolve_references()
-        full.algorithm, full.sample_steps = config.clf_eval.ancestral, schedule.num_steps
+        full.algorithm, full.sample_steps = config.clf_eval.ancestral, steps
         runs.append(full)
     scorers = [run.scorer(inception_score=True) for _ in runs]  # before any sampling: missing files fail now
     results = {}

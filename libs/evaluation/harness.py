@@ -27,11 +27,12 @@ import subprocess
 import torch
 from tqdm.auto import tqdm
 
-from libs.config import to_json
+from libs.config import compile_mode, to_json
 from libs.errors import UserError
 from libs.evaluation.shards import ShardStore
 from libs.fileio import atomic_open, file_sha256
 from libs.images import save_pngs
+from libs.nets.compile import compile_regions
 from libs.rng import SampleRandom, eval_process_seed
 
 logger = logging.getLogger(__name__)
@@ -283,7 +284,8 @@ def eval_accelerator(config):
 @dataclasses.dataclass
 class EvalRun:
     """What every mode works with: the loaded network on the accelerator's device, in eval mode, no parameter
-    gradients; its framework; the data description from the config."""
+    gradients; its framework; the data description from the config. The conditioning and the space (a latent
+    model's autoencoder) are built once per run, when first asked for."""
 
     config: object
     accelerator: object
@@ -292,10 +294,14 @@ class EvalRun:
     ema: bool
     framework: object
     spec: object
+    built: dict = dataclasses.field(default_factory=dict, repr=False)  # the conditionings and the space
 
     @classmethod
-    def load(cls, config, nnet_path: str, ema: bool = True, mode: str = 'sample', classifier: bool = False):
-        """Build the network and load its weights once; a network without a head fails first when one is needed."""
+    def load(cls, config, nnet_path: str, ema: bool = True, mode: str = 'sample', classifier: bool = False,
+             sampling: bool = False):
+        """Build the network and load its weights once; a network without a head fails first when one is needed.
+        ``sampling``: the mode samples, so its blocks are compiled when ``config.sample.compile`` says so (on CUDA
+        by default; libs/nets/compile.py)."""
         from libs.data import data_spec, is_latent
         from libs.diffusion import build_framework
         from libs.nets import build_nnet, load_nnet_weights
@@ -316,6 +322,9 @@ class EvalRun:
         weights = load_nnet_weights(nnet, nnet_path, ema=ema)
         accelerator = eval_accelerator(config)
         nnet = nnet.eval().requires_grad_(False).to(accelerator.device)
+        compiling = compile_mode(config.sample.compile, 'sample.compile', accelerator.device) if sampling else ''
+        if compiling:
+            compile_regions(nnet, whole=compiling == 'full')
         return cls(config, accelerator, nnet, weights, ema, framework, spec)
 
     @property
@@ -339,17 +348,23 @@ class EvalRun:
         return self.framework.denoiser(self.nnet)
 
     def conditioning(self, with_prompts: bool = True):
+        """What the network is conditioned on (with evaluation prompts for a text model when ``with_prompts``)."""
         from libs.diffusion.conditioning import build_conditioning
-        return build_conditioning(self.config, self.nnet, self.spec.num_classes, with_prompts)
+        key = ('conditioning', with_prompts)
+        if key not in self.built:
+            self.built[key] = build_conditioning(self.config, self.nnet, self.spec.num_classes, with_prompts)
+        return self.built[key]
 
     def space(self):
-        """Pixel or latent space; the autoencoder of a latent model is loaded now, so a missing file fails before
-        any sampling."""
+        """Pixel or latent space; the autoencoder of a latent model is loaded the first time, so a missing file
+        fails before any sampling."""
         from libs.latent.spaces import build_space
-        space = build_space(self.config, self.spec, self.device)
-        if space.latent:
-            space.autoencoder  # noqa: B018
-        return space
+        if 'space' not in self.built:
+            space = build_space(self.config, self.spec, self.device)
+            if space.latent:
+                space.autoencoder  # noqa: B018
+            self.built['space'] = space
+        return self.built['space']
 
     def ref_stats(self) -> str:
         """config.eval.ref_stats, else the dataset's default reference statistics ('' if neither)."""
@@ -400,8 +415,10 @@ class EvalRun:
         """``fn(x, y) -> {name: (B, ...) tensor}`` over ``dataset``, split across processes and gathered in dataset
         order (on every process, on the CPU)."""
         from torch.utils.data import DataLoader
+
+        from libs.data import loader_workers
         loader = DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=False,
-                            num_workers=self.config.train.num_workers)
+                            num_workers=loader_workers(self.config.train.num_workers))
         loader = self.accelerator.prepare_data_loader(loader)
         parts = []
         for x, y in tqdm(loader, desc=desc, disable=not self.accelerator.is_main_process):

@@ -1,8 +1,8 @@
-"""Likelihood modes, for a Gaussian model on a discrete schedule or a discrete-state model: ``nll`` (bits/dim of the
-test split from the DDPM variational bound, libs/metrics/likelihood.py, or the CTMC's bound, libs/diffusion/ctmc.py,
-in bits per pixel value) and ``ood`` (AUROC of the test split against each set of ``clf_eval.ood``, per score
-function of ``clf_eval.ood_scores``: px = minus the bits/dim bound, py = max softmax probability; in-distribution
-should score higher; one histogram PNG per score function).
+"""Likelihood modes, for a model whose framework has a likelihood bound (``Framework.likelihood_bound``: a Gaussian
+model on a discrete schedule, libs/diffusion/vlb.py, or a discrete-state model, libs/diffusion/ctmc.py, in bits per
+pixel value): ``nll`` (bits/dim of the test split) and ``ood`` (AUROC of the test split against each set of
+``clf_eval.ood``, per score function of ``clf_eval.ood_scores``: px = minus the bits/dim bound, py = max softmax
+probability; in-distribution should score higher; one histogram PNG per score function).
 
 Out-of-distribution sets are ``clf_eval.ood`` entries ``'name'`` (a dataset at its default path) or
 ``'name=path'``; ``'interpolated'`` mixes pairs of in-distribution test images. Their test split (the only split of
@@ -16,7 +16,6 @@ import torch
 from torch.utils.data import Dataset
 
 from libs.config import d
-from libs.diffusion.conditioning import ClassLabels, Unconditional
 from libs.errors import UserError
 from libs.evaluation.classification import limited, test_split
 from libs.evaluation.harness import EvalRun
@@ -25,46 +24,24 @@ OOD_SCORES = ('px', 'py')
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
 
-def test_condition(conditioning, y) -> dict:
-    """The network's condition for test images with labels y: none, or the labels of a class-conditional model."""
-    if isinstance(conditioning, Unconditional):
-        return {}
-    if isinstance(conditioning, ClassLabels):
-        return {'y': y}
-    raise UserError('the likelihood modes evaluate unconditional or class-conditional models, not text-conditional '
-                    'ones')
-
-
-def _bits_per_dim(run: EvalRun, denoiser, generator, x, cond) -> torch.Tensor:
-    from libs.metrics.likelihood import bits_per_dim
+def bits_per_dim(run: EvalRun, bound, denoiser, generator, x, cond) -> torch.Tensor:
     with run.accelerator.autocast():
-        if run.framework.name == 'ctmc':  # the discrete framework's own bound (libs/diffusion/ctmc.py)
-            return run.framework.nll_bound(denoiser, x, cond=cond, generator=generator,
-                                           time_samples=run.config.ctmc.nll_time_samples)
-        return bits_per_dim(denoiser, x, cond=cond, generator=generator, variance=run.cfg.nll_variance,
-                            steps_per_call=run.cfg.nll_steps_per_call)
-
-
-def bound_settings(run: EvalRun, denoiser) -> dict:
-    """What the bound's value depends on, for the JSON."""
-    if run.framework.name == 'ctmc':
-        return {'framework': repr(run.framework), 'time_samples': run.config.ctmc.nll_time_samples}
-    return {'variance': run.cfg.nll_variance, 'schedule_steps': denoiser.schedule.num_steps}
+        return bound.bits_per_dim(denoiser, x, cond=cond, generator=generator)
 
 
 def eval_nll(config, nnet_path: str, ema: bool = True) -> dict:
     test = test_split(config)
     run = EvalRun.load(config, nnet_path, ema, classifier=False, mode='nll')
+    bound = run.framework.likelihood_bound(config)
     denoiser, generator, conditioning = run.denoiser(), run.generator(), run.conditioning(with_prompts=False)
 
     def bpd(x, y):
-        return {'bits_per_dim': _bits_per_dim(run, denoiser, generator, x, test_condition(conditioning, y))}
+        return {'bits_per_dim': bits_per_dim(run, bound, denoiser, generator, x, conditioning.labelled(y))}
     values = run.per_image(test, bpd, 'nll')['bits_per_dim'].double()
     n = values.numel()
     result = {'bits_per_dim': float(values.mean()),
               'bits_per_dim_stderr': float(values.std() / math.sqrt(n)) if n > 1 else 0.0}
-    settings = bound_settings(run, denoiser)
-    run.write('nll', n, [settings.get('variance', 'ctmc')], settings, result)
+    run.write('nll', n, [bound.tag], bound.settings, result)
     run.print(f"bits_per_dim={result['bits_per_dim']:.4f} +- {result['bits_per_dim_stderr']:.4f} (n={n})")
     return result
 
@@ -116,8 +93,9 @@ def build_ood_sets(config, data_shape) -> dict:
         splits = getattr(DATASETS.get(dataset_cfg.name), 'splits', ('test',))
         try:
             dataset = build_dataset(dataset_cfg, split='test' if 'test' in splits else splits[0])
-        except UserError as e:
-            raise UserError(f'OOD set {spec!r}: {e}') from None
+        except UserError as e:  # the dataset names config.dataset.path; here the path is the entry's
+            where = f"the path of its clf_eval.ood entry ('{dataset_cfg.name}=PATH')"
+            raise UserError(f"OOD set {spec!r}: {str(e).replace('config.dataset.path', where)}") from None
         sets[str(spec)] = limited(InShape(dataset, data_shape), config.clf_eval.n_test)
     return sets
 
@@ -135,6 +113,7 @@ def eval_ood(config, nnet_path: str, ema: bool = True) -> dict:
     test = test_split(config)
     ood_sets = build_ood_sets(config, tuple(test[0][0].shape))  # before the weights: a missing set fails fast
     run = EvalRun.load(config, nnet_path, ema, classifier='py' in scores, mode='ood')
+    bound = run.framework.likelihood_bound(config) if 'px' in scores else None
     denoiser = run.denoiser() if 'px' in scores else None
 
     def score_set(dataset, desc):
@@ -143,7 +122,7 @@ def eval_ood(config, nnet_path: str, ema: bool = True) -> dict:
         def fn(x, y):
             out = {}
             if 'px' in scores:
-                out['px'] = -_bits_per_dim(run, denoiser, generator, x, {})
+                out['px'] = -bits_per_dim(run, bound, denoiser, generator, x, {})
             if 'py' in scores:
                 out['py'] = torch.softmax(run.logits(x).double(), dim=1).amax(1)
             return out
@@ -166,7 +145,7 @@ def eval_ood(config, nnet_path: str, ema: bool = True) -> dict:
                                   result['logp_hist'][s], labels[s], title=f'{config.dataset.name} test vs OOD')
         settings = {'scores': list(scores), 'ood': list(ood_sets)}
         if 'px' in scores:
-            settings.update(bound_settings(run, denoiser))
+            settings.update(bound.settings)
         run.write('ood', n, [], settings, result)
         for s in scores:
             run.print(f'auroc {s}: ' + ' '.join(f'{spec}={v:.4f}' for spec, v in result['auroc'][s].items()))

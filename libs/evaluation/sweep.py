@@ -43,7 +43,7 @@ def eval_sweep(config, nnet_path: str, ema: bool = True) -> dict:
     """``config.eval.sweep_algorithms`` x ``config.eval.sweep_nfes``, ``config.sample.n_samples`` samples each."""
     algorithms = parse_list(config.eval.sweep_algorithms, 'config.eval.sweep_algorithms')
     nfes = parse_list(config.eval.sweep_nfes, 'config.eval.sweep_nfes', int)
-    run = EvalRun.load(config, nnet_path, ema, mode='sweep')
+    run = EvalRun.load(config, nnet_path, ema, mode='sweep', sampling=True)
     scores = run.scorer().record()  # missing FID files fail now, before any sampling
     points = []
     for algorithm in algorithms:

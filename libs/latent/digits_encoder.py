@@ -22,6 +22,7 @@ import os
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from libs.data.augment import random_shift
 from libs.data.datasets import Digits
@@ -109,7 +110,8 @@ def train_digits_encoder(epochs: int = None) -> DigitsEncoder:
     steps_per_epoch = len(images) // batch   # whole batches: every step sees as many negatives
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, RECIPE['lr'], total_steps=epochs * steps_per_epoch)
     encoder.train()
-    for _ in range(epochs):
+    # about 90 s of CPU, once: a bar, so that the first REPA run on the digits is not silent while it trains
+    for _ in tqdm(range(epochs), desc='REPA digits encoder: training it once, then cached'):
         order = torch.randperm(len(images), generator=generator)[:steps_per_epoch * batch]
         for indices in order.split(batch):
             x = images[indices]

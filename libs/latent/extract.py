@@ -16,6 +16,7 @@ import shutil
 import numpy as np
 import torch
 
+from libs.data.common import loader_workers
 from libs.data.feature_store import EMPTY_CONTEXT, FORMAT, INFO, MANIFEST, TEST_PROMPTS, read_json, shard_name
 from libs.errors import UserError
 from libs.fileio import atomic_open
@@ -90,7 +91,7 @@ def _image_batches(dataset, start: int, stop: int, batch_size: int, num_workers:
     """(indices, images (B, 3, R, R) in [-1, 1]) for the items [start, stop) of an image dataset, in order."""
     from torch.utils.data import DataLoader
     batches = [list(range(i, min(i + batch_size, stop))) for i in range(start, stop, batch_size)]
-    loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers)
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=loader_workers(num_workers))
     for indices, (images, _) in zip(batches, loader):
         yield indices, images
 

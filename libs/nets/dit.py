@@ -168,6 +168,10 @@ class DiT(PatchTokens, SquareImageInput, nn.Module):
             nn.init.constant_(layer.weight, 0)
             nn.init.constant_(layer.bias, 0)
 
+    def repeated_blocks(self) -> list:
+        """The DiT blocks, what regional compilation compiles."""
+        return list(self.blocks)
+
     def forward(self, x, t, y):
         """x (B, C, H, W), t (B,) the step index, y (B,) labels -> (B, out_channels, H, W), or (B, out_chans, H, W,
         S) logits with the discrete head."""

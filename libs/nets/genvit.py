@@ -149,6 +149,11 @@ class GenViT(PatchTokens, SquareImageInput, nn.Module):
     def token_blocks(self) -> int:
         return len(self.blocks)
 
+    def repeated_blocks(self) -> list:
+        """The transformer blocks, what regional compilation compiles (the per-token time modulations between them
+        are one small Linear each and stay eager)."""
+        return list(self.blocks)
+
     def feature_layers(self) -> list:
         """``block_0``, ``block_1``, ...: the transformer blocks in execution order."""
         return [f'block_{i}' for i in range(len(self.blocks))]

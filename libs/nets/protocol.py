@@ -14,6 +14,10 @@ schedules: the framework (libs/diffusion) chooses ``model_time`` and reads ``out
   ((B, C, H, W, S) over S states, the discrete framework).
 - ``input_shape``: (C, H, W), the data it takes.
 
+A transformer backbone also names its repeated blocks, ``repeated_blocks()`` (U-ViT: in, mid and out blocks; DiT
+and GenViT: their blocks), which regional compilation compiles one by one (libs/nets/compile.py); a backbone without
+it is compiled whole.
+
 Backbones that serve DDAE's probes (#12) also give intermediate features: ``feature_layers()`` lists the layer
 names, in execution order, and ``features(x, model_time, layers, **cond)`` returns ``{name: (B, channels) float32}``
 for each requested name -- that layer's output averaged over space (the UNet: over H x W) or over the patch tokens

@@ -116,6 +116,10 @@ class UViTTrunk(PatchTokens, SquareImageInput, nn.Module):
     def token_blocks(self) -> int:
         return len(self.in_blocks) + 1 + len(self.out_blocks)
 
+    def repeated_blocks(self) -> list:
+        """The transformer blocks in execution order (in, mid, out blocks), what regional compilation compiles."""
+        return [*self.in_blocks, self.mid_block, *self.out_blocks]
+
     def feature_layers(self) -> list:
         """``block_0``, ``block_1``, ...: the transformer blocks in execution order (in, mid, out blocks)."""
         return [f'block_{i}' for i in range(self.token_blocks())]
@@ -178,7 +182,8 @@ class UViT(UViTTrunk):
         x: (B, in_chans, img_size, img_size); timesteps: (B,) float; y: (B,) int64 class labels or None.
         Returns a tensor shaped like x.
     With ``num_classes > 0`` the label is one extra token placed before the time token.
-    ``attention_backend`` ('sdpa', 'xformers', 'math') is this suite's addition and does not touch the weights.
+    ``attention_backend`` (libs/nets/attention.py's ``ATTENTION_BACKENDS``: 'sdpa', 'xformers', 'math', 'flash',
+    'cudnn', 'efficient') is this suite's addition and does not touch the weights.
 
     classify(x), only with ``clf_classes > 0``:
         x: (B, in_chans, img_size, img_size) clean images -> (B, clf_classes) logits. The sequence is

@@ -6,6 +6,11 @@ Layout of ``<ckpt_root>/<step>.ckpt/`` (file names as in the U-ViT release, so `
     train_state.json  (step, number of processes, per-process parameter checksums, time)
     manifest.json     written last: {"format": 1, "step": N, "files": {name: {"bytes": n, "sha256": hex}}}
 
+Every .pth file holds plain data only (tensors, numbers, strings, lists, tuples, dicts), and is read with
+``torch.load(weights_only=True)``: a file that holds anything else, such as a pickled object whose loading would
+run code, is refused as damaged, and the run resumes from the newest checkpoint that reads. Checkpoints written
+before the RNG states were plain data hold numpy's state as a numpy array; that one array type is read too.
+
 A checkpoint is valid only if it verifies: every file of its manifest is there with its size and checksum (the
 checksums are computed while the files are written, so they cost no second read). A checkpoint written before
 manifests existed verifies if every file loads. Only directories named ``<int>.ckpt`` are checkpoints, and they
@@ -31,6 +36,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import random
 import re
 import shutil
@@ -43,7 +49,7 @@ import numpy as np
 import torch
 
 from libs.errors import UserError
-from libs.fileio import file_sha256
+from libs.fileio import NUMPY_ARRAY_GLOBALS, file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -70,16 +76,23 @@ def fault(point: str, step: int, name: str = '') -> None:
 
 
 def rng_state() -> dict:
-    """Every random number generator a training process draws from."""
-    state = {'python': random.getstate(), 'numpy': np.random.get_state(), 'torch': torch.get_rng_state()}
+    """Every random number generator a training process draws from, as plain data: python's state is a tuple of
+    numbers, numpy's a dict of numbers with its Mersenne Twister key as an int64 tensor."""
+    numpy = np.random.get_state(legacy=False)
+    numpy['state']['key'] = torch.from_numpy(numpy['state']['key'].astype(np.int64))
+    state = {'python': random.getstate(), 'numpy': numpy, 'torch': torch.get_rng_state()}
     if torch.cuda.is_available():
         state['cuda'] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore ``rng_state()``'s dict, or the older layout, whose numpy state is ``np.random.get_state()``'s tuple."""
     random.setstate(state['python'])
-    np.random.set_state(state['numpy'])
+    numpy = state['numpy']
+    if isinstance(numpy, dict):
+        numpy = {**numpy, 'state': {**numpy['state'], 'key': numpy['state']['key'].numpy().astype(np.uint32)}}
+    np.random.set_state(numpy)
     torch.set_rng_state(state['torch'])
     if 'cuda' in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state['cuda'])
@@ -113,9 +126,14 @@ class _HashingFile:
         self.file.flush()
 
 
+class UnsafeCheckpointFile(Exception):
+    """A checkpoint file holds something other than plain data; the message (one line) says what."""
+
+
 def one_line(exc: BaseException) -> str:
-    """An exception as one line: a UserError's own message, otherwise its type and first line."""
-    if isinstance(exc, UserError):
+    """An exception as one line: a UserError's or UnsafeCheckpointFile's own message, otherwise its type and first
+    line."""
+    if isinstance(exc, (UserError, UnsafeCheckpointFile)):
         return str(exc)
     lines = str(exc).strip().splitlines()
     return f'{type(exc).__name__}: {lines[0]}' if lines else type(exc).__name__
@@ -352,12 +370,25 @@ def read_train_state(ckpt: str) -> dict:
         return json.load(f)
 
 
-def load_object(ckpt: str, name: str, weights_only: bool = False):
-    """torch.load a file of a checkpoint to the CPU (the caller moves it), with a one-line error if missing."""
+# numpy's arrays (NUMPY_ARRAY_GLOBALS, and the uint32 type torch must also be allowed to build): what the RNG states of
+# checkpoints written before they became plain data hold (the Mersenne Twister key). They build data and call nothing.
+_NUMPY_ARRAYS = [*((obj, name) for name, obj in NUMPY_ARRAY_GLOBALS.items()), type(np.dtype(np.uint32))]
+
+
+def load_object(ckpt: str, name: str):
+    """torch.load a file of a checkpoint to the CPU (the caller moves it) with ``weights_only=True``, with a one-line
+    error if missing, and ``UnsafeCheckpointFile`` if it holds anything but plain data (tensors, numbers, strings,
+    containers, numpy arrays): such a file could run code when loaded, and is never loaded otherwise."""
     path = os.path.join(ckpt, name)
     if not os.path.isfile(path):
         raise UserError(f'checkpoint {ckpt} is incomplete: {name} is missing')
-    return torch.load(path, map_location='cpu', weights_only=weights_only)
+    try:
+        with torch.serialization.safe_globals(_NUMPY_ARRAYS):
+            return torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r'GLOBAL (\S+)', str(exc))
+        what = f'a pickled {found.group(1)}' if found else 'a pickled object that is not plain data'
+        raise UnsafeCheckpointFile(f'refused, it holds {what}, which could run code if loaded') from None
 
 
 # The files every checkpoint may hold; any other .pth file belongs to the training objective (REPA's projector).
@@ -377,7 +408,7 @@ class DamagedCheckpoint(Exception):
 def read_checkpoint(ckpt: str, rank: int, num_processes: int, objective_files: tuple = ()) -> dict:
     """Everything process ``rank`` needs to resume from ``ckpt``, loaded to the CPU: 'state' (train_state.json), the
     .pth files by name, and 'rng' (None when the checkpoint was written by another number of processes). Of the
-    training objective's ``objective_files`` (plain tensors, read with weights_only=True), those present."""
+    training objective's ``objective_files``, those present. Every file through ``load_object`` (plain data only)."""
     def load(name, reader):
         try:
             return reader()
@@ -394,7 +425,7 @@ def read_checkpoint(ckpt: str, rank: int, num_processes: int, objective_files: t
         contents[name] = load(name, lambda: load_object(ckpt, name))
     for name in objective_files:
         if os.path.isfile(os.path.join(ckpt, name)):
-            contents[name] = load(name, lambda: load_object(ckpt, name, weights_only=True))
+            contents[name] = load(name, lambda: load_object(ckpt, name))
     contents['rng'] = None
     if contents['state'].get('num_processes', 1) == num_processes:
         name = f'rng_state_{rank}.pth'

@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from libs.cli import enable_tf32
-from libs.config import to_json
-from libs.data import build_dataset, data_spec
+from libs.config import compile_mode, device_switch, differences, to_json
+from libs.data import build_dataset, data_spec, loader_workers
 from libs.data.augment import flip_mask, flipped
 from libs.diffusion import build_framework
 from libs.diffusion.conditioning import build_conditioning
@@ -34,12 +34,13 @@ from libs.fileio import atomic_open
 from libs.images import save_grid
 from libs.latent.spaces import build_space, latent_format
 from libs.nets import build_nnet, check_state_dict, count_parameters, strip_wrapper_prefixes
+from libs.nets.compile import compile_regions
 from libs.rng import SampleRandom, loader_seed, seeded, training_seed
 from libs.training.checkpoint import (Agreement, CheckpointManager, DamagedCheckpoint, attempt, detect_storage, now,
                                       objective_files, one_line, read_checkpoint, rng_state, set_rng_state, verify)
 from libs.training.data_order import ResumableBatchSampler
 from libs.training.objectives import build_objective
-from libs.training.optim import build_lr_scheduler, build_optimizer, update_ema
+from libs.training.optim import build_lr_scheduler, build_optimizer, load_optimizer_state, update_ema
 from libs.training.repa import with_repa
 
 logger = logging.getLogger(__name__)
@@ -89,6 +90,42 @@ class StopRequest:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
             self._previous = None
+
+
+class StepChecks:
+    """What every process decides together after each step's backward: whether any process saw a non-finite loss
+    or gradient norm (the run then stops before the update), a SIGTERM, or its time budget spent.
+
+    The device's two flags and the host's two are stacked, all-reduced and read in one copy to the host: the step's
+    only synchronisation (each flag was one before). The host flags reach the device through a pinned buffer with a
+    non-blocking copy, so writing them does not wait for the step's kernels either; the buffer is rewritten only
+    after the previous step's read, which waited for its copy."""
+
+    def __init__(self, device):
+        self.device = device
+        self.host = torch.zeros(2, pin_memory=device.type == 'cuda')
+
+    def agree(self, accelerator, nonfinite_loss: torch.Tensor, grad_norm, received: bool, late: bool) -> list:
+        """[loss not finite, gradients not finite, SIGTERM received, time spent] as bools, each true if it is on
+        any process. ``nonfinite_loss``: a 0-d device flag; ``grad_norm``: the gradients' total norm, or None
+        (fp16 without clipping: the grad scaler checks)."""
+        self.host[0], self.host[1] = float(received), float(late)
+        gradients = torch.zeros((), device=self.device) if grad_norm is None else \
+            (~torch.isfinite(torch.as_tensor(grad_norm))).float().to(self.device)
+        flags = torch.cat([torch.stack([nonfinite_loss, gradients]), self.host.to(self.device, non_blocking=True)])
+        return [value > 0 for value in accelerator.reduce(flags, 'sum').tolist()]
+
+
+def default_path(config, device, grad_scaler: bool = False) -> dict:
+    """What the config's switches turn on on ``device`` (each 'auto' one on CUDA only): ``compile`` (the trained
+    network: 'regional', 'full' or ''), ``sample_compile`` (the sampling network's, the same), ``fused_optimizer``
+    and ``foreach_ema``. A fused optimizer skips an fp16 overflow on the device, where accelerate would not see the
+    skip to count it, so with a ``grad_scaler`` it is off."""
+    tc = config.train
+    return dict(compile=compile_mode(tc.compile, 'train.compile', device),
+                sample_compile=compile_mode(config.sample.compile, 'sample.compile', device),
+                fused_optimizer=device_switch(tc.fused_optimizer, 'train.fused_optimizer', device) and not grad_scaler,
+                foreach_ema=device_switch(tc.foreach_ema, 'train.foreach_ema', device))
 
 
 def make_accelerator(config, workdir):
@@ -147,9 +184,10 @@ class Trainer:
     """Holds the run's objects; ``fit()`` trains to ``config.train.n_steps`` and returns the final scores.
 
     ``resume``: a checkpoint directory to resume from (``--resume``); by default the newest checkpoint of the work
-    directory that verifies."""
+    directory that verifies, if the work directory's config.json has the same data and network as ``config`` (or
+    ``resume_anyway``)."""
 
-    def __init__(self, config, workdir: str, resume: str = ''):
+    def __init__(self, config, workdir: str, resume: str = '', resume_anyway: bool = False):
         self.config = config
         self.workdir = workdir
         self.accelerator = acc = make_accelerator(config, workdir)
@@ -184,13 +222,15 @@ class Trainer:
             raise UserError("config.train.p_uncond > 0 drops a condition, but config.train.mode is 'uncond'")
 
         self.nnet_ema = copy.deepcopy(nnet).requires_grad_(False).eval()
+        self.path = default_path(config, self.device, grad_scaler=acc.scaler is not None)
         self.objective = with_repa(build_objective(config.objective, self.framework), config, self.device,
                                    3 if self.spec.latent else self.spec.data_shape[0], acc.autocast)
         if self.objective.needs_images and self.spec.latent:  # REPA's encoder sees the images the latents came from
             self.dataset = self.dataset.with_source_images(config.dataset.get('source_path', ''))
         # the module accelerate wraps: the backbone, or the objective's module around it (REPA: with its projector)
         module = self.objective.training_module(nnet)
-        optimizer = build_optimizer(config.optimizer, module.parameters())
+        optimizer = build_optimizer(config.optimizer, module.parameters(), fused=self.path['fused_optimizer'],
+                                    device=self.device)
         self.lr_scheduler = build_lr_scheduler(config.lr_scheduler, optimizer, tc.n_steps)
         ckpt_root = os.path.join(workdir, 'ckpts')
         self.agreement = Agreement(tc.checkpoint_timeout_s)
@@ -201,22 +241,27 @@ class Trainer:
         self.ckpts = CheckpointManager(ckpt_root, keep=tc.keep_ckpts)
         self.step = 0
         resume_from, contents = self._find_checkpoint(resume)
+        if resume_from and not resume:
+            self._check_same_run(resume_from, resume_anyway)
         if resume_from:
             self._load_weights(resume_from, contents, nnet, module)
 
         self.denoiser_ema = self.framework.denoiser(self.nnet_ema)
+        # in place, after the EMA's deep copy: parameter names and checkpoint keys stay the release's
+        if self.path['compile']:
+            compile_regions(nnet, whole=self.path['compile'] == 'full')
+        if self.path['sample_compile']:
+            compile_regions(self.nnet_ema, whole=self.path['sample_compile'] == 'full')
         self.nnet, self.optimizer = acc.prepare(module, optimizer)
         self.nnet_ema.to(self.device)
         if resume_from:
             self._load_optimizer_and_rng(resume_from, contents)
         else:
             torch.manual_seed(training_seed(config.seed, acc.process_index))
-        if tc.compile:
-            self.nnet = torch.compile(self.nnet)
 
         sampler = ResumableBatchSampler(len(self.dataset), self.micro_batch, config.seed, acc.process_index, world,
                                         start=self.step * accum, repeats=tc.repeated_aug)
-        workers = tc.num_workers
+        workers = loader_workers(tc.num_workers)
         # The loader gets its own generator: creating an iterator would otherwise draw from the global RNG, and
         # a resumed run (which creates it at a later step) would no longer repeat an uninterrupted one.
         self.loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=workers,
@@ -224,6 +269,7 @@ class Trainer:
                                  generator=torch.Generator().manual_seed(loader_seed(config.seed,
                                                                                      acc.process_index)))
         self.stop = StopRequest()
+        self.checks = StepChecks(self.device)
         self.deadline = None  # time.time() at which train.max_minutes is spent (set when fit() starts)
         self.out_of_time = False  # agreed by all processes, like the stop request
         self.skipped_steps = 0
@@ -290,6 +336,24 @@ class Trainer:
             self.ckpts.damaged[step] = first
         return first, None
 
+    def _check_same_run(self, ckpt: str, resume_anyway: bool) -> None:
+        """Resuming the work directory's own checkpoint: the data and the network of its config.json must be this
+        config's, else one line that names the differences (a warning with ``resume_anyway``)."""
+        problem, saved = None, os.path.join(self.workdir, 'config.json')
+        if self.accelerator.is_main_process and os.path.isfile(saved):
+            with open(saved) as f:
+                changes = differences(json.load(f), json.loads(to_json(self.config)), ('dataset', 'nnet'))
+            if changes:
+                listed = '; '.join(changes[:4]) + (f'; and {len(changes) - 4} more' if len(changes) > 4 else '')
+                problem = f'{self.workdir} holds a run on other data or another network ({listed})'
+        if problem and resume_anyway:
+            logger.warning('%s: resuming its checkpoint %s all the same (--resume_anyway)', problem, ckpt)
+            problem = None
+        elif problem:
+            problem += (f': resuming its checkpoint {ckpt} would train it on this; give another --workdir, or '
+                        f'--resume_anyway to resume it all the same')
+        self.agreement.outcome(problem, f'comparing {saved} with this config')
+
     def _load_weights(self, ckpt: str, contents: dict, nnet: torch.nn.Module, module: torch.nn.Module) -> None:
         for name, model in (('nnet.pth', nnet), ('nnet_ema.pth', self.nnet_ema)):
             weights = strip_wrapper_prefixes(contents[name])
@@ -310,7 +374,7 @@ class Trainer:
 
     def _load_optimizer_and_rng(self, ckpt: str, contents: dict) -> None:
         acc, state = self.accelerator, contents['state']
-        self.optimizer.load_state_dict(contents['optimizer.pth'])
+        load_optimizer_state(self.optimizer, contents['optimizer.pth'])
         self.lr_scheduler.load_state_dict(contents['lr_scheduler.pth'])
         if acc.scaler is not None and 'grad_scaler.pth' in contents:
             acc.scaler.load_state_dict(contents['grad_scaler.pth'])
@@ -437,6 +501,8 @@ class Trainer:
             return
         n = self.config.train.grid_size
         sample_cfg = self.training_eval_cfg()
+        with sample_cfg.unlocked():
+            sample_cfg.progress = True  # the grid is one batch: a bar over its sampler steps
         try:
             with seeded(self.config.seed, self.device):
                 random = SampleRandom(self.config.seed, range(n), self.device)
@@ -492,22 +558,15 @@ class Trainer:
                 acc.backward(loss)
                 if acc.sync_gradients:
                     grad_norm = self.clip_gradients()
-                    bad_gradients = torch.zeros((), device=self.device) if grad_norm is None else \
-                        (~torch.isfinite(grad_norm)).float().to(self.device)
-                    # one reduction tells every process whether any saw a NaN loss or gradient, a SIGTERM or its
-                    # time budget spent, so that all stop after the same step
-                    received = torch.tensor(float(self.stop.received), device=self.device)
-                    late = torch.tensor(float(self.deadline is not None and time.time() >= self.deadline),
-                                        device=self.device)
-                    flags = acc.reduce(torch.stack([nonfinite, bad_gradients, received, late]), 'sum')
-                    if flags[0] > 0:
+                    loss_bad, gradients_bad, self.stop.agreed, self.out_of_time = self.checks.agree(
+                        acc, nonfinite, grad_norm, self.stop.received,
+                        self.deadline is not None and time.time() >= self.deadline)
+                    if loss_bad:
                         raise UserError(self.nan_message('loss is not finite', 'lower the learning rate, enable '
                                                          'grad_clip, or use bf16 instead of fp16'))
-                    if flags[1] > 0:
+                    if gradients_bad:
                         raise UserError(self.nan_message('gradients are not finite (the loss is)',
                                                          'lower the learning rate or enable grad_clip'))
-                    self.stop.agreed = bool(flags[2] > 0)
-                    self.out_of_time = bool(flags[3] > 0)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
             losses.append(loss.detach())
@@ -516,7 +575,7 @@ class Trainer:
             self.skipped_steps += 1  # fp16 overflow: the grad scaler skipped the update and lowered its scale
         else:
             self.lr_scheduler.step()
-            update_ema(self.nnet_ema, self.backbone(), tc.ema_rate)
+            update_ema(self.nnet_ema, self.backbone(), tc.ema_rate, foreach=self.path['foreach_ema'])
         self.step += 1
         out = {'loss': torch.stack(losses).mean()}
         for key in extras[0]:
@@ -552,9 +611,12 @@ class Trainer:
         kept = f'the last good checkpoint {last} is kept' if last else 'no checkpoint was saved before it'
         return (f'{what} at step {self.step + 1}; training stopped before updating the weights, {kept} ({advice})')
 
-    def log(self, metrics: dict, images_per_sec: float) -> None:
+    def log(self, metrics: dict, images_per_sec: float) -> dict:
+        """Write one line of metrics.jsonl (and the trackers): the step's metrics averaged over the processes, read
+        from the device at once. Returns the line's values."""
         acc = self.accelerator
-        values = {k: acc.reduce(v.to(self.device).float(), 'mean').item() for k, v in metrics.items()}
+        means = acc.reduce(torch.stack([v.to(self.device).float() for v in metrics.values()]), 'mean').tolist()
+        values = dict(zip(metrics, means))
         values.update(lr=self.optimizer.param_groups[0]['lr'], images_per_sec=images_per_sec,
                       skipped_steps=self.skipped_steps)
         if acc.is_main_process:
@@ -563,6 +625,7 @@ class Trainer:
             logger.info('step %d: %s', self.step, ', '.join(
                 f'{k}={v:.5g}' if isinstance(v, float) else f'{k}={v}' for k, v in values.items()))
         acc.log({f'train/{k}': v for k, v in values.items()}, step=self.step)
+        return values
 
     def train_until_done(self) -> None:
         tc = self.config.train
@@ -581,8 +644,7 @@ class Trainer:
                 bar.update(1)
                 if self.step % tc.log_interval == 0:
                     ips = (self.step - tick_step) * tc.batch_size / max(time.time() - tick, 1e-9)
-                    self.log(metrics, ips)
-                    bar.set_postfix(loss=f"{metrics['loss'].item():.4f}")
+                    bar.set_postfix(loss=f"{self.log(metrics, ips)['loss']:.4f}")
                     tick, tick_step = time.time(), self.step
                 if self.step % tc.eval_interval == 0:
                     self.save_grid()
@@ -607,10 +669,12 @@ class Trainer:
         if tc.max_minutes:
             self.deadline = time.time() + 60.0 * tc.max_minutes
         logger.info('training %s (%.2fM parameters) on %s with %d process(es), mixed precision %s, '
-                    'global batch %d (%d per process x %d accumulation), from step %d',
+                    'global batch %d (%d per process x %d accumulation), from step %d; on: %s',
                     config.nnet.name, count_parameters(self.backbone()) / 1e6, self.device,
                     acc.num_processes, acc.mixed_precision, tc.batch_size, self.micro_batch,
-                    tc.gradient_accumulation_steps, self.step)
+                    tc.gradient_accumulation_steps, self.step,
+                    ', '.join(f'{name}={on}' if isinstance(on, str) else name for name, on in self.path.items() if on)
+                    or 'no compile or fused kernels')
         try:
             self.train_until_done()
         finally:

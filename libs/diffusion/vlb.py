@@ -1,4 +1,5 @@
-"""Negative log-likelihood in bits per dimension from the variational bound of a discrete DDPM.
+"""Negative log-likelihood in bits per dimension from the variational bound of a discrete DDPM: the Gaussian
+framework's ``likelihood_bound`` (eval.py --eval=nll, the OOD px score) on a discrete schedule.
 
 For an N-step ``DiscreteSchedule`` with betas beta_1..beta_N, alpha_n = 1 - beta_n and abar_n = prod_{i<=n} alpha_i
 (abar_0 = 1), the forward process is q(x_n | x_0) = N(sqrt(abar_n) x_0, (1 - abar_n) I), and the bound of
