@@ -4,6 +4,7 @@ matching (SiT's recipe) and flow matching with REPA, each trained once per seed 
     python scripts/convergence_study.py [--out=workdir/convergence_digits] [--jobs=2] [--seeds=1234,2,3] \
         [--recipes=digits_uvit_tiny,digits_uvit_repa,digits_sit,digits_sit_repa] [--steps=250,500,1000,2000]
     python scripts/convergence_study.py --report_only     # the JSON, table and plot from the runs already done
+    python scripts/convergence_study.py --n_steps=20 --steps=10,20 --seeds=1,2 --out=/tmp/smoke --json=... # a try
 
 Per recipe (a config file) and seed, the commands a user runs, each in a process of its own with one CPU thread:
 
