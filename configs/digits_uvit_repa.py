@@ -18,6 +18,9 @@ from configs._repa_recipe import with_repa
 from configs.digits_uvit_tiny import get_config as default_run_config
 from libs.config import resolve
 
+# REPA's settings on the digits' U-ViTs (configs/digits_sit_repa.py reads them from here)
+DIGITS_REPA = dict(encoder='digits', depth=2, projector_dim=256)
+
 
 def get_config():
-    return resolve(with_repa(default_run_config(), encoder='digits', depth=2, projector_dim=256))
+    return resolve(with_repa(default_run_config(), **DIGITS_REPA))

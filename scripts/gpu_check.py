@@ -345,6 +345,65 @@ def latent_spaces_markdown(details: dict) -> list:
     return lines
 
 
+# ------------------------------------------------------------------------------------------------ REPA overhead
+
+# REPA's step time on SiT-XL/2 (issue 21): scripts/benchmark.py's baseline (the diffusion loss alone) and 'repa'
+# variant (the alignment term: DINOv2-B/14's forward on the batch's 224-pixel images, the projector and the loss)
+# of configs/imagenet256_sit_xl2_repa.py at batch 256 in bf16. SiT-XL/2 needs about DiT-XL/2's 105 GiB there, so an
+# H200. The GPU machine has no DINOv2 weights: the benchmark times a randomly initialised DINOv2-B/14 of the released
+# architecture (transformers' Dinov2Model), which costs the same time. Two processes of about 30 s on one H200. The
+# smoke mode shrinks SiT to width 32 on 8 x 8 latents (a 4 x 4 token grid: 56-pixel encoder input).
+REPA_CONFIG = 'imagenet256_sit_xl2_repa'
+REPA_SIZES = {
+    False: dict(batch=256, steps=5, warmup=2, nnet=[], in_process=False, estimate_s=70),
+    True: dict(batch=2, steps=1, warmup=0, in_process=True, estimate_s=0,
+               nnet=['--config.nnet.hidden_size=32', '--config.nnet.depth=2', '--config.nnet.num_heads=2',
+                     '--config.nnet.input_size=8', '--config.repa.depth=1', '--config.repa.projector_dim=32']),
+}
+
+
+def repa_overhead(smoke: bool, work: str, timeout: float) -> tuple:
+    """(status, note, details) of REPA's step-time overhead on SiT-XL/2 (``REPA_SIZES``): the training step with and
+    without the alignment term, their ratio and peak memory. ``details``: the rows and the benchmark's report."""
+    sizes = REPA_SIZES[smoke]
+    report, failure = run_benchmark(REPA_CONFIG, ['baseline', 'repa'], sizes, work, timeout)
+    if report is None:
+        return (*failure, {})
+    return repa_overhead_result(report, sizes)
+
+
+def repa_overhead_result(report: dict, sizes: dict) -> tuple:
+    """(status, note, details) of the section from benchmark.py's report of the variants 'baseline' and 'repa'."""
+    rows = {name: dict(status=r['status'], note=r.get('note', ''), train_step_ms=r.get('train_step_ms'),
+                       train_img_per_s=r.get('train_img_per_s'), peak_memory_mib=r.get('peak_memory_mib'))
+            for name, r in report['variants'].items()}
+    details = dict(rows=rows, report=report, batch=sizes['batch'], config=REPA_CONFIG,
+                   precision=report['baseline_settings']['precision'], parameters=report['parameters'])
+    failed = [n for n, r in rows.items() if r['status'] != 'ok']
+    if failed:
+        return 'failed', '; '.join(f'{n}: {rows[n]["note"]}' for n in failed), details
+    base, repa = rows['baseline'], rows['repa']
+    details.update(step_ratio=repa['train_step_ms'] / base['train_step_ms'],
+                   extra_memory_mib=repa['peak_memory_mib'] - base['peak_memory_mib'])
+    return 'ok', (f"REPA's step takes x{details['step_ratio']:.3f} the plain step ({repa['train_step_ms']:,.0f} vs "
+                  f"{base['train_step_ms']:,.0f} ms at batch {sizes['batch']}), {details['extra_memory_mib']:+,.0f} "
+                  f"MiB peak memory; {repa['note'] or 'the real encoder'}"), details
+
+
+def repa_overhead_markdown(details: dict) -> list:
+    """The section's table for gpu_check.md."""
+    lines = ['', f"## REPA's step-time overhead: {details['config']} ({details['parameters'] / 1e6:.1f}M parameters "
+                 f"without the projector), batch {details['batch']}, {details['precision']}", '',
+             '| variant | train step ms | train img/s | peak memory MiB | note |', '|---|---:|---:|---:|---|']
+    for name, r in details['rows'].items():
+        lines.append('| ' + ' | '.join([name, fmt(r['train_step_ms']), fmt(r['train_img_per_s']),
+                                        fmt(r['peak_memory_mib']), r['note'] or r['status']]) + ' |')
+    if 'step_ratio' in details:
+        lines += ['', f"REPA / plain step time: x{details['step_ratio']:.3f}; peak memory "
+                      f"{details['extra_memory_mib']:+,.0f} MiB."]
+    return lines
+
+
 # ------------------------------------------------------------------------------------------------ fp16 training
 
 def train_command(workdir: str, sizes: dict, n_steps: int, precision: str) -> list:

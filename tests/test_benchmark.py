@@ -97,6 +97,26 @@ def test_markdown_table_lists_every_variant(bench_run):
     assert rows[1:] == list(report['variants'])
 
 
+def test_gpu_check_reads_repas_overhead_from_this_report(bench_run):
+    """The GPU check's REPA section (scripts/gpu_check.py: repa_overhead_result) on this report's baseline and repa
+    rows: the step-time ratio and the extra memory are theirs, the random encoder is said; a failed variant fails it."""
+    report, _ = bench_run
+    spec = importlib.util.spec_from_file_location('gpu_check', os.path.join(ROOT, 'scripts', 'gpu_check.py'))
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    pair = dict(report, variants={name: report['variants'][name] for name in ('baseline', 'repa')})
+    status, note, details = gpu_check.repa_overhead_result(pair, gpu_check.REPA_SIZES[True])
+    base, repa = pair['variants']['baseline'], pair['variants']['repa']
+    assert status == 'ok' and details['step_ratio'] == pytest.approx(repa['train_step_ms'] / base['train_step_ms'])
+    assert details['extra_memory_mib'] == pytest.approx(repa['peak_memory_mib'] - base['peak_memory_mib'])
+    assert note.endswith('digits encoder with random weights') and f"x{details['step_ratio']:.3f}" in note
+    table = '\n'.join(gpu_check.repa_overhead_markdown(details))
+    assert table.count('\n| ') == 3 and '| repa | ' in table
+    broken = dict(pair, variants=dict(pair['variants'], repa=dict(status='failed', note='OutOfMemoryError')))
+    status, note, details = gpu_check.repa_overhead_result(broken, gpu_check.REPA_SIZES[True])
+    assert (status, note) == ('failed', 'repa: OutOfMemoryError') and 'step_ratio' not in details
+
+
 def test_unknown_variant_is_one_line():
     proc = run_benchmark('--variants=baseline,flash')
     assert proc.returncode == 2

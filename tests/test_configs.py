@@ -95,3 +95,36 @@ def test_sit_xl_2_is_dit_xl_2_trained_as_a_flow():
     assert (config.sample.algorithm, config.sample.sample_steps, config.sample.diffusion_form,
             config.sample.last_step, config.sample.last_step_size) == ('flow_sde', 250, 'sigma', 'Mean', 0.04)
     assert framework.build_sampler(config.sample).consumes == 'velocity'
+
+
+def test_sit_xl_2_with_repa_is_repas_release():
+    """REPA's SiT-XL/2: a C head (675,111,184 parameters: SiT's 675,129,632 less the variance half of the final layer,
+    1152 x 16 + 16), REPA's time t, block 8 of 28 aligned to DINOv2-B/14's 768-wide tokens on the 16 x 16 grid (224 px)
+    through a 1152-2048-2048-768 projector of 8,131,328 parameters; its SDE sampler with cfg 1.8 on every channel,
+    only where REPA's t <= 0.7."""
+    from libs.diffusion.guidance import guidance_interval
+    from libs.latent.vision_encoders import DINOV2_B14
+    from libs.nets.protocol import check_token_depth
+    from libs.training.repa import projector_mlp
+    config = load_config_file(os.path.join(ROOT, 'configs', 'imagenet256_sit_xl2_repa.py'))
+    with torch.device('meta'):
+        nnet = build_nnet(config.nnet)
+        projector = projector_mlp(nnet.token_dim, config.repa.projector_dim, DINOV2_B14['hidden_size'])
+    assert count_parameters(nnet) == 675_111_184 and nnet.output == 'image'
+    assert count_parameters(projector) == 8_131_328
+    assert check_token_depth(nnet, config.repa.depth) == 8 and nnet.token_blocks() == 28
+    assert tuple(nnet.token_grid) == (16, 16) and 16 * DINOV2_B14['patch_size'] == 224
+    assert (config.repa.weight, config.repa.encoder) == (0.5, 'dinov2')
+    framework = build_framework(config)
+    framework.check_backbone(nnet)
+    assert (framework.prediction, framework.drop_variance) == ('velocity', False)
+    t = torch.tensor([0.0, 0.3, 1.0])
+    assert torch.equal(framework.schedule.model_time(t), t)      # REPA's t: 0 at the data, 1 at the noise
+    assert (config.train.grad_clip, config.train.batch_size, config.optimizer.lr) == (1.0, 256, 1e-4)
+    assert (config.sample.algorithm, config.sample.sample_steps, config.sample.scale,
+            config.sample.guided_channels) == ('flow_sde', 250, 0.8, 0)
+    lo, hi = guidance_interval(config.sample)
+    # guided where 0 < sigma / alpha <= hi, that is REPA's 0 < t <= 0.7, t = 0.7 included
+    sigma_over_alpha = framework.schedule.ve_sigma(torch.tensor([0.7, 0.7 + 1e-6], dtype=torch.float64))
+    assert lo == 0 and sigma_over_alpha[0] <= hi < sigma_over_alpha[1]
+    assert framework.build_sampler(config.sample).consumes == 'velocity'
