@@ -34,9 +34,15 @@ one is one entry there):
   compiled), to set against the regional compilation.
 - ``latent_spaces`` (issue 24, only when named): U-ViT-H at 512 px on each latent space, and the autoencoders'
   decoders (``latent_spaces``).
+- ``repa_overhead`` (issue 21, only when named): REPA's step-time and memory overhead on SiT-XL/2 at batch 256 in
+  bf16, with a randomly initialised DINOv2-B-sized encoder where the real one is absent.
+- ``metrics`` (issue 23, only when named): the metric set in ADM's ImageNet 256 setting (scripts/benchmark_metrics.py):
+  Inception and DINOv2 throughput, precision and recall of 50,000 samples against 10,000 reference images, KID;
+  failed when precision and recall take longer than the Inception pass.
 
 ``--sections`` runs only those named (a name, or ``bench`` for every ``bench:<config>``), with the sections whose
-results they read (``matmul_peak`` for MFU); by default all but ``compile_full`` and ``latent_spaces``. The full check needs a CUDA GPU and stays within
+results they read (``matmul_peak`` for MFU); by default all but ``compile_full``, ``latent_spaces``,
+``repa_overhead`` and ``metrics``. The full check needs a CUDA GPU and stays within
 ``--budget_s`` (470 s from the shell script's start, under 8 minutes): a section that needs more than is left is
 skipped, and a process still running when the budget ends is stopped ("timed out"). ``--smoke`` runs the same
 sections with tiny sizes on whatever device is here (a CPU in CI), so the script cannot rot.
@@ -618,6 +624,8 @@ def markdown(data: dict) -> str:
     lines += issue22_markdown(data)
     if data.get('latent_spaces'):
         lines += latent_spaces_markdown(data['latent_spaces'])
+    if data.get('repa_overhead'):
+        lines += repa_overhead_markdown(data['repa_overhead'])
     inc = data.get('inception')
     if inc:
         lines += ['', "## FID feature pass (pytorch-fid's InceptionV3, random weights)", '',
@@ -1079,6 +1087,20 @@ def latent_spaces_section(check, name: str, sizes: dict) -> tuple:
     return status, note
 
 
+def repa_overhead_section(check, name: str, sizes: dict) -> tuple:
+    status, note, details = repa_overhead(check.smoke, check.work, check.timeout(name))
+    check.data['repa_overhead'] = details
+    return status, note
+
+
+def metrics_section(check, name: str, sizes: dict) -> tuple:
+    # scripts/benchmark_metrics.py: the metric set in ADM's ImageNet 256 setting, in this process
+    from benchmark_metrics import gpu_check_section
+    status, note, details = gpu_check_section(check.device, check.smoke)
+    check.data['metrics'] = details
+    return status, note
+
+
 def fid_walltime_section(check, name: str, sizes: dict) -> tuple:
     result = fid_walltime(check.device, sizes, check.work)
     check.data['fid_walltime'] = result
@@ -1137,6 +1159,10 @@ SECTIONS = {
         smoke=dict(rounds=1, memory_config='cifar10_uvit_small', memory_batch=2)),
     # issue 24: U-ViT-H at 512 px on each latent space and the decoders (LATENT_SIZES); only when named
     'latent_spaces': Section(latent_spaces_section, LATENT_SIZES[False]['estimate_s'], min_s=60, by_default=False),
+    # issue 21: REPA's step-time overhead on SiT-XL/2 at batch 256 (about 105 GiB: an H200); only when named
+    'repa_overhead': Section(repa_overhead_section, REPA_SIZES[False]['estimate_s'], min_s=60, by_default=False),
+    # issue 23: Inception, DINOv2, precision and recall of 50,000 x 10,000, KID (about 40 s); only when named
+    'metrics': Section(metrics_section, 40, min_s=40, by_default=False),
     # U-ViT-H/2 at 250 samples, guided (500 per call): about 0.3 s per NFE, 15 s for 50, the decoder and the
     # compilation besides. The smoke mode samples the pixel-space digits (importing diffusers alone takes seconds)
     'fid_walltime': Section(fid_walltime_section, 35, min_s=30, full=dict(
