@@ -25,7 +25,10 @@ def setup_logging(log_file: str = None) -> None:
 
 def close_process_group() -> None:
     """Destroy the default process group, if any, while the interpreter is fully alive: a gloo group left to the
-    interpreter's finalisation can abort the process ("terminate called without an active exception")."""
+    interpreter's finalisation can abort the process ("terminate called without an active exception"). A process
+    that never imported torch (scripts/slurm/launch.py) has none, and is not made to import it here."""
+    if 'torch' not in sys.modules:
+        return
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -45,9 +45,11 @@ results they read (``matmul_peak`` for MFU); by default all but ``compile_full``
 ``repa_overhead`` and ``metrics``. The full check needs a CUDA GPU and stays within
 ``--budget_s`` (470 s from the shell script's start, under 8 minutes): a section that needs more than is left is
 skipped, and a process still running when the budget ends is stopped ("timed out"). ``--smoke`` runs the same
-sections with tiny sizes on whatever device is here (a CPU in CI), so the script cannot rot.
+sections with tiny sizes on whatever device is here (a CPU in CI, where the scripts it starts run in forked children
+of this process: ``FORK_SCRIPTS``), so the script cannot rot.
 Exit status: 0 if no section failed, 1 if one did, 2 for bad arguments.
 """
+import importlib
 import json
 import math
 import os
@@ -98,6 +100,12 @@ SMOKE = dict(
 # of the scratch folder comes back.
 FAILURE_LOGS = []
 RUNNING = set()  # process group ids of the running child processes
+# The smoke mode on a CPU (main sets it) runs the Python scripts it starts in forked children of this process
+# (fork_script), with what they import imported here once (PRELOAD): a fresh interpreter's imports (torch, its
+# compiler's modules that AdamW loads, scikit-learn for the digits) cost CI more than the tiny runs themselves. A GPU
+# (CUDA does not survive a fork) and the full check start fresh processes.
+FORK_SCRIPTS = False
+PRELOAD = ('torch._dynamo', 'sklearn.datasets', 'libs.training.loop', 'libs.nets', 'libs.diffusion')
 
 
 class BadArguments(Exception):
@@ -168,23 +176,92 @@ def one_line(text: str, limit: int = 300) -> str:
 
 def run_process(cmd: list, timeout: float, env: dict = None) -> subprocess.CompletedProcess:
     """Run ``cmd`` in its own process group, so that a timeout also ends the children it started (benchmark.py
-    measures each variant in a child, and a left-over child would hold the GPU). returncode None: timed out."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                            env=env, start_new_session=True)
-    RUNNING.add(proc.pid)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-        code = proc.returncode
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        code = None
-    finally:
-        RUNNING.discard(proc.pid)
+    measures each variant in a child, and a left-over child would hold the GPU). returncode None: timed out.
+    ``python script.py ...`` runs in a forked child when FORK_SCRIPTS is set (fork_script)."""
+    if FORK_SCRIPTS and cmd[0] == sys.executable and cmd[1].endswith('.py'):
+        code, out, err = fork_script(cmd[1:], timeout, env)
+    else:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                                env=env, start_new_session=True)
+        RUNNING.add(proc.pid)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+            code = proc.returncode
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            code = None
+        finally:
+            RUNNING.discard(proc.pid)
     if code != 0:
         shown = ' '.join(os.path.relpath(c, ROOT) if c.startswith(ROOT) else c for c in cmd[1:])
         FAILURE_LOGS.append(dict(command=shown, returncode=code, output_tail=((out or '') + (err or ''))[-4000:]))
     return subprocess.CompletedProcess(cmd, code, out, err)
+
+
+def fork_script(argv: list, timeout: float, env: dict = None) -> tuple:
+    """(exit status, or None when it ran past ``timeout`` and was killed; stdout; stderr) of ``python *argv`` run
+    as ``__main__`` in a forked child of this process, in a process group of its own, from the repository root."""
+    import runpy
+    import traceback
+
+    import torch
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.setpgid(0, 0)
+                for signum in (signal.SIGTERM, signal.SIGINT):
+                    signal.signal(signum, signal.SIG_DFL)
+                os.dup2(out.fileno(), 1)
+                os.dup2(err.fileno(), 2)
+                sys.stdout = open(1, 'w', closefd=False)
+                sys.stderr = open(2, 'w', buffering=1, closefd=False)
+                os.chdir(ROOT)
+                if env is not None:
+                    os.environ.clear()
+                    os.environ.update(env)
+                torch.set_num_threads(1)  # this process's OpenMP threads do not survive a fork
+                sys.argv = list(argv)
+                sys.path.insert(0, os.path.dirname(os.path.abspath(argv[0])))
+                runpy.run_path(argv[0], run_name='__main__')
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                try:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                finally:
+                    os._exit(code)
+        try:
+            os.setpgid(pid, pid)  # as the child does: whichever runs first, the group exists before a kill
+        except OSError:  # the child has already run its own setpgid, or exited
+            pass
+        RUNNING.add(pid)
+        try:
+            deadline = time.time() + timeout
+            while True:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    code = os.waitstatus_to_exitcode(status)
+                    break
+                if time.time() > deadline:
+                    os.killpg(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    code = None
+                    break
+                time.sleep(0.02)
+        finally:
+            RUNNING.discard(pid)
+        out.seek(0)
+        err.seek(0)
+        return code, out.read().decode(errors='replace'), err.read().decode(errors='replace')
 
 
 def stop_running(signum, frame) -> None:
@@ -1188,6 +1265,11 @@ def main(argv: list) -> int:
         print('error: no CUDA GPU here; on a CPU, run the smoke mode: bash scripts/gpu_check.sh OUT_DIR --smoke',
               file=sys.stderr)
         return 2
+    if args['smoke'] and device.type == 'cpu':
+        global FORK_SCRIPTS
+        FORK_SCRIPTS = True
+        for name in PRELOAD:
+            importlib.import_module(name)
     sizes = SMOKE if args['smoke'] else FULL
     budget = args['budget_s'] if args['budget_s'] is not None else sizes['budget_s']
     work = tempfile.mkdtemp(prefix='gpu_check_')

@@ -80,24 +80,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     for w in "${missing[@]}"; do notes+=("installed $(basename "$w" | cut -d- -f1-2)"); done
 fi
 
-# Optional: timm, which the DiT release's models.py imports (the against section with --dit_clone); pure Python.
-if [ -z "$smoke" ] && ! importable timm; then
-    found=$(ls "$wheels"/timm-*.whl 2>/dev/null | head -n 1)
-    if [ -z "$found" ]; then
-        notes+=("timm: no wheel carried")
-    elif "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
-            "$found"; then
-        export PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}
-        notes+=("installed $(basename "$found" | cut -d- -f1-2)")
-    else
-        notes+=("timm: pip could not install $(basename "$found")")
-    fi
-fi
-
 # Optional: xformers, only for a real GPU run (it has no CPU kernels). It goes into a folder of its own that joins
 # PYTHONPATH only if it imports: a build that breaks at import would otherwise break every benchmark process.
 xformers_state=
-if [ -z "$smoke" ]; then  # no-gpu: gpu_check.py says so in one line; nothing to install for it
+if [ -z "$smoke" ]; then  # no-gpu: gpu_check.py says so in one line; nothing to install for it (nor timm, below)
     xformers_state=$("$python" -c "
 import torch
 if not torch.cuda.is_available():
@@ -122,6 +108,20 @@ if [ "$xformers_state" = absent ]; then
         notes+=("installed $name")
     else
         notes+=("xformers: $name does not import here, left out")
+    fi
+fi
+
+# Optional: timm, which the DiT release's models.py imports (the against section with --dit_clone); pure Python.
+if [ -z "$smoke" ] && [ "$xformers_state" != no-gpu ] && ! importable timm; then
+    found=$(ls "$wheels"/timm-*.whl 2>/dev/null | head -n 1)
+    if [ -z "$found" ]; then
+        notes+=("timm: no wheel carried")
+    elif "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
+            "$found"; then
+        export PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}
+        notes+=("installed $(basename "$found" | cut -d- -f1-2)")
+    else
+        notes+=("timm: pip could not install $(basename "$found")")
     fi
 fi
 

@@ -1,11 +1,17 @@
 """Forked children for tests that need a process to die, or several processes: a real process (it can be killed with
-SIGKILL and joins a gloo group) without the seconds of imports a fresh interpreter costs on a 2-core machine."""
+SIGKILL and joins a gloo group) without the seconds of imports a fresh interpreter costs on a 2-core machine; and
+``run_script``, a command line run the same way."""
 import logging
 import os
+import runpy
 import signal
 import socket
+import subprocess
+import sys
+import tempfile
 import time
 import traceback
+import warnings
 
 import torch
 
@@ -64,3 +70,82 @@ def wait(pid: int, timeout: float = 120.0) -> int:
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     raise AssertionError(f'child {pid} still running after {timeout} s')
+
+
+def run_script(script: str, args: list, cwd: str = None, env: dict = None,
+               timeout: float = 600.0) -> subprocess.CompletedProcess:
+    """``python script *args`` as a forked child of the test process: the script runs as ``__main__`` with that
+    argv, from ``cwd``, with ``env`` as its whole environment (default: this one), and its stdout, stderr and exit
+    status come back as ``subprocess.run(..., capture_output=True, text=True)`` gives them. What differs from a fresh
+    interpreter is only what is already imported (torch: seconds on a 2-core machine); absl's flags, accelerate's
+    state, logging and warnings start as a fresh process has them. Keep one real subprocess per script besides."""
+    path = os.path.abspath(os.path.join(cwd or os.getcwd(), script))
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.dup2(out.fileno(), 1)
+                os.dup2(err.fileno(), 2)
+                sys.stdout = open(1, 'w', encoding='utf-8', closefd=False)
+                sys.stderr = open(2, 'w', encoding='utf-8', errors='backslashreplace', closefd=False, buffering=1)
+                if env is not None:
+                    os.environ.clear()
+                    os.environ.update(env)
+                if cwd is not None:
+                    os.chdir(cwd)
+                torch.set_num_threads(1)  # the parent's intra-op threads do not survive a fork
+                reset_accelerate()
+                fresh_interpreter_state()
+                sys.argv = [script, *args]
+                sys.path.insert(0, os.path.dirname(path))
+                runpy.run_path(path, run_name='__main__')
+                code = 0
+            except SystemExit as exc:  # as the interpreter exits: None is 0, a message goes to stderr with 1
+                if exc.code is None or isinstance(exc.code, int):
+                    code = exc.code or 0
+                else:
+                    print(exc.code, file=sys.stderr)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                try:
+                    logging.shutdown()
+                    for stream in (sys.stdout, sys.stderr):
+                        stream.flush()
+                finally:  # never back into pytest, whatever happened
+                    os._exit(code)
+        status = wait(pid, timeout)
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess([sys.executable, script, *args], status,
+                                           out.read().decode('utf-8', 'replace'), err.read().decode('utf-8', 'replace'))
+
+
+def fresh_interpreter_state() -> None:
+    """In a forked child: absl's flags as before any script defined one, the root logger without pytest's handlers,
+    the libraries' console handlers (made at import, when pytest held sys.stderr) on this stderr, and warnings shown
+    on stderr under Python's default filters (pytest records them instead)."""
+    from absl import flags
+    from absl import logging as absl_logging
+    for module, defined in flags.FLAGS.flags_by_module_dict().items():
+        if not module.startswith('absl.'):
+            for flag in defined:
+                if flag.name in flags.FLAGS:
+                    delattr(flags.FLAGS, flag.name)
+    flags.FLAGS.unparse_flags()
+    root = logging.getLogger()
+    for handler in root.handlers[:]:
+        root.removeHandler(handler)
+    root.setLevel(logging.WARNING)
+    for logger in logging.Logger.manager.loggerDict.values():
+        for handler in getattr(logger, 'handlers', []):
+            if type(handler) is logging.StreamHandler:  # subclasses may own their stream (torch's close theirs)
+                handler.setStream(sys.stderr)
+    absl_logging.get_absl_handler().python_handler.setStream(sys.stderr)
+    warnings.resetwarnings()
+    for category in (ImportWarning, ResourceWarning, PendingDeprecationWarning, DeprecationWarning):
+        warnings.simplefilter('ignore', category)
+    warnings.filterwarnings('default', category=DeprecationWarning, module='__main__')
+    warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: sys.stderr.write(
+        warnings.formatwarning(message, category, filename, lineno, line))

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from forking import run_script
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, 'scripts', 'benchmark.py')
 DIGITS_CONFIG = os.path.join(ROOT, 'configs', 'digits_uvit_tiny.py')
@@ -19,11 +21,16 @@ NUMBERS = ('train_step_ms', 'train_img_per_s', 'peak_memory_mib', 'train_tflops'
            'sample_img_per_s_per_nfe', 'sample_img_per_s_50nfe_derived', 'sample_tflops')
 
 
-def run_benchmark(*args):
+def run_benchmark(*args, fork=True):
+    """benchmark.py on the tiny digits U-ViT: in a forked child of this process (tests/forking.py: the command line
+    without the seconds of imports), or with ``fork=False`` in a fresh interpreter."""
+    args = [f'--config={DIGITS_CONFIG}', *OVERRIDES, *args]
+    if fork:
+        return run_script(SCRIPT, args, cwd=ROOT, timeout=300)
     # One thread per process: the subprocesses must not fight over the cores of a busy CI machine.
     env = dict(os.environ, OMP_NUM_THREADS='1')
-    return subprocess.run([sys.executable, SCRIPT, f'--config={DIGITS_CONFIG}', *OVERRIDES, *args],
-                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, cwd=ROOT, env=env,
+                          timeout=300)
 
 
 def uvit_forward_flops(img_size, patch_size, in_chans, embed_dim, depth, mlp_ratio, num_classes, **_):
@@ -54,8 +61,10 @@ def bench_run(tmp_path_factory):
     # REPA is on for its own variant only; its encoder's weights are absent, so a random one of the same size stands in
     repa = ['--config.repa.weight=0.5', '--config.repa.encoder=digits', '--config.repa.depth=1',
             '--config.repa.projector_dim=16', f'--config.repa.encoder_path={out.parent / "absent.pt"}']
+    # a fresh interpreter measuring the variants in itself (a fresh process per variant, benchmark.py's default, is
+    # tested on the discrete config below)
     proc = run_benchmark(f'--batch_size={BATCH}', '--steps=2', '--warmup=1', *repa,
-                         '--variants=baseline,attention,checkpointing,repa', f'--out={out}')
+                         '--variants=baseline,attention,checkpointing,repa', '--in_process', f'--out={out}', fork=False)
     assert proc.returncode == 0, proc.stderr
     with open(out) as f:
         return json.load(f), proc.stdout
@@ -136,12 +145,10 @@ def test_text_to_image_latent_config_trains_on_contexts_times_the_decoders_and_o
     out = tmp_path / 'results.json'
     tiny = ['--config.nnet.img_size=4', '--config.nnet.embed_dim=32', '--config.nnet.depth=2',
             '--config.nnet.num_heads=2', '--config.nnet.clip_dim=16']
-    env = dict(os.environ, OMP_NUM_THREADS='1')
     variants = 'baseline,decode,latent=sd-vae-f8/p2,latent=dc-ae-f64c128/p1,decode=dc-ae-f32c32'
-    proc = subprocess.run([sys.executable, SCRIPT, f'--config={os.path.join(ROOT, "configs", "mscoco_uvit_small.py")}',
-                           *tiny, '--batch_size=2', '--sample_batch=1', '--steps=1', '--warmup=0',
-                           f'--variants={variants}', '--resolution=128', '--ae_width_divisor=16', '--in_process',
-                           f'--out={out}'], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    proc = run_script(SCRIPT, [f'--config={os.path.join(ROOT, "configs", "mscoco_uvit_small.py")}', *tiny,
+                               '--batch_size=2', '--sample_batch=1', '--steps=1', '--warmup=0', f'--variants={variants}',
+                               '--resolution=128', '--ae_width_divisor=16', '--in_process', f'--out={out}'], cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(out.read_text())
     rows = report['variants']
@@ -170,14 +177,14 @@ def test_text_to_image_latent_config_trains_on_contexts_times_the_decoders_and_o
 
 
 def test_a_discrete_config_times_training_and_whole_tau_leaping_steps(tmp_path):
-    """The absorbing digits config: two input channels for one of data, and sampling timed as tau-leaping steps."""
+    """The absorbing digits config: two input channels for one of data, and sampling timed as tau-leaping steps;
+    measured as benchmark.py measures by default, in a fresh process of its own (a forked run here starts it)."""
     out = tmp_path / 'results.json'
     tiny = ['--config.nnet.embed_dim=32', '--config.nnet.depth=2', '--config.nnet.num_heads=2']
-    env = dict(os.environ, OMP_NUM_THREADS='1')
     config = os.path.join(ROOT, 'configs', 'digits_discrete_uvit.py')
-    proc = subprocess.run([sys.executable, SCRIPT, f'--config={config}', *tiny, '--batch_size=4', '--sample_batch=4',
-                           '--steps=2', '--warmup=1', '--variants=baseline', '--in_process', f'--out={out}'],
-                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    proc = run_script(SCRIPT, [f'--config={config}', *tiny, '--batch_size=4', '--sample_batch=4', '--steps=2',
+                               '--warmup=1', '--variants=baseline', f'--out={out}'], cwd=ROOT,
+                      env=dict(os.environ, OMP_NUM_THREADS='1'), timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     baseline = json.loads(out.read_text())['variants']['baseline']
     assert baseline['status'] == 'ok' and baseline['train_img_per_s'] > 0 and baseline['sample_img_per_s_per_nfe'] > 0

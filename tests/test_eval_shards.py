@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 
+from forking import run_script
 from libs.config import load_config_file
 from libs.errors import UserError
 from libs.evaluation.harness import EvalRun
@@ -110,13 +111,18 @@ def test_the_settings_change_with_what_changes_the_samples(tmp_path, weights):
 
 
 def run_eval(wrapper, out, processes: int = 1, kill_after: int = 0):
-    """eval.py on the weights in ``out``: 60 samples in chunks of 10 (n_samples and mini_batch_size)."""
-    launcher = ['-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={processes}'] if processes > 1 else []
-    cmd = [sys.executable, *launcher, str(wrapper), f'--config={DIGITS_CONFIG}', f'--nnet_path={out}',
-           '--config.sample.n_samples=60', '--config.sample.mini_batch_size=10', '--config.sample.sample_steps=3']
-    cmd += [f'--config.nnet.{k}={v}' for k, v in TINY.items()]
+    """eval.py on the weights in ``out``: 60 samples in chunks of 10 (n_samples and mini_batch_size). One process:
+    a forked child of this one (tests/forking.py: the command line without the seconds of imports); more: torchrun."""
+    args = [f'--config={DIGITS_CONFIG}', f'--nnet_path={out}', '--config.sample.n_samples=60',
+            '--config.sample.mini_batch_size=10', '--config.sample.sample_steps=3']
+    args += [f'--config.nnet.{k}={v}' for k, v in TINY.items()]
     env = dict(os.environ, ACCELERATE_USE_CPU='true', OMP_NUM_THREADS='1', KILL_AFTER_CHUNKS=str(kill_after))
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    if processes == 1:
+        result = run_script(str(wrapper), args, cwd=ROOT, env=env, timeout=300)
+    else:
+        launcher = ['-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={processes}']
+        result = subprocess.run([sys.executable, *launcher, str(wrapper), *args], cwd=ROOT, capture_output=True,
+                                text=True, env=env, timeout=300)
     written = sorted(int(chunk) for chunk in re.findall(r'chunk written: (\d+)', result.stderr))  # tqdm shares lines
     return result, written
 

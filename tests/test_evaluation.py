@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from forking import run_script
 from libs.config import d, load_config_file
 from libs.evaluation.harness import EvalRun
 from libs.data import build_dataset
@@ -29,10 +30,15 @@ def weights(tmp_path_factory):
     return str(path)
 
 
-def run_eval(args):
+def run_eval(args, fork=True):
+    """eval.py on the digits config with the TINY network: a forked child of this process (tests/forking.py: the
+    command line without the seconds of imports), or with ``fork=False`` a fresh interpreter."""
     overrides = [f'--config.nnet.{k}={v}' for k, v in TINY.items() if k != 'name']
-    cmd = [sys.executable, os.path.join(ROOT, 'eval.py'), f'--config={DIGITS_CONFIG}'] + overrides + args
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    args = [f'--config={DIGITS_CONFIG}'] + overrides + args
+    if fork:
+        return run_script(os.path.join(ROOT, 'eval.py'), args, cwd=ROOT)
+    return subprocess.run([sys.executable, os.path.join(ROOT, 'eval.py'), *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
 
 
 def test_fid_of_eval_equals_fid_of_its_pngs_and_is_stored_with_its_settings(tmp_path, weights, random_weights):
@@ -45,7 +51,7 @@ def test_fid_of_eval_equals_fid_of_its_pngs_and_is_stored_with_its_settings(tmp_
                        f'--config.eval.inception_path={random_weights}', '--config.sample.n_samples=12',
                        '--config.sample.mini_batch_size=5', '--config.sample.sample_steps=4',
                        f'--config.sample.path={pngs}', '--config.eval.metrics=fid,is',
-                       '--config.eval.is_split_size=5'])
+                       '--config.eval.is_split_size=5'], fork=False)
     assert result.returncode == 0, result.stderr[-3000:]
     printed = float(result.stdout.strip().splitlines()[-1].split('fid=')[1].split()[0])
     record_path = os.path.join(os.path.dirname(weights),
@@ -63,10 +69,11 @@ def test_fid_of_eval_equals_fid_of_its_pngs_and_is_stored_with_its_settings(tmp_
     assert files == [f'{i:06d}.png' for i in range(12)]      # 3 rounds of 5, the last one cut to 12
     from libs.images import load_png
     images = torch.from_numpy(np.stack([load_png(str(pngs / f)) for f in files])).permute(0, 3, 1, 2)
-    from_pngs = fid.fid_from_activations(features(images), str(ref))
+    acts = features(images)
+    from_pngs = fid.fid_from_activations(acts, str(ref))
     assert from_pngs == pytest.approx(record['fid'], rel=1e-3)
     from libs.metrics.inception_score import inception_score_of_features   # ADM's parts: 5, 5 and 2 samples
-    expected_is = inception_score_of_features(features(images), fid.load_logit_weights(random_weights), split_size=5)
+    expected_is = inception_score_of_features(acts, fid.load_logit_weights(random_weights), split_size=5)
     assert record['inception_score'] == pytest.approx(expected_is[0], rel=1e-3)
 
 
@@ -130,12 +137,11 @@ def test_a_released_style_checkpoint_is_scored_without_its_dataset(tmp_path, ran
     features = fid.InceptionFeatures(fid.load_inception(random_weights))
     ref = tmp_path / 'fid_stats_cifar10.npz'
     fid.save_stats(str(ref), *fid.activation_statistics(features(torch.rand(12, 3, 32, 32) * 2 - 1)))
-    cmd = [sys.executable, os.path.join(ROOT, 'eval.py'), f'--config={cifar}', f'--nnet_path={weights}',
-           '--config.dataset.path=/nowhere/cifar10', f'--config.eval.ref_stats={ref}',
-           f'--config.eval.inception_path={random_weights}', '--config.sample.n_samples=6',
-           '--config.sample.mini_batch_size=6', '--config.sample.algorithm=dpm_solver++',
-           '--config.sample.sample_steps=2'] + [f'--config.nnet.{k}={v}' for k, v in net.items()]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    args = [f'--config={cifar}', f'--nnet_path={weights}', '--config.dataset.path=/nowhere/cifar10',
+            f'--config.eval.ref_stats={ref}', f'--config.eval.inception_path={random_weights}',
+            '--config.sample.n_samples=6', '--config.sample.mini_batch_size=6', '--config.sample.algorithm=dpm_solver++',
+            '--config.sample.sample_steps=2'] + [f'--config.nnet.{k}={v}' for k, v in net.items()]
+    result = run_script(os.path.join(ROOT, 'eval.py'), args, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((tmp_path / 'eval_sample_cifar10_n6_fid_dpm_solver++_nfe2_scale0_ema.json').read_text())
     assert record['fid'] == pytest.approx(float(result.stdout.split('fid=')[1].split()[0]), abs=1e-4)
@@ -212,26 +218,29 @@ def test_compute_fid_errors_are_one_line(tmp_path):
     np.savez(tmp_path / 'wrong.npz', images=np.zeros((2, 8, 8, 3), np.uint8))
     for samples, message in ((tmp_path / 'wrong.npz', "has arrays ['images']; expected 'arr_0'"),
                              (tmp_path / 'missing.npz', 'sample file not found')):
-        result = subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', 'compute_fid.py'),
-                                 f'--samples={samples}', f'--ref_stats={tmp_path / "ref.npz"}'], cwd=ROOT,
-                                capture_output=True, text=True, timeout=300)
+        result = run_script(os.path.join(ROOT, 'scripts', 'compute_fid.py'),
+                            [f'--samples={samples}', f'--ref_stats={tmp_path / "ref.npz"}'], cwd=ROOT)
         assert result.returncode == 2 and message in result.stderr.strip().splitlines()[-1], result.stderr
 
 
 def test_samples_do_not_depend_on_the_number_of_processes(tmp_path, weights):
-    """Two processes draw the same samples as one: each sample is a function of (seed, index)."""
+    """Two processes (torchrun) draw the same samples as one (a plain eval.py): each sample is a function of
+    (seed, index)."""
     scores = []
     for processes in (1, 2):
         out = tmp_path / f'p{processes}'
         out.mkdir()
         os.link(weights, out / 'nnet_ema.pth')
-        overrides = [f'--config.nnet.{k}={v}' for k, v in TINY.items() if k != 'name']
-        cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={processes}',
-               os.path.join(ROOT, 'eval.py'), f'--config={DIGITS_CONFIG}', f'--nnet_path={out}',
-               '--config.sample.n_samples=12', '--config.sample.mini_batch_size=4',
-               '--config.sample.sample_steps=3', f'--config.sample.path={out / "pngs"}'] + overrides
-        env = dict(os.environ, ACCELERATE_USE_CPU='true', OMP_NUM_THREADS='1')
-        result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+        args = [f'--nnet_path={out}', '--config.sample.n_samples=12', '--config.sample.mini_batch_size=4',
+                '--config.sample.sample_steps=3', f'--config.sample.path={out / "pngs"}']
+        if processes == 1:
+            result = run_eval(args)
+        else:
+            overrides = [f'--config.nnet.{k}={v}' for k, v in TINY.items() if k != 'name']
+            cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={processes}',
+                   os.path.join(ROOT, 'eval.py'), f'--config={DIGITS_CONFIG}', *args] + overrides
+            env = dict(os.environ, ACCELERATE_USE_CPU='true', OMP_NUM_THREADS='1')
+            result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
         scores.append(json.loads((out / 'eval_sample_digits_n12_digits_unipc_nfe3_scale0.5_ema.json')
                                  .read_text()))

@@ -11,6 +11,7 @@ import torch
 from pytorch_fid import fid_score
 from pytorch_fid import inception as fid_inception
 
+from forking import run_script
 from libs.errors import UserError
 from libs.images import save_pngs, to_uint8
 from libs.metrics import fid
@@ -39,7 +40,8 @@ def _image_sets():
 def test_in_process_fid_equals_pytorch_fid_on_pngs(random_weights, tmp_path):
     a, b = _image_sets()
     features = fid.InceptionFeatures(fid.load_inception(random_weights, dims=64), batch_size=32)
-    mu_a, sigma_a = fid.activation_statistics(features(a))
+    acts_a = features(a)
+    mu_a, sigma_a = fid.activation_statistics(acts_a)
     mu_b, sigma_b = fid.activation_statistics(features(b))
     ours = fid.frechet_distance(mu_a, sigma_a, mu_b, sigma_b)
 
@@ -54,7 +56,7 @@ def test_in_process_fid_equals_pytorch_fid_on_pngs(random_weights, tmp_path):
     assert ours == pytest.approx(reference, rel=1e-3)
 
     fid.save_stats(str(tmp_path / 'b.npz'), mu_b, sigma_b)
-    assert fid.fid_from_activations(features(a), str(tmp_path / 'b.npz')) == pytest.approx(ours, rel=1e-9)
+    assert fid.fid_from_activations(acts_a, str(tmp_path / 'b.npz')) == pytest.approx(ours, rel=1e-9)
 
 
 def test_features_of_uint8_equal_features_of_floats(random_weights):
@@ -216,13 +218,11 @@ def test_error_stats_files(tmp_path):
     assert _one_line(e) == f"FID statistics {tmp_path / 'bad.npz'} have keys ['cov', 'mean']; expected mu and sigma"
 
 
-def _run_script(args, cwd, processes=1):
+def _run_script(args, cwd, processes):
+    """scripts/compute_fid_stats.py under torchrun."""
     script = os.path.join(REPO_ROOT, 'scripts', 'compute_fid_stats.py')
-    launcher = [sys.executable]
-    env = dict(os.environ)
-    if processes > 1:  # accelerate picks the gloo backend on CPUs only when told to use the CPU
-        launcher = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={processes}']
-        env['ACCELERATE_USE_CPU'] = '1'
+    launcher = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={processes}']
+    env = dict(os.environ, ACCELERATE_USE_CPU='1')  # accelerate picks the gloo backend on CPUs only when told to
     return subprocess.run(launcher + [script] + args, capture_output=True, text=True, cwd=str(cwd), env=env)
 
 
@@ -245,6 +245,9 @@ def test_compute_fid_stats_script_on_png_folder(random_weights, tmp_path):
 
 
 def test_compute_fid_stats_script_errors(tmp_path):
-    result = _run_script([f'--folder={tmp_path / "none"}', f'--out={tmp_path / "x.npz"}'], tmp_path)
+    """In a forked child (tests/forking.py: the command line without the seconds of imports; the test above runs
+    the script in fresh interpreters)."""
+    result = run_script(os.path.join(REPO_ROOT, 'scripts', 'compute_fid_stats.py'),
+                        [f'--folder={tmp_path / "none"}', f'--out={tmp_path / "x.npz"}'], cwd=str(tmp_path))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith(f'error: image folder not found at {tmp_path / "none"}')

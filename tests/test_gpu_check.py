@@ -6,6 +6,8 @@ import math
 import os
 import signal
 import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -225,6 +227,29 @@ def test_python_arguments_are_checked():
     with pytest.raises(gpu_check.BadArguments, match="unknown option '--fast'"):
         gpu_check.parse_args(['out', '--fast'])
     assert gpu_check.parse_args(['out', '--smoke', '--install_s=1.5'])['install_s'] == 1.5
+
+
+def test_child_processes_report_their_status_output_and_timeout(tmp_path, monkeypatch):
+    """run_process as the full check starts its children (fresh interpreters) and as the smoke mode on a CPU does
+    (``python script.py``: forked children, fork_script): the exit status, both outputs, a failure's end in the
+    failure logs, and None for a child stopped at its timeout."""
+    script = tmp_path / 'child.py'
+    script.write_text('import os, sys, time\n'
+                      'print(os.getcwd(), *sys.argv[1:])\n'
+                      'if sys.argv[1] == "sleep":\n'
+                      '    time.sleep(60)\n'
+                      'print("error: it failed", file=sys.stderr)\n'
+                      'sys.exit(int(sys.argv[1]))\n')
+    for fork in (False, True):
+        monkeypatch.setattr(gpu_check, 'FORK_SCRIPTS', fork)
+        proc = gpu_check.run_process([sys.executable, str(script), '3'], timeout=60)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (3, f'{ROOT} 3\n', 'error: it failed\n'), fork
+        assert gpu_check.FAILURE_LOGS[-1]['returncode'] == 3 and 'it failed' in gpu_check.FAILURE_LOGS[-1]['output_tail']
+        assert gpu_check.run_process([sys.executable, str(script), '0'], timeout=60).returncode == 0
+        start = time.time()
+        proc = gpu_check.run_process([sys.executable, str(script), 'sleep'], timeout=1)
+        assert proc.returncode is None and time.time() - start < 30 and not gpu_check.RUNNING, fork
+        assert gpu_check.process_failure(proc, 'child.py')[0] == 'timed out'
 
 
 def test_nonfinite_entries_finds_nan_and_inf_anywhere():

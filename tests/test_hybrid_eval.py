@@ -2,14 +2,13 @@
 direct computation of the same number, the OOD shape conversion, and one-line errors for bad input."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from forking import run_script
 from libs.config import d, load_config_file
 from libs.data import build_dataset
 from libs.diffusion.gaussian import Denoiser, GaussianFramework
@@ -244,8 +243,9 @@ def test_gen_fid_and_inception_score_of_identical_samples(tmp_path, random_weigh
 
 
 def run_eval(config_path, args):
-    cmd = [sys.executable, os.path.join(ROOT, 'eval.py'), f'--config={config_path}'] + args
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    """eval.py in a forked child of this process (tests/forking.py: the command line without the seconds of
+    imports; tests/test_evaluation.py runs it in a fresh interpreter)."""
+    return run_script(os.path.join(ROOT, 'eval.py'), [f'--config={config_path}'] + args, cwd=ROOT)
 
 
 HYBVIT_ARGS = [f'--config.nnet.{k}={v}' for k, v in NET.items()] + [f'--config.clf_eval.n_test={N_TEST}']

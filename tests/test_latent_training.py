@@ -14,6 +14,7 @@ from diffusers import AutoencoderDC
 from PIL import Image
 
 from conftest import reset_accelerate
+from forking import run_script as run_forked
 from libs.diffusion.conditioning import ClassLabels, TextContexts, Unconditional
 from libs.config import load_config_file
 from libs.data import build_dataset, data_spec
@@ -396,7 +397,12 @@ def test_latent_geometry_comes_from_the_autoencoder_and_a_mismatch_is_one_line(a
 
 
 # ---------------------------------------------------------------------------------------------- the scripts
-def run_script(script, *args):
+def run_script(script, *args, fork=True):
+    """``python script *args`` in a forked child of this process (tests/forking.py: the command line without the
+    seconds of importing torch, diffusers and transformers again), or with ``fork=False`` in a fresh interpreter:
+    each script here runs once as one."""
+    if fork:
+        return run_forked(os.path.join(ROOT, script), list(args), cwd=ROOT)
     return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT, capture_output=True,
                           text=True)
 
@@ -418,7 +424,7 @@ def test_the_scripts_train_evaluate_and_sample_from_prompts(assets, tmp_path):
     result = run_script('eval_ldm.py', *ldm, f'--nnet_path={tmp_path / "ldm" / "ckpts" / "2.ckpt"}',
                         f'--config.eval.ref_stats={assets["stats"]}', f'--config.eval.inception_path={assets["inception"]}',
                         '--config.sample.n_samples=2', '--config.sample.mini_batch_size=2',
-                        '--config.sample.sample_steps=2')
+                        '--config.sample.sample_steps=2', fork=False)
     assert result.returncode == 0, result.stderr[-2000:]
     assert 'fid=' in result.stdout
     assert (tmp_path / 'ldm' / 'ckpts' / '2.ckpt' /
@@ -426,11 +432,11 @@ def test_the_scripts_train_evaluate_and_sample_from_prompts(assets, tmp_path):
 
     t2i = overrides('mscoco_uvit_small.py', assets, {'clip_dim': TEXT_HIDDEN_SIZE}) + [
         f'--config.dataset.path={assets["coco"]}', f'--config.text_encoder.pretrained_path={assets["clip"]}']
-    result = run_script('train_t2i_discrete.py', *t2i, f'--workdir={tmp_path / "t2i"}')
+    result = run_script('train_t2i_discrete.py', *t2i, f'--workdir={tmp_path / "t2i"}', fork=False)
     assert result.returncode == 0, result.stderr[-2000:]
     result = run_script('scripts/sample_t2i.py', *t2i, f'--nnet_path={tmp_path / "t2i" / "ckpts" / "2.ckpt"}',
                         f'--prompts={assets["prompts"]}', '--n_per_prompt=3', f'--out={tmp_path / "mine"}',
-                        '--config.sample.sample_steps=2')
+                        '--config.sample.sample_steps=2', fork=False)
     assert result.returncode == 0, result.stderr[-2000:]
     record = json.loads((tmp_path / 'mine' / 'prompts.json').read_text())
     assert [p['prompt'] for p in record['prompts']] == ['a cat sat', 'a dog']
@@ -441,17 +447,20 @@ def test_the_scripts_train_evaluate_and_sample_from_prompts(assets, tmp_path):
 @pytest.mark.parametrize('script,config_file,extra,message', [
     ('train.py', 'imagenet256_uvit_large.py', [],
      'error: train.py is for pixel models, but this config is a latent one: run it with train_ldm.py'),
-    ('train_ldm.py', 'mscoco_uvit_small.py', [],
+    ('train_ldm.py', 'mscoco_uvit_small.py', [],  # the one train_ldm.py run in a fresh interpreter (fork=, below)
      'error: train_ldm.py is for latent models, but this config is a text one: run it with train_t2i_discrete.py'),
+    # the network is built before the autoencoder is asked for: a tiny one (U-ViT-L/2 takes seconds to initialise)
     ('eval_ldm.py', 'imagenet256_uvit_large.py', ['--nnet_path=absent.pth', '--config.autoencoder.pretrained_path=',
-                                                  '--config.dataset.path={imagenet}'],
+                                                  '--config.dataset.path={imagenet}',
+                                                  *[f'--config.nnet.{k}={v}' for k, v in TINY_NET.items()]],
      'error: decoding latents needs the autoencoder: set config.autoencoder.pretrained_path'),
     ('train_ldm.py', 'imagenet256_uvit_large.py', ['--config.dataset.path=/nonexistent/features'],
      'error: no imagenet features at /nonexistent/features/train: extract them with'),
 ])
 def test_bad_input_is_one_line(assets, script, config_file, extra, message):
     extra = [arg.format(**assets) for arg in extra]
-    result = run_script(script, f'--config={os.path.join(ROOT, "configs", config_file)}', *extra)
+    result = run_script(script, f'--config={os.path.join(ROOT, "configs", config_file)}', *extra,
+                        fork=(script, config_file) != ('train_ldm.py', 'mscoco_uvit_small.py'))
     assert result.returncode == 2, result.stderr[-2000:]
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines and lines[-1].startswith(message), result.stderr[-2000:]

@@ -87,6 +87,23 @@ def test_bad_slurm_settings_are_one_line():
         assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
 
 
+def test_the_launcher_does_not_import_torch():
+    """launch.py runs on every node before the launcher does: its dry run, through libs.cli.run like every script,
+    imports no torch (seconds of a busy node's CPU, and nothing to close without it)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith('SLURM_')}
+    code = ('import runpy, sys\n'
+            'sys.argv = sys.argv[1:]\n'
+            'try:\n'
+            '    runpy.run_path(sys.argv[0], run_name="__main__")\n'
+            'finally:\n'
+            '    print(sorted(m for m in sys.modules if m.split(".")[0] == "torch"), file=sys.stderr)\n')
+    result = subprocess.run([sys.executable, '-c', code, os.path.join(SLURM, 'launch.py'), '--launcher=torchrun',
+                             '--dry_run', '--', *PROGRAM], capture_output=True, text=True,
+                            env={**clean, **slurm_env(1, 0)}, timeout=60)
+    assert result.returncode == 0 and shlex.split(result.stdout)[-3:] == PROGRAM, result.stderr
+    assert result.stderr.splitlines()[-1] == '[]'
+
+
 def test_the_first_host_of_a_node_list():
     launch = load_launch()
     assert launch.first_host('node7') == 'node7'

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import reset_accelerate
+from forking import fork_ranks, run_script, wait
 from libs.config import load_config_file, resolve
 from libs.errors import UserError
 from libs.training import checkpoint as checkpoint_module
@@ -354,12 +355,14 @@ def test_ema_and_warmup_schedule_math():
 
 
 # ------------------------------------------------------------------------------------------- real processes
-def run_train(args, env=None, **kwargs):
+# train.py as a fresh interpreter runs it: a subprocess in the README's own-data command, the SIGTERM test and the
+# two-process runs; a forked child of this process (tests/forking.py: the same command line without the imports)
+# everywhere else.
+def run_train(args):
     overrides = [f'--config.nnet.{k}={v}' for k, v in TINY.items()] + [
         '--config.log_with=none', '--config.train.num_workers=0', '--config.train.final_eval=False',
         '--config.train.log_interval=1', '--config.train.eval_interval=1000000', '--config.train.batch_size=32']
-    cmd = [sys.executable, os.path.join(ROOT, 'train.py'), f'--config={DIGITS_CONFIG}'] + overrides + args
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, **kwargs)
+    return run_script(os.path.join(ROOT, 'train.py'), [f'--config={DIGITS_CONFIG}'] + overrides + args, cwd=ROOT)
 
 
 @pytest.mark.parametrize('override,message', [
@@ -456,15 +459,11 @@ def test_sigterm_to_a_real_run_saves_and_exits_cleanly(tmp_path):
 
 
 def test_two_cpu_processes_keep_identical_replicas(tmp_path):
-    env = dict(os.environ, ACCELERATE_USE_CPU='true', OMP_NUM_THREADS='1')
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
-           os.path.join(ROOT, 'train.py'), f'--config={DIGITS_CONFIG}', f'--workdir={tmp_path}',
-           '--config.train.n_steps=6', '--config.train.save_interval=3', '--config.log_with=none',
-           '--config.train.num_workers=0', '--config.train.final_eval=False', '--config.train.log_interval=1',
-           '--config.train.eval_interval=1000000', '--config.train.batch_size=32'] + \
-          [f'--config.nnet.{k}={v}' for k, v in TINY.items()]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    """Two ranks in one gloo group, forked from this process (tests/forking.py; train.py under torchrun, the same
+    Trainer, in tests/test_cluster_faults.py): every checkpoint records equal replicas and each rank's random state."""
+    config = tiny_config(n_steps=6, save_interval=3)
+    pids = fork_ranks(lambda: Trainer(config, str(tmp_path)).fit(), 2, str(tmp_path))
+    assert [wait(pid) for pid in pids] == [0, 0], (tmp_path / 'rank0.log').read_text()[-3000:]
     for step in (3, 6):
         state = read_train_state(str(tmp_path / 'ckpts' / f'{step}.ckpt'))
         assert state['num_processes'] == 2
@@ -472,7 +471,7 @@ def test_two_cpu_processes_keep_identical_replicas(tmp_path):
         assert state['replicas_equal'] is True
         assert state['replica_checksums'][0] == state['replica_checksums'][1]
         assert (tmp_path / 'ckpts' / f'{step}.ckpt' / 'rng_state_1.pth').is_file()
-    assert 'with 2 process(es)' in result.stdout + result.stderr
+    assert 'with 2 process(es)' in (tmp_path / 'rank0.log').read_text()
     assert sorted(losses(tmp_path)) == list(range(1, 7))
 
 
@@ -485,12 +484,10 @@ def test_the_default_runs_code_path_gives_the_losses_recorded_before_the_refacto
     recorded = json.loads(open(os.path.join(ROOT, 'tests', 'data', 'digits_uvit_tiny_frozen_losses.json')).read())
     steps = 4
     config = os.path.join(ROOT, 'tests', 'data', 'configs', 'digits_uvit_tiny_frozen.py')
-    result = subprocess.run([sys.executable, 'train.py', f'--config={config}', f'--workdir={tmp_path}',
-                             f'--config.train.n_steps={steps}', '--config.train.log_interval=1',
-                             '--config.train.final_eval=False', '--config.train.save_interval=1000',
-                             '--config.train.eval_interval=1000', '--config.eval.train_n_samples=10',
-                             '--config.log_with=none'],
-                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    result = run_script('train.py', [f'--config={config}', f'--workdir={tmp_path}', f'--config.train.n_steps={steps}',
+                                     '--config.train.log_interval=1', '--config.train.final_eval=False',
+                                     '--config.train.save_interval=1000', '--config.train.eval_interval=1000',
+                                     '--config.eval.train_n_samples=10', '--config.log_with=none'], cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     history = losses(tmp_path)
     assert sorted(history) == list(range(1, steps + 1))
@@ -504,9 +501,8 @@ def test_a_checkpoint_written_before_the_refactor_resumes_exactly(tmp_path):
     import shutil
     recorded = json.loads(open(os.path.join(ROOT, 'tests', 'data', 'old_checkpoint', 'resume.json')).read())
     shutil.copytree(os.path.join(ROOT, 'tests', 'data', 'old_checkpoint', '2.ckpt'), tmp_path / 'ckpts' / '2.ckpt')
-    result = subprocess.run([sys.executable, 'train.py', f'--config={os.path.join(ROOT, recorded["config"])}',
-                             f'--workdir={tmp_path}', *recorded['overrides']],
-                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    result = run_script('train.py', [f'--config={os.path.join(ROOT, recorded["config"])}', f'--workdir={tmp_path}',
+                                     *recorded['overrides']], cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'resumed from' in result.stdout + result.stderr and '(step 2)' in result.stdout + result.stderr
     history = losses(tmp_path)
