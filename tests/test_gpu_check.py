@@ -142,9 +142,11 @@ def test_sections_are_selected_by_name_with_what_they_read():
     assert gpu_check.select_sections('gpu_path') == ['matmul_peak', 'gpu_path']
     assert gpu_check.select_sections('against,fid_walltime') == ['against', 'fid_walltime']
     assert gpu_check.select_sections('bench') == ['matmul_peak', *[f'bench:{c}' for c in CONFIGS]]
-    by_name_only = ('compile_full', 'latent_spaces')  # the whole check stays under 8 minutes without them
+    # the whole check stays under 8 minutes without them
+    by_name_only = ('compile_full', 'latent_spaces', 'repa_overhead', 'metrics')
     assert gpu_check.parse_args(['out'])['sections'] == [s for s in gpu_check.SECTIONS if s not in by_name_only]
     assert gpu_check.select_sections('compile_full') == ['matmul_peak', 'compile_full']
+    assert gpu_check.select_sections('repa_overhead,metrics') == ['repa_overhead', 'metrics']
     with pytest.raises(gpu_check.BadArguments, match=r"unknown section 'speed'; known: matmul_peak, bench:"):
         gpu_check.select_sections('inception,speed')
     with pytest.raises(gpu_check.BadArguments, match=r'--uvit_clone=/no/such/clone: no such folder'):
