@@ -1,7 +1,8 @@
 """The numbers papers report, for samples given as files: FID, sFID, Inception Score, precision, recall (as ADM's
 evaluator computes them), KID and FD-DINOv2, from one pass of each network, against ADM's reference batches, the
-U-ViT release's statistics or a folder of images. One command, one JSON (``eval_files_<name>_n<N>_fid.json`` beside
-the samples, with every setting: the reference and its SHA-256, the networks, k, the IS split, the KID subsets).
+U-ViT release's statistics or a folder of images. One command, one JSON (``eval_files_<name>_n<N>_<metrics>.json``
+beside the samples, with every setting: the reference and its SHA-256, the networks, k, the IS split, the KID
+subsets; ``<metrics>`` is ``fid`` or the metrics joined by '-').
 
     python scripts/score_samples.py --samples=samples.npz --reference=VIRTUAL_imagenet256_labeled.npz \
         --metrics=fid,sfid,is,prec,recall

@@ -55,7 +55,7 @@ def test_fid_of_eval_equals_fid_of_its_pngs_and_is_stored_with_its_settings(tmp_
     assert result.returncode == 0, result.stderr[-3000:]
     printed = float(result.stdout.strip().splitlines()[-1].split('fid=')[1].split()[0])
     record_path = os.path.join(os.path.dirname(weights),
-                               'eval_sample_digits_n12_fid_unipc_nfe4_scale0.5_ema.json')
+                               'eval_sample_digits_n12_fid-is_unipc_nfe4_scale0.5_ema.json')
     record = json.loads(open(record_path).read())
     assert record['fid'] == pytest.approx(printed, abs=1e-4)
     settings = record['settings']
@@ -104,6 +104,41 @@ def test_gathered_samples_are_put_back_in_file_name_order():
     rows = [(r * world + rank) * mb + i for rank in range(world) for r in range(rounds) for i in range(mb)]
     assert torch.tensor(rows)[gathered_order(world, rounds, mb, n)].tolist() == list(range(n))
     assert gathered_order(1, 3, 5, 12).tolist() == list(range(12))
+
+
+def test_scores_whose_settings_differ_never_share_a_file_name():
+    """For every sampler and every key of ``config.sample``: where changing the key from its default changes the
+    score's settings, it changes the file name too (a score then never overwrites another one's JSON); so does
+    the metric list."""
+    from libs.config import defaults
+    from libs.diffusion.samplers import SAMPLERS
+    from libs.diffusion.samplers.tau_leaping import CTMC_SAMPLER_OPTIONS
+    from libs.evaluation.harness import json_safe, metric_tag, sample_settings, sample_tags
+
+    def changed(value):
+        if isinstance(value, bool):
+            return not value
+        if isinstance(value, (int, float)):
+            return value * 2 + 1
+        return value + 'x'
+
+    checked = set()
+    for algorithm in (*SAMPLERS, *CTMC_SAMPLER_OPTIONS):
+        base = defaults().sample
+        base.algorithm = algorithm
+        name = sample_tags(base, 'fid')
+        settings = json_safe(sample_settings(base, 100, 'fid', {}))
+        for key in base:
+            other = defaults().sample
+            other.algorithm = algorithm
+            other[key] = '0.3,3' if key == 'guidance_interval' else changed(base[key])
+            if json_safe(sample_settings(other, 100, 'fid', {})) != settings:
+                assert sample_tags(other, 'fid') != name, (algorithm, key)
+                checked.add(key)
+    assert {'sample_steps', 'scale', 'order', 'method', 'skip_type', 't_start', 't_end', 'guidance_interval', 'eta',
+            's_churn', 'diffusion_form', 'last_step_size', 'min_t', 'num_corrector_steps'} <= checked
+    assert metric_tag('fid', {'metrics': ['fid']}) == 'fid' and metric_tag('digits', {}) == 'digits'
+    assert metric_tag('fid', {'metrics': ['fid', 'is', 'prec']}) == 'fid-is-prec'
 
 
 @pytest.mark.parametrize('args,message', [
@@ -174,9 +209,9 @@ def test_score_samples_against_a_reference_batch_and_statistics_without_a_model(
     weight = fid.load_logit_weights(random_weights)
     runs = [(['score_samples.py', f'--samples={tmp_path / "samples.npz"}', f'--reference={batch}',
               '--metrics=fid,sfid,is,prec,recall,kid', '--kid_subset_size=5', '--kid_subsets=4', '--check_reference',
-              '--is_split_size=5'], 'eval_files_samples_n12_fid.json', {'split_size': 5}),
+              '--is_split_size=5'], 'eval_files_samples_n12_fid-sfid-is-prec-recall-kid.json', {'split_size': 5}),
             (['compute_fid.py', f'--samples={tmp_path / "pngs"}', f'--ref_stats={ref}', '--is_splits=2'],
-             'eval_files_pngs_n12_fid.json', {'splits': 2})]
+             'eval_files_pngs_n12_fid-is.json', {'splits': 2})]
     for (script, *args), name, split in runs:
         result = subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', script), *args,
                                  f'--inception={random_weights}', '--batch_size=5'], cwd=ROOT, capture_output=True,
@@ -190,7 +225,7 @@ def test_score_samples_against_a_reference_batch_and_statistics_without_a_model(
             inception_score_of_features(acts, weight, split.get('splits'), split.get('split_size'))[0], rel=1e-6)
         assert f"fid={record['fid']:.6g}" in result.stdout
     assert settings['reference_statistics'] == str(ref) and settings['reference_kind'] == 'statistics'
-    record = json.loads((tmp_path / 'eval_files_samples_n12_fid.json').read_text())
+    record = json.loads((tmp_path / 'eval_files_samples_n12_fid-sfid-is-prec-recall-kid.json').read_text())
     settings = record['settings']
     assert settings['reference_kind'] == 'batch' and settings['reference_images'] == 6
     assert settings['reference_statistics_source'] == {'pool': 'stored', 'spatial': 'computed from 6 images'}

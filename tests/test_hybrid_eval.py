@@ -232,7 +232,7 @@ def test_gen_fid_and_inception_score_of_identical_samples(tmp_path, random_weigh
     cfg.sample.update(n_samples=8, mini_batch_size=8, sample_steps=3, path=str(tmp_path / 'samples'))
     results = run_eval_mode(cfg, 'gen', str(weights))
     assert set(results) == {'dpm_solver++'}
-    record = read(tmp_path, 'eval_gen_digits_n8_fid_dpm_solver++_nfe3_scale0_ema.json')
+    record = read(tmp_path, 'eval_gen_digits_n8_fid-is_dpm_solver++_nfe3_scale0_ema.json')
     assert record['settings']['reference_statistics'] == str(ref)
     assert record['fid'] == results['dpm_solver++']['fid']
     from libs.images import load_png

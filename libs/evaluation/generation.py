@@ -12,11 +12,11 @@ def score_samples(run: EvalRun, mode: str, sample_cfg, scorer, png_dir: str) -> 
 
     The scored samples are kept in ``<json stem>_shards/`` beside the JSON until it is written, so a run that is
     stopped continues where it stopped when run again with the same settings (libs/evaluation/shards.py)."""
-    n, metric = run.config.sample.n_samples, run.config.eval.metric
-    tags = sample_tags(sample_cfg, metric)
+    n, metric, scores = run.config.sample.n_samples, run.config.eval.metric, scorer.record()
+    tags = sample_tags(sample_cfg, metric, scores)
     shards = run.shard_store(run.stem(mode, n, *tags), sample_cfg)
     result = run.generate(sample_cfg, scorer, png_dir=png_dir, desc=f'{mode}: {sample_cfg.algorithm}', shards=shards)
-    run.write(mode, n, tags, sample_settings(sample_cfg, n, metric, scorer.record()), result)
+    run.write(mode, n, tags, sample_settings(sample_cfg, n, metric, scores), result)
     if run.accelerator.is_main_process:
         shards.remove()  # the JSON holds the score now
     run.print(f'{sample_cfg.algorithm} nfe={sample_cfg.sample_steps}: '

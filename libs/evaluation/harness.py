@@ -144,10 +144,6 @@ def sample_settings(sample_cfg, n_samples: int, metric: str, scores: dict) -> di
     solvers and noise / score models); ``guidance_interval`` is (lo, hi) in sigma / alpha, None when guidance
     applies at every level."""
     from libs.diffusion.guidance import guidance_interval
-    from libs.diffusion.samplers import SAMPLER_OPTIONS
-    from libs.diffusion.samplers.tau_leaping import CTMC_SAMPLER_OPTIONS
-    known = {**SAMPLER_OPTIONS, **CTMC_SAMPLER_OPTIONS}
-    options = {key: sample_cfg.get(key) for key in known.get(sample_cfg.algorithm, ())}
     return {
         'metric': metric,
         'n_samples': n_samples,
@@ -161,21 +157,47 @@ def sample_settings(sample_cfg, n_samples: int, metric: str, scores: dict) -> di
         't_end': sample_cfg.get('t_end', 0.0),
         't_start': sample_cfg.get('t_start', 0.0),
         'guidance_interval': guidance_interval(sample_cfg),
-        **options,
+        **{key: sample_cfg.get(key) for key in sampler_options(sample_cfg.algorithm)},
         **scores,
     }
 
 
-def sample_tags(sample_cfg, metric: str) -> list:
-    """The file-name tags of a sample score: the metric, sampler, NFE and guidance scale, then what is set of the
-    guided channels (DiT's guidance of some channels only), the guidance interval and the start time."""
+def sampler_options(algorithm: str) -> tuple:
+    """The ``config.sample`` keys of ``algorithm``'s own options (DDIM's eta, EDM's churn, SiT's SDE, the discrete
+    samplers')."""
+    from libs.diffusion.samplers import SAMPLER_OPTIONS
+    from libs.diffusion.samplers.tau_leaping import CTMC_SAMPLER_OPTIONS
+    return {**SAMPLER_OPTIONS, **CTMC_SAMPLER_OPTIONS}.get(algorithm, ())
+
+
+def metric_tag(metric: str, scores: dict = None) -> str:
+    """The file-name tag of a score's metrics: ``metric`` ('fid', 'digits'), or the scorer's metric list (its
+    ``record()``) joined by '-' where it is more than FID alone (``fid-is-prec-recall``)."""
+    return '-'.join((scores or {}).get('metrics', ())) or metric
+
+
+def sample_tags(sample_cfg, metric: str, scores: dict = None) -> list:
+    """The file-name tags of a sample score, so that two scores whose samples or metrics differ never share a file
+    (the JSON's settings hold the same values in full): the metrics (``metric_tag``: ``scores`` is the scorer's
+    record), sampler, NFE and guidance scale, then what is set of the guided channels (DiT's guidance of some channels
+    only), the guidance interval, the start and end times, and each other sampling setting that is not the
+    default of libs/config.py (``order2``, ``skiptypetime_uniform``, ``schurn40``: the key without underscores)."""
+    from libs.config import defaults
     from libs.diffusion.guidance import guidance_interval
-    tags = [metric, sample_cfg.algorithm, f'nfe{sample_cfg.sample_steps}', f"scale{sample_cfg.get('scale', 0.0):g}"]
+    tags = [metric_tag(metric, scores), sample_cfg.algorithm, f'nfe{sample_cfg.sample_steps}',
+            f"scale{sample_cfg.get('scale', 0.0):g}"]
     channels = sample_cfg.get('guided_channels', 0)
     interval = guidance_interval(sample_cfg)
-    t_start = sample_cfg.get('t_start', 0.0)
-    return tags + ([f'guided{channels}'] if channels else []) + \
-        ([f'interval{interval[0]:g}-{interval[1]:g}'] if interval else []) + ([f'start{t_start:g}'] if t_start else [])
+    t_start, t_end = sample_cfg.get('t_start', 0.0), sample_cfg.get('t_end', 0.0)
+    tags += ([f'guided{channels}'] if channels else []) + \
+        ([f'interval{interval[0]:g}-{interval[1]:g}'] if interval else []) + \
+        ([f'start{t_start:g}'] if t_start else []) + ([f'end{t_end:g}'] if t_end else [])
+    default = defaults().sample
+    for key in ('order', 'method', 'skip_type', *sampler_options(sample_cfg.algorithm)):
+        value = sample_cfg.get(key, default[key])
+        if value != default[key]:
+            tags.append(key.replace('_', '') + (f'{value:g}' if isinstance(value, float) else str(value)))
+    return tags
 
 
 @torch.no_grad()

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from libs.data.npz_images import NpzImages
 from libs.errors import UserError
-from libs.evaluation.harness import broadcast_dict, result_name, write_record
+from libs.evaluation.harness import broadcast_dict, metric_tag, result_name, write_record
 
 
 def sample_files(path: str):
@@ -25,7 +25,7 @@ def sample_files(path: str):
 def score_sample_files(path: str, reference: str, settings=None, out: str = '', check_reference: bool = False,
                        accelerator=None) -> dict:
     """The metrics of ``settings`` (a MetricSettings; default: FID) of the samples at ``path`` against
-    ``reference``, the images split across processes; writes ``eval_files_<name>_n<N>_fid.json`` into ``out``
+    ``reference``, the images split across processes; writes ``eval_files_<name>_n<N>_<metrics>.json`` into ``out``
     (default: beside the samples). With ``check_reference`` the statistics stored in a reference batch are also
     compared with those computed from its images (``reference_check`` in the JSON). Returns the numbers."""
     from accelerate import Accelerator
@@ -52,7 +52,8 @@ def score_sample_files(path: str, reference: str, settings=None, out: str = '', 
               **result}
     if check is not None:
         record['reference_check'] = check
-    write_record(accelerator, directory, result_name('files', os.path.splitext(name)[0], n, ['fid']), record)
+    write_record(accelerator, directory, result_name('files', os.path.splitext(name)[0], n,
+                                                     [metric_tag('fid', record['settings'])]), record)
     if check is not None:
         result = {**result, **{f'reference_check_{column}_fd': entry['frechet_distance']
                                for column, entry in check.items()}}

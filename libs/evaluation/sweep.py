@@ -34,7 +34,7 @@ def finished_point(run: EvalRun, sample_cfg, scores: dict):
     n, metric = run.config.sample.n_samples, run.config.eval.metric
     result = None
     if run.accelerator.is_main_process:
-        path = run.path(run.stem('sample', n, *sample_tags(sample_cfg, metric)) + '.json')
+        path = run.path(run.stem('sample', n, *sample_tags(sample_cfg, metric, scores)) + '.json')
         result = read_result(path, run.weights, run.ema, sample_settings(sample_cfg, n, metric, scores))
     return run.broadcast({'result': result})['result']
 

@@ -478,8 +478,9 @@ class Trainer:
             self.score_failed(metric, n_samples, scorer.error)
         if not result:  # the main process's score failed; the others received its empty result
             return {}
+        scores = scorer.record()
         write_result(acc, os.path.join(ckpt, 'nnet_ema.pth'), True, 'sample', config.dataset.name, n_samples,
-                     sample_tags(sample_cfg, metric), sample_settings(sample_cfg, n_samples, metric, scorer.record()),
+                     sample_tags(sample_cfg, metric, scores), sample_settings(sample_cfg, n_samples, metric, scores),
                      result, step=self.step)
         if acc.is_main_process:
             logger.info('%s (step %d)', ', '.join(f'{k}={v:.4f}' for k, v in result.items()), self.step)
