@@ -7,6 +7,7 @@ import os
 import pytest
 
 from libs.config import load_config_file
+from libs.errors import UserError
 from libs.evaluation import run_eval_mode
 from libs.training.loop import Trainer
 
@@ -89,3 +90,15 @@ def test_the_nll_mode_reports_the_discrete_bound_in_bits_per_dimension(discrete_
     assert 0.5 < result['bits_per_dim'] < 12.0
     stored = [f for f in os.listdir(ckpt) if f.startswith('eval_nll_')]
     assert json.loads(open(os.path.join(ckpt, stored[0])).read())['settings']['time_samples'] == 2
+
+
+@pytest.mark.parametrize('mode', ['linear_probe', 'contrastive', 'noisy_clf'])
+def test_the_feature_evaluations_refuse_a_discrete_model_in_one_line(discrete_checkpoint, mode):
+    """They noise images on a Gaussian path, which the discrete-state framework does not have (it was an
+    AttributeError from deep inside)."""
+    config, ckpt = discrete_checkpoint
+    config = config.copy_and_resolve_references()
+    config.probe.update(layers='block_1', level=10)
+    with pytest.raises(UserError, match=r"has no Gaussian noise levels: the feature evaluations \(eval.py") as info:
+        run_eval_mode(config, mode, os.path.dirname(ckpt) if mode == 'contrastive' else ckpt)  # it takes a run
+    assert '\n' not in str(info.value)

@@ -101,6 +101,12 @@ class Framework:
         raise UserError(f'{self!r} has no likelihood bound (bits_per_dim): eval.py --eval=nll and the px score of '
                         f'--eval=ood need a discrete chain or discrete states')
 
+    def level_range(self) -> tuple:
+        """(low, high): the noise-level indices of the feature evaluations (linear probe, contrastive, noisy
+        classifiers), which noise images on a Gaussian path; a UserError (one line) when this framework has none."""
+        raise UserError(f'{self!r} has no Gaussian noise levels: the feature evaluations (eval.py --eval='
+                        f'linear_probe, contrastive, noisy_clf) noise images on a Gaussian path')
+
     def chain_steps(self):
         """N, the steps of this framework's discrete chain (what an ancestral sampler over the whole chain takes),
         or None when its time is continuous."""

@@ -115,6 +115,7 @@ class Features:
             raise UserError(f'{type(nnet).__name__} gives no features (libs/nets/protocol.py): the feature '
                             f'evaluations need a backbone with feature_layers() and features()')
         self.layers = list(nnet.feature_layers())
+        run.framework.level_range()  # a framework without Gaussian noise levels fails now, in one line
         self.conditioning = run.conditioning(with_prompts=False)
         self.conditioning.uninformative(0, 'cpu')  # a network it cannot probe fails now, in one line
 
