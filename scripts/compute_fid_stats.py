@@ -1,9 +1,11 @@
-"""Reference FID statistics (Inception mu/sigma as .npz) for a dataset of the suite or a folder of images.
+"""Reference FID statistics (Inception mu/sigma as .npz; with --spatial also sFID's mu_s/sigma_s, which
+libs/metrics/reference.py reads) for a dataset of the suite or a folder of images.
 
     python scripts/compute_fid_stats.py --config=configs/X.py --out=assets/fid_stats/X.npz
     python scripts/compute_fid_stats.py --config=configs/mscoco_uvit_small.py --config.dataset.name=mscoco \
         --config.dataset.path=assets/datasets/coco --split=val --out=assets/fid_stats/fid_stats_mscoco256_val.npz
     python scripts/compute_fid_stats.py --folder=DIR [--resolution=64] --out=stats.npz
+    python scripts/compute_fid_stats.py ... --spatial   # also mu_s, sigma_s: sFID against these statistics
     accelerate launch scripts/compute_fid_stats.py ...   # images split across processes
 """
 import os
@@ -24,6 +26,8 @@ flags.DEFINE_integer('dims', 2048, 'Inception feature size: 64, 192, 768 or 2048
 flags.DEFINE_integer('batch_size', 50, 'Images per Inception batch and process.')
 flags.DEFINE_integer('resolution', None, 'With --folder: center-crop and resize every image to this size.')
 flags.DEFINE_integer('num_workers', 0, 'Data loader workers per process.')
+flags.DEFINE_boolean('spatial', False, "Also sFID's statistics of the spatial features (mu_s, sigma_s), from the "
+                     'same pass; needs --dims=2048.')
 flags.DEFINE_string('split', 'train', "With --config: the dataset split ('val' for MS-COCO's text-to-image FID).")
 FLAGS = flags.FLAGS
 
@@ -47,13 +51,18 @@ def compute(_argv):
 
     if not FLAGS.out:
         raise UserError('--out is required (where to write the statistics, e.g. assets/fid_stats/NAME.npz)')
+    if FLAGS.spatial and FLAGS.dims != 2048:
+        raise UserError(f"--spatial takes sFID's features inside the full network: it needs --dims=2048, not "
+                        f'{FLAGS.dims}')
     accelerator = Accelerator()
     images = _images()
     features = InceptionFeatures.from_file(FLAGS.inception, FLAGS.dims, accelerator.device, FLAGS.batch_size)
-    mu, sigma = dataset_statistics(images, features, accelerator, FLAGS.batch_size, FLAGS.num_workers)
+    stats = dataset_statistics(images, features, accelerator, FLAGS.batch_size, FLAGS.num_workers,
+                               spatial=FLAGS.spatial)
     if accelerator.is_main_process:
-        save_stats(FLAGS.out, mu, sigma)
-        print(f'wrote statistics of {len(images)} images ({mu.shape[0]} features) to {FLAGS.out}')
+        save_stats(FLAGS.out, *stats[:2], **dict(zip(('mu_s', 'sigma_s'), stats[2:])))
+        kinds = f'{stats[0].shape[0]} features' + (f', {stats[2].shape[0]} spatial' if FLAGS.spatial else '')
+        print(f'wrote statistics of {len(images)} images ({kinds}) to {FLAGS.out}')
     accelerator.wait_for_everyone()
 
 

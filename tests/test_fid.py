@@ -244,6 +244,33 @@ def test_compute_fid_stats_script_on_png_folder(random_weights, tmp_path):
     np.testing.assert_allclose(sigma, sigma_ref, rtol=1e-4, atol=1e-8)
 
 
+def test_compute_fid_stats_script_writes_sfid_statistics_that_a_reference_uses(random_weights, tmp_path):
+    """--spatial: mu_s / sigma_s of sFID's spatial features from the same pass, which a statistics reference then
+    serves as stored statistics; it needs the full network (one line otherwise). In a forked child."""
+    from libs.images import load_png
+    from libs.metrics.reference import Reference
+    a, _ = _image_sets()
+    save_pngs(a[:6], str(tmp_path / 'pngs'), 0)
+    script, out = os.path.join(REPO_ROOT, 'scripts', 'compute_fid_stats.py'), tmp_path / 'spatial.npz'
+    args = [f'--folder={tmp_path / "pngs"}', f'--out={out}', f'--inception={random_weights}', '--spatial']
+    result = run_script(script, args + ['--dims=64'], cwd=str(tmp_path))
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
+        "error: --spatial takes sFID's features inside the full network: it needs --dims=2048, not 64")
+    result = run_script(script, args, cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    images = torch.from_numpy(np.stack([load_png(str(tmp_path / 'pngs' / f'{i:06d}.png')) for i in range(6)]))
+    outputs = fid.InceptionFeatures(fid.load_inception(random_weights)).outputs(images.permute(0, 3, 1, 2), True)
+    with np.load(out) as stored:
+        assert sorted(stored.files) == ['mu', 'mu_s', 'sigma', 'sigma_s']
+        for column, (mu, sigma) in (('pool', ('mu', 'sigma')), ('spatial', ('mu_s', 'sigma_s'))):
+            expected = fid.activation_statistics(outputs[column].double().numpy())
+            for key, value in zip((mu, sigma), expected):  # float32 sums in another process: to their scale
+                np.testing.assert_allclose(stored[key], value, rtol=1e-4, atol=1e-5 * np.abs(value).max())
+        assert stored['mu_s'].shape == (fid.SPATIAL_FEATURES,)
+    reference = Reference(str(out))
+    assert reference.kind == 'statistics' and set(reference.stored) == {'pool', 'spatial'}
+
+
 def test_compute_fid_stats_script_errors(tmp_path):
     """In a forked child (tests/forking.py: the command line without the seconds of imports; the test above runs
     the script in fresh interpreters)."""

@@ -299,10 +299,12 @@ def spatial_fid(spatial, mu_s, sigma_s) -> float:
     return frechet_distance_of_activations(spatial, mu_s, sigma_s)
 
 
-def save_stats(path: str, mu: np.ndarray, sigma: np.ndarray) -> None:
-    """Write ``mu``/``sigma`` as an ``.npz`` file (written to a temporary file, then renamed into place)."""
+def save_stats(path: str, mu: np.ndarray, sigma: np.ndarray, **more) -> None:
+    """Write ``mu``/``sigma`` (and ``more`` statistics: sFID's ``mu_s``/``sigma_s``) as an ``.npz`` file (written
+    to a temporary file, then renamed into place)."""
+    arrays = {'mu': mu, 'sigma': sigma, **more}
     with atomic_open(path) as f:
-        np.savez(f, mu=np.asarray(mu, dtype=np.float64), sigma=np.asarray(sigma, dtype=np.float64))
+        np.savez(f, **{key: np.asarray(value, dtype=np.float64) for key, value in arrays.items()})
 
 
 def load_stats(path: str):
@@ -332,8 +334,9 @@ def fid_from_activations(acts: np.ndarray, ref_stats_path: str) -> float:
 
 
 def dataset_statistics(dataset, features: InceptionFeatures, accelerator=None, batch_size: int = 50,
-                       num_workers: int = 0, progress: bool = True):
-    """Inception ``(mu, sigma)`` of every image of ``dataset``, split across ``accelerator``'s processes.
+                       num_workers: int = 0, progress: bool = True, spatial: bool = False):
+    """Inception ``(mu, sigma)`` of every image of ``dataset``, split across ``accelerator``'s processes; with
+    ``spatial``, ``(mu, sigma, mu_s, sigma_s)``, sFID's statistics of the spatial features from the same pass.
 
     Items are images or ``(image, label)`` pairs; images are uint8 or float in ``[-1, 1]``, ``(C, H, W)``.
     Activations are gathered on every process (``gather_for_metrics`` drops the padding of the last batch), so
@@ -349,11 +352,14 @@ def dataset_statistics(dataset, features: InceptionFeatures, accelerator=None, b
     if accelerator is not None:
         loader = accelerator.prepare_data_loader(loader)
         is_main = accelerator.is_main_process
-    acts = []
+    columns = ('pool', 'spatial') if spatial else ('pool',)
+    acts = {column: [] for column in columns}
     for batch in tqdm(loader, desc='inception features', disable=not (progress and is_main)):
         images = batch[0] if isinstance(batch, (list, tuple)) else batch
-        act = torch.from_numpy(features(images))
-        if accelerator is not None:
-            act = accelerator.gather_for_metrics(act.to(accelerator.device)).cpu()
-        acts.append(act.numpy())
-    return activation_statistics(np.concatenate(acts))
+        outputs = features.outputs(images, spatial)
+        for column in columns:
+            act = outputs[column].double()
+            if accelerator is not None:
+                act = accelerator.gather_for_metrics(act.to(accelerator.device))
+            acts[column].append(act.cpu().numpy())
+    return tuple(part for column in columns for part in activation_statistics(np.concatenate(acts[column])))
