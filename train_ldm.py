@@ -6,8 +6,9 @@ libs/latent/autoencoder.py: Stable Diffusion's, SD3's, FLUX's, DC-AE's).
     accelerate launch --multi_gpu --num_processes 8 --mixed_precision fp16 train_ldm.py \
         --config=configs/imagenet256_uvit_large.py [--workdir=DIR]
 
-The configs use the continuous-time VP SDE, as the release's train_ldm.py; ``--config.schedule.name=stable_diffusion``
-trains on the discrete 1000-step schedule instead. Re-running with the same work directory resumes.
+The U-ViT-L configs use the continuous-time VP SDE, as the release's train_ldm.py; the U-ViT-H configs the discrete
+1000-step Stable Diffusion schedule, as its train_ldm_discrete.py (``--config.schedule.name=`` switches either).
+Re-running with the same work directory resumes.
 """
 from libs.entrypoints import run_training
 

@@ -1,7 +1,8 @@
 """U-ViT-H/4 on ImageNet 512x512 latents (64x64x4), class-conditional with guidance (500.9M parameters; FID 4.05
 with guidance scale 0.7 in the paper).
 
-The 256 huge recipe with patch size 4 on the larger latents and guidance scale 0.7.
+The 256 huge recipe (the discrete Stable Diffusion schedule, as the release's train_ldm_discrete.py) with patch
+size 4 on the larger latents and guidance scale 0.7.
 """
 import os
 

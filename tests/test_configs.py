@@ -43,6 +43,33 @@ def test_paper_configs_have_the_released_networks(name):
         assert config.nnet[key] == value, key
 
 
+# The U-ViT release's README trains each paper config with one script: train.py (pixels) and train_ldm.py (U-ViT-L
+# latents) on the continuous VP SDE, train_ldm_discrete.py (U-ViT-H latents) and train_t2i_discrete.py on the discrete
+# Stable Diffusion schedule, whose network sees the step n in 1..1000. Its checkpoints sample right only on theirs.
+RELEASE_SCHEDULES = {'cifar10_uvit_small': ('vpsde', 999), 'celeba64_uvit_small': ('vpsde', 999),
+                     'imagenet64_uvit_mid': ('vpsde', 999), 'imagenet64_uvit_large': ('vpsde', 999),
+                     'imagenet256_uvit_large': ('vpsde', 999), 'imagenet512_uvit_large': ('vpsde', 999),
+                     'imagenet256_uvit_huge': ('stable_diffusion', 1000),
+                     'imagenet512_uvit_huge': ('stable_diffusion', 1000),
+                     'mscoco_uvit_small': ('stable_diffusion', 1000)}
+
+
+@pytest.mark.parametrize('name', sorted(RELEASE_SCHEDULES))
+def test_paper_configs_train_and_sample_on_the_releases_schedules(name):
+    from libs.diffusion.schedules import DiscreteSchedule
+    schedule, time_scale = RELEASE_SCHEDULES[name]
+    config = load_config_file(os.path.join(ROOT, 'configs', f'{name}.py'))
+    assert config.schedule.name == schedule
+    framework = build_framework(config)
+    t = torch.tensor([0.25, 1.0], dtype=torch.float64)
+    assert framework.model_time(t).tolist() == pytest.approx((time_scale * t).tolist())
+    if schedule == 'stable_diffusion':  # alphas_cumprod of linspace(sqrt 0.00085, sqrt 0.012, 1000)^2 at t = n / N
+        betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+        assert isinstance(framework.schedule, DiscreteSchedule)
+        expected = torch.cumprod(1 - betas, 0)[[249, 999]].sqrt()
+        assert framework.schedule.alpha(t).tolist() == pytest.approx(expected.tolist(), rel=1e-9)
+
+
 # DDAE's release (config/*.yaml): parameters of its UNet, epochs x 50,000 / batch steps, warm-up epochs, EMA
 DDAE = {
     'cifar10_ddpm_unet': (35_746_307, 'gaussian', 128, 2000, 13, 0.9999, 0.1, 0.0, 'out_6', 11),
