@@ -48,7 +48,8 @@ def run_training(script_kind: str) -> None:
     flags.DEFINE_string('resume', '', 'A checkpoint directory (<workdir>/ckpts/<step>.ckpt) to resume from; it must '
                                       'verify. Default: the newest checkpoint of --workdir that verifies.')
     flags.DEFINE_bool('resume_anyway', False, 'Resume the work directory\'s checkpoint even though its config.json '
-                  'names other data or another network than this config (refused otherwise).')
+                      'names other data, another network or another noise process than this config (refused '
+                      'otherwise).')
 
     def main(_):
         from libs.config import resolve

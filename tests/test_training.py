@@ -293,7 +293,8 @@ def test_resume_into_a_different_model_names_the_key(tmp_path):
     reset_accelerate()
     config = tiny_config(n_steps=4)
     config.nnet.embed_dim = 48
-    with pytest.raises(UserError, match=r'another network \(nnet\.embed_dim: 32 -> 48\)'):  # config.json first
+    # config.json is compared first
+    with pytest.raises(UserError, match=r'another network or another noise process \(nnet\.embed_dim: 32 -> 48\)'):
         Trainer(config, str(tmp_path))
     reset_accelerate()
     with pytest.raises(UserError, match=r"2\.ckpt/nnet\.pth does not fit the model: 'pos_embed' has shape "
@@ -429,10 +430,16 @@ def test_the_readmes_own_data_command_trains_and_another_folder_never_resumes_it
     config.train.mode, config.nnet.num_classes, config.log_with = 'cond', 2, 'none'
     for section, values in OWN_DATA_TINY.items():
         config[section].update(values)
-    with pytest.raises(UserError, match=rf"^{workdir} holds a run on other data or another network \(dataset.path: "
+    with pytest.raises(UserError, match=rf"^{workdir} holds a run on other data, another network or another noise "
+                                        rf"process \(dataset.path: "
                                         rf"'{first}' -> '{second}'\): resuming its checkpoint .*2\.ckpt would train "
                                         rf"it on this; give another --workdir, or --resume_anyway"):
         Trainer(config, str(workdir))
+    reset_accelerate()
+    same_data = config.copy_and_resolve_references()
+    same_data.dataset.path, same_data.schedule.name = first, 'stable_diffusion'  # the noise process counts too
+    with pytest.raises(UserError, match=r"another noise process \(schedule.name: 'vpsde' -> 'stable_diffusion'\)"):
+        Trainer(same_data, str(workdir))
     reset_accelerate()
     assert Trainer(config, str(workdir), resume_anyway=True).step == 2
 

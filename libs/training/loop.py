@@ -337,15 +337,17 @@ class Trainer:
         return first, None
 
     def _check_same_run(self, ckpt: str, resume_anyway: bool) -> None:
-        """Resuming the work directory's own checkpoint: the data and the network of its config.json must be this
-        config's, else one line that names the differences (a warning with ``resume_anyway``)."""
+        """Resuming the work directory's own checkpoint: the data, the network and the noise process (schedule and
+        prediction) of its config.json must be this config's, else one line that names the differences (a warning
+        with ``resume_anyway``)."""
         problem, saved = None, os.path.join(self.workdir, 'config.json')
         if self.accelerator.is_main_process and os.path.isfile(saved):
             with open(saved) as f:
-                changes = differences(json.load(f), json.loads(to_json(self.config)), ('dataset', 'nnet'))
+                changes = differences(json.load(f), json.loads(to_json(self.config)),
+                                      ('dataset', 'nnet', 'schedule', 'pred'))
             if changes:
                 listed = '; '.join(changes[:4]) + (f'; and {len(changes) - 4} more' if len(changes) > 4 else '')
-                problem = f'{self.workdir} holds a run on other data or another network ({listed})'
+                problem = f'{self.workdir} holds a run on other data, another network or another noise process ({listed})'
         if problem and resume_anyway:
             logger.warning('%s: resuming its checkpoint %s all the same (--resume_anyway)', problem, ckpt)
             problem = None
