@@ -282,6 +282,32 @@ def test_nan_loss_stops_before_the_update_and_keeps_the_last_good_checkpoint(tmp
     assert any(not torch.equal(before[k], v) for k, v in trainer.nnet.state_dict().items())
 
 
+def test_a_checkpoint_score_samples_in_the_runs_precision_and_scores_in_float32(tmp_path, monkeypatch):
+    """generate(), as the per-checkpoint score and eval.py call it: the network samples under the run's autocast
+    (bf16 here, on the CPU), as eval.py samples; the scorer gets float32 images outside it (an Inception pass under
+    autocast would move the FID off pytorch-fid's)."""
+    from libs.evaluation.scorers import DigitsScorer
+    config = tiny_config()
+    config.mixed_precision = 'bf16'
+    trainer = Trainer(config, str(tmp_path))
+    seen = {'network': [], 'scorer': []}
+    trainer.nnet_ema.register_forward_pre_hook(
+        lambda module, args: seen['network'].append(torch.is_autocast_enabled('cpu')))
+
+    class Spy(DigitsScorer):
+        def add(self, images, labels):
+            seen['scorer'].append((torch.is_autocast_enabled('cpu'), images.dtype))
+            super().add(images, labels)
+
+    monkeypatch.setattr(loop_module, 'build_scorer', lambda *args, **kwargs: Spy())
+    sample_cfg = config.sample.copy_and_resolve_references()
+    sample_cfg.sample_steps = 2
+    result = trainer.evaluate(sample_cfg, 8, str(tmp_path))
+    assert 'digits_frechet_distance' in result
+    assert seen['network'] and all(seen['network'])
+    assert seen['scorer'] and all(entry == (False, torch.float32) for entry in seen['scorer'])
+
+
 def test_batch_size_must_divide_into_processes_and_accumulation(tmp_path):
     with pytest.raises(UserError, match=r'batch_size=32 is not divisible by the number of processes \(1\) x '
                                         r'gradient_accumulation_steps \(3\)'):

@@ -218,8 +218,10 @@ def generate(accelerator, framework, denoiser, sample_cfg, data_shape, n_samples
     """Sample ``n_samples`` across processes, decode them to images (``space``), score them and/or write PNGs.
 
     Round r of process ``rank`` draws samples ``(r * world + rank) * mb + i``; each from its own generator.
-    Returns the score on every process ({} without a scorer). With ``shards`` (chunks of ``mini_batch_size``
-    samples), see ``generate_in_shards``.
+    The network and the decoder run under the accelerator's autocast (the run's mixed precision), the scorer on
+    float32 images outside it, as papers score (pytorch-fid, ADM's evaluator: float32 networks). Returns the score
+    on every process ({} without a scorer). With ``shards`` (chunks of ``mini_batch_size`` samples), see
+    ``generate_in_shards``.
     """
     sampler = framework.build_sampler(sample_cfg)
     scale = sample_cfg.get('scale', 0.0)
@@ -229,8 +231,9 @@ def generate(accelerator, framework, denoiser, sample_cfg, data_shape, n_samples
         """Images and labels of samples ``start .. start + mb`` (PNGs of those below ``n_samples`` written), and
         how many of them count."""
         random = SampleRandom(seed, range(start, start + mini_batch_size), accelerator.device)
-        samples, labels = draw_samples(framework, denoiser, sampler, data_shape, conditioning, random, scale)
-        images = space.decode(samples)
+        with accelerator.autocast():
+            samples, labels = draw_samples(framework, denoiser, sampler, data_shape, conditioning, random, scale)
+            images = space.decode(samples).float()
         keep = max(0, min(mini_batch_size, n_samples - start))
         if png_dir and keep:
             save_pngs(images[:keep], png_dir, start)
@@ -400,11 +403,9 @@ class EvalRun:
                             metric_settings(self.config, inception_score), self.config.sample.n_samples)
 
     def generate(self, sample_cfg, scorer, png_dir: str = '', desc: str = 'sample', shards: ShardStore = None) -> dict:
-        n = self.config.sample.n_samples
-        with self.accelerator.autocast():
-            return generate(self.accelerator, self.framework, self.denoiser(), sample_cfg, self.spec.data_shape, n,
-                            self.mini_batch_size, self.conditioning(), self.space(), scorer, png_dir=png_dir,
-                            seed=self.config.seed, desc=desc, shards=shards)
+        return generate(self.accelerator, self.framework, self.denoiser(), sample_cfg, self.spec.data_shape,
+                        self.config.sample.n_samples, self.mini_batch_size, self.conditioning(), self.space(), scorer,
+                        png_dir=png_dir, seed=self.config.seed, desc=desc, shards=shards)
 
     @property
     def mini_batch_size(self) -> int:
