@@ -143,6 +143,8 @@ def defaults() -> ml_collections.ConfigDict:
             diffusion_norm=1.0,          # flow_sde: its magnitude
             last_step='Mean',            # flow_sde: SiT's last step to t = 0: 'Mean', 'Tweedie', 'Euler', '' (none)
             last_step_size=0.04,         # flow_sde: where the last step starts
+            atol=1e-6,                   # flow_dopri5: absolute and relative tolerances (SiT's); sample_steps is
+            rtol=1e-3,                   # then the most evaluations a sample may take
             eta=0.0,                     # ddim: 0 deterministic, 1 the ancestral sampler's variance
             rho=7.0,                     # heun: EDM's rho-grid
             s_churn=0.0,                 # heun: EDM's churn (0: deterministic) between noise levels s_min..s_max

@@ -400,7 +400,7 @@ def test_build_sampler_errors():
     schedule = VPSDE()
     assert set(SAMPLERS) == {'dpm_solver', 'dpm_solver++', 'euler_maruyama_sde', 'euler_maruyama_ode', 'unipc',
                              'unipc_bh1', 'ddpm_ancestral', 'ddpm_ancestral_beta_tilde', 'ddpm_ancestral_learned',
-                             'ddim', 'heun', 'flow_euler', 'flow_heun', 'flow_sde'}
+                             'ddim', 'heun', 'flow_euler', 'flow_heun', 'flow_sde', 'flow_dopri5'}
     with pytest.raises(UserError, match='known: dpm_solver, dpm_solver\\+\\+, euler_maruyama_sde'):
         build_sampler(ml_collections.ConfigDict({'algorithm': 'plms', 'sample_steps': 10}), schedule)
     with pytest.raises(UserError, match='sample_steps'):

@@ -41,13 +41,16 @@ def accuracy_problem(samples=4096):
 
 def deterministic_presets(problem, x):
     """The names in SAMPLERS whose sampler on the VP SDE does not depend on its noise (the ddpm_ancestral presets,
-    which need a discrete schedule, are left out)."""
+    which need a discrete schedule, are left out, and the adaptive flow_dopri5, whose evaluations are not a given
+    number: tests/test_flow.py checks it against its tolerances)."""
     names = []
     for name in SAMPLERS:
         try:
-            sampler = build_sampler(ml_collections.ConfigDict({'algorithm': name, 'sample_steps': 5}), problem.schedule)
+            sampler = build_sampler(ml_collections.ConfigDict({'algorithm': name, 'sample_steps': 8}), problem.schedule)
         except UserError as error:
             assert 'discrete schedule' in str(error), (name, error)
+            continue
+        if sampler.adaptive:
             continue
         model_fn = model_function(problem, sampler)
         first = sampler(model_fn, x[:8], noise=generator_noise(torch.Generator().manual_seed(1)))

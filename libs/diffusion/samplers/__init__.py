@@ -39,7 +39,7 @@ from libs.diffusion.samplers.dpm_solver import check_options, dpm_solver, single
 from libs.diffusion.samplers.ddim import ddim
 from libs.diffusion.guidance import guidance_interval
 from libs.diffusion.samplers.euler_maruyama import euler_grid, euler_maruyama
-from libs.diffusion.samplers.flow import check_sde_options, flow_ode, flow_sde
+from libs.diffusion.samplers.flow import check_sde_options, flow_dopri5, flow_ode, flow_sde
 from libs.diffusion.samplers.grids import TIME_GRIDS, ddpm_steps, karras_grid, time_grid, time_uniform_grid
 from libs.diffusion.samplers.heun import heun
 from libs.diffusion.samplers.unipc import check_options as check_unipc_options, unipc
@@ -246,6 +246,25 @@ def _flow_ode_preset(method):
     return build
 
 
+def _flow_dopri5_preset(sample_cfg, schedule, model_range):
+    """SiT's default ODE solver: adaptive Dormand-Prince 5(4) from t_start to t_end (default: the model's range, as
+    Heun) at ``sample.atol`` and ``sample.rtol``; ``sample_steps`` is the most evaluations a sample may take."""
+    nfe = _sample_steps(sample_cfg)
+    t_end = _flow_end(sample_cfg, model_range[1])
+    t_start = _t_start(sample_cfg, model_range[0], t_end, 'flow_dopri5')
+    atol, rtol = float(sample_cfg.get('atol', 1e-6)), float(sample_cfg.get('rtol', 1e-3))
+    if nfe < 8:
+        raise UserError(f'flow_dopri5 takes at least 8 evaluations (its first step and one Dormand-Prince step): '
+                        f'sample.sample_steps={nfe}')
+    progress = bool(sample_cfg.get('progress', False))
+
+    def sampler(velocity_fn, x_T, noise=None):
+        return flow_dopri5(velocity_fn, x_T, t_start, t_end, atol, rtol, nfe, progress=progress)[0]
+
+    sampler.consumes, sampler.adaptive = VELOCITY, True
+    return sampler
+
+
 def _flow_sde_preset(sample_cfg, schedule, model_range):
     """SiT's SDE: with a last step, sample_steps - 1 Euler-Maruyama steps uniform in t from t_start to
     last_step_size and the last step to 0 (SiT's 250 = 249 + 1); without one, sample_steps steps to t_end."""
@@ -283,7 +302,8 @@ HEUN_CHURN = {'s_churn': 0.0, 's_min': 0.0, 's_max': 1e9, 's_noise': 1.0}
 
 # Options beyond the common ones that change a sampler's samples (recorded with every score).
 SAMPLER_OPTIONS = {'ddim': ('eta',), 'heun': ('rho',) + tuple(HEUN_CHURN),
-                   'flow_sde': ('diffusion_form', 'diffusion_norm', 'last_step', 'last_step_size')}
+                   'flow_sde': ('diffusion_form', 'diffusion_norm', 'last_step', 'last_step_size'),
+                   'flow_dopri5': ('atol', 'rtol')}
 
 SAMPLERS = {
     # The U-ViT release's sampler: DPM-Solver-3 singlestep, noise prediction, uniform in log-SNR.
@@ -309,13 +329,16 @@ SAMPLERS = {
     'flow_euler': _flow_ode_preset('euler'),
     'flow_heun': _flow_ode_preset('heun'),
     'flow_sde': _flow_sde_preset,
+    # SiT's default ODE solver: adaptive Dormand-Prince 5(4) at its tolerances.
+    'flow_dopri5': _flow_dopri5_preset,
 }
 
 
 def build_sampler(sample_cfg, schedule, model_range=None):
     """sampler(model_fn, x_T, noise=None) -> x_0 for config.sample (a ConfigDict, read with .get) and a schedule,
-    with ``consumes`` (NOISE, NOISE_AND_VARIANCE or VELOCITY), ``guided_channels`` (0: all) and
-    ``guidance_interval`` ((lo, hi) or None) set. ``model_range``: (start, end), the times between which the model
+    with ``consumes`` (NOISE, NOISE_AND_VARIANCE or VELOCITY), ``guided_channels`` (0: all),
+    ``guidance_interval`` ((lo, hi) or None) and ``adaptive`` (True: ``sample_steps`` is the most evaluations, not
+    their number) set. ``model_range``: (start, end), the times between which the model
     can be evaluated (the framework's ``sampling_range``), where SiT's samplers start and Heun's ends by default;
     None: (1, the schedule's t_min)."""
     algorithm = sample_cfg.get('algorithm', None)
@@ -327,6 +350,7 @@ def build_sampler(sample_cfg, schedule, model_range=None):
     interval = guidance_interval(sample_cfg)
     sampler = SAMPLERS[algorithm](sample_cfg, schedule, model_range or (1.0, schedule.t_min))
     sampler.consumes = getattr(sampler, 'consumes', NOISE)
+    sampler.adaptive = getattr(sampler, 'adaptive', False)
     sampler.guided_channels = channels
     sampler.guidance_interval = interval
     return sampler
@@ -334,5 +358,5 @@ def build_sampler(sample_cfg, schedule, model_range=None):
 
 __all__ = ['NOISE', 'NOISE_AND_VARIANCE', 'SAMPLERS', 'SAMPLER_OPTIONS', 'TIME_GRIDS', 'VELOCITY', 'build_sampler',
            'ddim', 'ddpm_ancestral', 'ddpm_ancestral_learned', 'ddpm_steps', 'dpm_solver', 'euler_grid',
-           'euler_maruyama', 'flow_ode', 'flow_sde', 'heun', 'karras_grid', 'singlestep_grid', 'singlestep_orders',
-           'time_grid', 'unipc']
+           'euler_maruyama', 'flow_dopri5', 'flow_ode', 'flow_sde', 'heun', 'karras_grid', 'singlestep_grid',
+           'singlestep_orders', 'time_grid', 'unipc']

@@ -8,8 +8,16 @@ so these samplers start at exactly t = 1 on the flow paths, as SiT's do.
 
 ODE (``flow_ode``): dx / dt = v(x, t) on a decreasing grid, by Euler or by Heun's method (two evaluations a step,
 the last at the step's end; an odd number of evaluations starts with one Euler step, where the flow is straightest).
-SiT's release calls torchdiffeq's fixed-grid 'euler' and 'heun' on a grid uniform in t the same way; its default
-adaptive dopri5 is not here (torchdiffeq is not a dependency).
+SiT's release calls torchdiffeq's fixed-grid 'euler' and 'heun' on a grid uniform in t the same way.
+
+SiT's default ODE solver, adaptive Dormand-Prince 5(4) (torchdiffeq's 'dopri5', SiT's atol 1e-6 and rtol 1e-3), is
+``flow_dopri5``, with torchdiffeq's controller: the error of each step is the root mean square of the embedded
+4th-order estimate's difference over atol + rtol max(|x|, |x_next|), a step is accepted at error <= 1, and the next
+step size is the step times min(10, max(0.2, 0.9 error^(-1/5))) (never shrunk after an accepted step); the first
+step is chosen as torchdiffeq chooses it (one more evaluation). One difference: torchdiffeq takes one error and one
+step size for the whole batch, so its samples depend on which others share their batch; here every sample has its
+own step size and time (the batch is evaluated together, a finished sample with step 0), so that each sample stays a
+function of its own noise, as with every other sampler of the suite.
 
 SDE (``flow_sde``): for any diffusion coefficient w(t) >= 0 the reverse-time SDE
 
@@ -150,3 +158,82 @@ def flow_sde(velocity_fn, schedule, x, timesteps, diffusion_form: str = 'sigma',
     if last_step == 'Euler':
         return x - v * t
     return convert_prediction('velocity', 'x0', v, x, *time_derivatives(schedule, t))
+
+
+# Dormand-Prince 5(4): the nodes c, the stages' weights a, the 5th-order weights (the last stage's row: first same as
+# last) and the embedded 4th-order ones.
+DOPRI5_C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
+DOPRI5_A = ((),
+            (1 / 5,),
+            (3 / 40, 9 / 40),
+            (44 / 45, -56 / 15, 32 / 9),
+            (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
+            (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
+            (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84))
+DOPRI5_B4 = (5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40)
+
+
+def flow_dopri5(velocity_fn, x, t_start: float, t_end: float, atol: float = 1e-6, rtol: float = 1e-3,
+                max_evaluations: int = 1000, progress: bool = False):
+    """Integrate dx / dt = velocity_fn(x, t) from t_start down to t_end by adaptive Dormand-Prince 5(4), each
+    sample with its own step size (the module docstring). Returns (x at t_end, x's dtype; the number of
+    evaluations of the batch); a UserError when a sample needs more than ``max_evaluations``."""
+    if not 0.0 <= t_end < t_start <= 1.0 or atol < 0 or rtol < 0 or atol + rtol <= 0:
+        raise UserError(f'flow_dopri5 needs 0 <= t_end < t_start <= 1 and tolerances >= 0, not both 0; got t_start='
+                        f'{t_start}, t_end={t_end}, atol={atol}, rtol={rtol}')
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    t = torch.full((x.shape[0],), float(t_start), dtype=torch.float64, device=x.device)
+
+    def velocity(y, times):  # dx / d(-t): the integration runs forwards in -t, with positive steps
+        return -velocity_fn(y, times.to(y.dtype)).to(y.dtype)
+
+    def error_norm(error, y0, y1):
+        scale = atol + rtol * torch.maximum(y0.abs(), y1.abs())
+        return (error / scale).flatten(1).pow(2).mean(1).sqrt().double()
+
+    # torchdiffeq's first step: h0 from the sizes of x and f, refined by one Euler trial's change of f
+    k1 = velocity(x, t)
+    d0, d1 = error_norm(x, x, x), error_norm(k1, x, x)
+    h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1.clamp_min(1e-300))
+    f1 = velocity(x + h0.to(x.dtype).view(shape) * k1, t - h0)
+    d2 = error_norm(f1 - k1, x, x) / h0
+    h1 = torch.where(torch.maximum(d1, d2) <= 1e-15, torch.maximum(torch.full_like(h0, 1e-6), h0 * 1e-3),
+                     (0.01 / torch.maximum(d1, d2).clamp_min(1e-300)) ** (1 / 5))
+    h = torch.minimum(100 * h0, h1)
+    evaluations = 2
+    max_steps = (max_evaluations - evaluations) // 6
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=max_steps, desc='flow ODE (dopri5)')
+    for _ in range(max_steps):
+        remaining = t - t_end
+        if not bool((remaining > 0).any()):
+            break
+        dt = torch.minimum(h, remaining).clamp_min(0.0)         # 0 for the finished samples
+        step = dt.to(x.dtype).view(shape)
+        stages = [k1]
+        for c, weights in zip(DOPRI5_C[1:], DOPRI5_A[1:]):
+            y = x + step * sum(w * k for w, k in zip(weights, stages) if w)
+            stages.append(velocity(y, t - c * dt))
+        evaluations += 6
+        x_next = y                                                # the last stage's point is the 5th-order step
+        error = step * sum((b5 - b4) * k for b5, b4, k in zip(DOPRI5_A[-1] + (0.0,), DOPRI5_B4, stages) if b5 != b4)
+        ratio = error_norm(error, x, x_next)
+        accept = (ratio <= 1.0) & (dt > 0)
+        keep = accept.to(x.dtype).view(shape)
+        x = keep * x_next + (1 - keep) * x
+        k1 = keep * stages[-1] + (1 - keep) * k1
+        t = torch.where(accept, torch.where(dt >= remaining, torch.full_like(t, t_end), t - dt), t)
+        factor = (0.9 * ratio.clamp_min(1e-300) ** (-1 / 5)).clamp(0.2, 10.0)
+        factor = torch.where(accept, factor.clamp_min(1.0), factor)
+        h = torch.where(ratio == 0, h * 10.0, h * factor)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    if bool((t > t_end).any()):
+        raise UserError(f'flow_dopri5 did not reach t = {t_end} within sample.sample_steps = {max_evaluations} '
+                        f'evaluations (at sample.atol = {atol}, sample.rtol = {rtol}): raise sample_steps or the '
+                        f'tolerances')
+    return x, evaluations
