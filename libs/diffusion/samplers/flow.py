@@ -221,9 +221,8 @@ def flow_dopri5(velocity_fn, x, t_start: float, t_end: float, atol: float = 1e-6
         error = step * sum((b5 - b4) * k for b5, b4, k in zip(DOPRI5_A[-1] + (0.0,), DOPRI5_B4, stages) if b5 != b4)
         ratio = error_norm(error, x, x_next)
         accept = (ratio <= 1.0) & (dt > 0)
-        keep = accept.to(x.dtype).view(shape)
-        x = keep * x_next + (1 - keep) * x
-        k1 = keep * stages[-1] + (1 - keep) * k1
+        x = torch.where(accept.view(shape), x_next, x)          # a rejected trial (maybe not finite) leaves no trace
+        k1 = torch.where(accept.view(shape), stages[-1], k1)
         t = torch.where(accept, torch.where(dt >= remaining, torch.full_like(t, t_end), t - dt), t)
         factor = (0.9 * ratio.clamp_min(1e-300) ** (-1 / 5)).clamp(0.2, 10.0)
         factor = torch.where(accept, factor.clamp_min(1.0), factor)
