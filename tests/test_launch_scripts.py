@@ -117,22 +117,27 @@ def test_the_first_host_of_a_node_list():
 
 FAKE_SRUN = '''#!/bin/bash
 printf '%s\\n' "$@" > "$LOG/srun.args"
-trap 'echo SIGTERM >> "$LOG/srun.events"; exit 0' TERM   # the training saves and exits 0
+trap 'echo SIGTERM >> "$LOG/srun.events"; sleep "$SAVE_S"; exit 0' TERM   # the training saves and exits 0
 echo $$ > "$LOG/srun.pid"
 while [ ! -e "$LOG/finish" ]; do sleep 0.02; done
 exit 3
 '''
 FAKE_SCANCEL = '''#!/bin/bash
 echo "$@" >> "$LOG/scancel.args"
-kill -TERM "$(cat "$LOG/srun.pid")"
+step=$(cat "$LOG/srun.pid")
+kill -TERM "$step"
+if [ "$SAVE_S" = 0 ]; then  # a quick save: the step has ended before the job script goes on
+    while kill -0 "$step" 2>/dev/null; do sleep 0.01; done
+fi
 '''
 FAKE_SCONTROL = '''#!/bin/bash
 echo "$@" >> "$LOG/scontrol.args"
 '''
 
 
-def start_job(tmp_path, launcher: str):
-    """launch.sbatch under bash with stand-ins for srun, scancel and scontrol; waits until the step runs."""
+def start_job(tmp_path, launcher: str, save_s: float = 0):
+    """launch.sbatch under bash with stand-ins for srun, scancel and scontrol; waits until the step runs. After a
+    SIGTERM the step saves for ``save_s`` seconds, or at once (0: it has ended when scancel returns)."""
     bin_dir, log = tmp_path / 'bin', tmp_path / 'log'
     bin_dir.mkdir(parents=True)
     log.mkdir()
@@ -140,7 +145,7 @@ def start_job(tmp_path, launcher: str):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     env = dict(os.environ, PATH=f'{bin_dir}:{os.environ["PATH"]}', LOG=str(log), SLURM_JOB_ID='77',
-               SLURM_SUBMIT_DIR=ROOT, LAUNCHER=launcher)
+               SLURM_SUBMIT_DIR=ROOT, LAUNCHER=launcher, SAVE_S=str(save_s))
     job = subprocess.Popen(['bash', os.path.join(SLURM, 'launch.sbatch'), *PROGRAM], env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 30
@@ -156,15 +161,16 @@ def test_the_job_script_requeues_at_the_time_limit_and_not_at_the_end(tmp_path):
     for line in ('#SBATCH --ntasks-per-node=1', '#SBATCH --signal=B:USR1@120', '#SBATCH --requeue'):
         assert line in header
 
-    job, log = start_job(tmp_path / 'limit', 'torchrun')
-    job.send_signal(signal.SIGUSR1)  # what Slurm sends 120 s before the time limit
-    assert job.wait(timeout=30) == 0, job.stdout.read()
-    assert (log / 'scancel.args').read_text().split() == ['--signal=TERM', '77']
-    assert (log / 'srun.events').read_text().split() == ['SIGTERM']
-    assert (log / 'scontrol.args').read_text().split() == ['requeue', '77']
-    args = (log / 'srun.args').read_text().splitlines()
-    assert args[:3] == ['--ntasks-per-node=1', 'python', 'scripts/slurm/launch.py']
-    assert args[3:] == ['--launcher=torchrun', '--', *PROGRAM]
+    for save_s in (0, 0.5):  # the step's status after the time limit, whether it ended before the trap returned
+        job, log = start_job(tmp_path / f'limit{save_s}', 'torchrun', save_s)
+        job.send_signal(signal.SIGUSR1)  # what Slurm sends 120 s before the time limit
+        assert job.wait(timeout=30) == 0, job.stdout.read()
+        assert (log / 'scancel.args').read_text().split() == ['--signal=TERM', '77']
+        assert (log / 'srun.events').read_text().split() == ['SIGTERM']
+        assert (log / 'scontrol.args').read_text().split() == ['requeue', '77']
+        args = (log / 'srun.args').read_text().splitlines()
+        assert args[:3] == ['--ntasks-per-node=1', 'python', 'scripts/slurm/launch.py']
+        assert args[3:] == ['--launcher=torchrun', '--', *PROGRAM]
 
     job, log = start_job(tmp_path / 'end', 'accelerate')
     (log / 'finish').touch()  # the step ends by itself (here with status 3)
