@@ -23,6 +23,23 @@ def setup_logging(log_file: str = None) -> None:
                         handlers=handlers, force=True)
 
 
+def own_progress_lock() -> None:
+    """In a forked child: progress bars with a lock of this process alone. tqdm's default lock holds a
+    multiprocessing semaphore that a forked child shares with its parent, so a child killed while holding it leaves
+    the parent's next progress bar waiting forever, and a child forked while the parent's tqdm monitor thread held
+    it waits forever at its own first bar."""
+    if 'tqdm' not in sys.modules:
+        return  # the child makes its own lock when it first needs one
+    import threading
+    from tqdm import tqdm
+    classes = [tqdm]
+    while classes:
+        cls = classes.pop()
+        classes.extend(cls.__subclasses__())
+        if cls is tqdm or '_lock' in vars(cls):
+            cls._lock = threading.RLock()
+
+
 def close_process_group() -> None:
     """Destroy the default process group, if any, while the interpreter is fully alive: a gloo group left to the
     interpreter's finalisation can abort the process ("terminate called without an active exception"). A process

@@ -206,6 +206,8 @@ def fork_script(argv: list, timeout: float, env: dict = None) -> tuple:
     import traceback
 
     import torch
+
+    from libs.cli import own_progress_lock
     sys.stdout.flush()
     sys.stderr.flush()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
@@ -213,6 +215,7 @@ def fork_script(argv: list, timeout: float, env: dict = None) -> tuple:
         if pid == 0:
             code = 1
             try:
+                own_progress_lock()  # a child stopped at its timeout must not leave this process's lock held
                 os.setpgid(0, 0)
                 for signum in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(signum, signal.SIG_DFL)

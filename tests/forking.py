@@ -16,6 +16,7 @@ import warnings
 import torch
 
 from conftest import reset_accelerate
+from libs.cli import own_progress_lock
 from libs.errors import UserError
 
 
@@ -27,6 +28,7 @@ def fork(action, log_file: str, env: dict = None) -> int:
         return pid
     code = 1
     try:
+        own_progress_lock()  # a child killed inside a progress bar must not leave the parent's lock held
         os.environ.update(env or {})
         torch.set_num_threads(1)  # the parent's intra-op threads do not survive a fork
         reset_accelerate()
@@ -85,6 +87,7 @@ def run_script(script: str, args: list, cwd: str = None, env: dict = None,
         if pid == 0:
             code = 1
             try:
+                own_progress_lock()
                 os.dup2(out.fileno(), 1)
                 os.dup2(err.fileno(), 2)
                 sys.stdout = open(1, 'w', encoding='utf-8', closefd=False)

@@ -162,6 +162,38 @@ def test_kills_at_every_point_of_a_save_always_resume_from_a_complete_checkpoint
     assert_same_state(str(ckpts / f'{n_steps}.ckpt'), str(tmp_path / 'straight' / 'ckpts' / f'{n_steps}.ckpt'))
 
 
+def test_a_child_killed_inside_a_progress_bar_leaves_the_parents_bars_working(tmp_path):
+    """tqdm's default lock holds a multiprocessing semaphore that a forked child shares with its parent; the kill
+    tests above SIGKILL training children that draw progress bars, which once left a test worker waiting forever at
+    its next bar. Forked children take a lock of their own (libs.cli.own_progress_lock). In a fresh interpreter, so
+    that a regression stalls that process (and fails here) and not this worker."""
+    import subprocess
+    import sys
+    code = (
+        'import os, signal, sys, threading, time\n'
+        f'sys.path[:0] = [{os.path.dirname(os.path.abspath(__file__))!r}]\n'
+        'from tqdm.auto import tqdm\n'
+        'from forking import fork\n'
+        'tqdm.get_lock()\n'
+        'def hold_the_lock():\n'
+        '    tqdm.get_lock().acquire()\n'
+        '    time.sleep(60)\n'
+        f'pid = fork(hold_the_lock, {str(tmp_path / "child.log")!r})\n'
+        'time.sleep(1.0)\n'
+        'os.kill(pid, signal.SIGKILL)\n'
+        'os.waitpid(pid, 0)\n'
+        'done = threading.Event()\n'
+        'def bar():\n'
+        '    with tqdm(total=1, file=open(os.devnull, "w")):\n'
+        '        pass\n'
+        '    done.set()\n'
+        'threading.Thread(target=bar, daemon=True).start()\n'
+        'print("bar made:", done.wait(10))\n'
+        'os._exit(0)\n')
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip().splitlines()[-1:] == ['bar made: True'], result.stdout + result.stderr[-2000:]
+
+
 def test_16_steps_equal_8_then_a_new_process_and_8_more_with_accumulation(tmp_path):
     config = quick_config(n_steps=16, save_interval=100, gradient_accumulation_steps=2)
     straight = Trainer(config, str(tmp_path / 'straight'))
