@@ -147,7 +147,8 @@ def test_text_to_image_latent_config_trains_on_contexts_times_the_decoders_and_o
             '--config.nnet.num_heads=2', '--config.nnet.clip_dim=16']
     variants = 'baseline,decode,latent=sd-vae-f8/p2,latent=dc-ae-f64c128/p1,decode=dc-ae-f32c32'
     proc = run_script(SCRIPT, [f'--config={os.path.join(ROOT, "configs", "mscoco_uvit_small.py")}', *tiny,
-                               '--batch_size=2', '--sample_batch=1', '--steps=1', '--warmup=0', f'--variants={variants}',
+                               '--batch_size=2', '--sample_batch=1', '--steps=1', '--warmup=0',
+                               f'--variants={variants}',
                                '--resolution=128', '--ae_width_divisor=16', '--in_process', f'--out={out}'], cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(out.read_text())

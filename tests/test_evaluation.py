@@ -174,8 +174,9 @@ def test_a_released_style_checkpoint_is_scored_without_its_dataset(tmp_path, ran
     fid.save_stats(str(ref), *fid.activation_statistics(features(torch.rand(12, 3, 32, 32) * 2 - 1)))
     args = [f'--config={cifar}', f'--nnet_path={weights}', '--config.dataset.path=/nowhere/cifar10',
             f'--config.eval.ref_stats={ref}', f'--config.eval.inception_path={random_weights}',
-            '--config.sample.n_samples=6', '--config.sample.mini_batch_size=6', '--config.sample.algorithm=dpm_solver++',
-            '--config.sample.sample_steps=2'] + [f'--config.nnet.{k}={v}' for k, v in net.items()]
+            '--config.sample.n_samples=6', '--config.sample.mini_batch_size=6',
+            '--config.sample.algorithm=dpm_solver++', '--config.sample.sample_steps=2']
+    args += [f'--config.nnet.{k}={v}' for k, v in net.items()]
     result = run_script(os.path.join(ROOT, 'eval.py'), args, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((tmp_path / 'eval_sample_cifar10_n6_fid_dpm_solver++_nfe2_scale0_ema.json').read_text())
@@ -209,7 +210,8 @@ def test_score_samples_against_a_reference_batch_and_statistics_without_a_model(
     weight = fid.load_logit_weights(random_weights)
     runs = [(['score_samples.py', f'--samples={tmp_path / "samples.npz"}', f'--reference={batch}',
               '--metrics=fid,sfid,is,prec,recall,kid', '--kid_subset_size=5', '--kid_subsets=4', '--check_reference',
-              '--is_split_size=5'], 'eval_files_samples_n12_fid-sfid-is-prec-recall-kid.json', {'split_size': 5}),
+              '--is_split_size=5'], 'eval_files_samples_n12_fid-sfid-is-prec-recall-kid.json',
+             {'split_size': 5}),
             (['compute_fid.py', f'--samples={tmp_path / "pngs"}', f'--ref_stats={ref}', '--is_splits=2'],
              'eval_files_pngs_n12_fid-is.json', {'splits': 2})]
     for (script, *args), name, split in runs:

@@ -246,7 +246,8 @@ def test_child_processes_report_their_status_output_and_timeout(tmp_path, monkey
         monkeypatch.setattr(gpu_check, 'FORK_SCRIPTS', fork)
         proc = gpu_check.run_process([sys.executable, str(script), '3'], timeout=60)
         assert (proc.returncode, proc.stdout, proc.stderr) == (3, f'{ROOT} 3\n', 'error: it failed\n'), fork
-        assert gpu_check.FAILURE_LOGS[-1]['returncode'] == 3 and 'it failed' in gpu_check.FAILURE_LOGS[-1]['output_tail']
+        failure = gpu_check.FAILURE_LOGS[-1]
+        assert failure['returncode'] == 3 and 'it failed' in failure['output_tail']
         assert gpu_check.run_process([sys.executable, str(script), '0'], timeout=60).returncode == 0
         start = time.time()
         proc = gpu_check.run_process([sys.executable, str(script), 'sleep'], timeout=1)

@@ -422,7 +422,8 @@ def test_the_scripts_train_evaluate_and_sample_from_prompts(assets, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / 'ldm' / 'samples' / '2.png').is_file()
     result = run_script('eval_ldm.py', *ldm, f'--nnet_path={tmp_path / "ldm" / "ckpts" / "2.ckpt"}',
-                        f'--config.eval.ref_stats={assets["stats"]}', f'--config.eval.inception_path={assets["inception"]}',
+                        f'--config.eval.ref_stats={assets["stats"]}',
+                        f'--config.eval.inception_path={assets["inception"]}',
                         '--config.sample.n_samples=2', '--config.sample.mini_batch_size=2',
                         '--config.sample.sample_steps=2', fork=False)
     assert result.returncode == 0, result.stderr[-2000:]

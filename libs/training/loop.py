@@ -347,7 +347,8 @@ class Trainer:
                                       ('dataset', 'nnet', 'schedule', 'pred'))
             if changes:
                 listed = '; '.join(changes[:4]) + (f'; and {len(changes) - 4} more' if len(changes) > 4 else '')
-                problem = f'{self.workdir} holds a run on other data, another network or another noise process ({listed})'
+                problem = (f'{self.workdir} holds a run on other data, another network or another noise process '
+                           f'({listed})')
         if problem and resume_anyway:
             logger.warning('%s: resuming its checkpoint %s all the same (--resume_anyway)', problem, ckpt)
             problem = None
