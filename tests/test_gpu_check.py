@@ -255,6 +255,26 @@ def test_child_processes_report_their_status_output_and_timeout(tmp_path, monkey
         assert gpu_check.process_failure(proc, 'child.py')[0] == 'timed out'
 
 
+def test_the_metrics_section_times_every_metric_and_adds_up_the_whole_set(one_thread):
+    """Issue 23's section, run only when named (so not in the smoke run above): in process at its smoke sizes, the
+    whole set's seconds are the two network passes plus every metric's, and its rates follow from them."""
+    sys.path.insert(0, os.path.join(ROOT, 'scripts'))
+    try:
+        from benchmark_metrics import SMOKE_SIZES, gpu_check_section
+    finally:
+        sys.path.remove(os.path.join(ROOT, 'scripts'))
+    status, note, report = gpu_check_section(torch.device('cpu'), smoke=True)
+    assert status == 'ok' and note.startswith('Inception ') and report['sizes'] == SMOKE_SIZES
+    metrics, passes, n = report['metric_seconds'], report['pass_seconds'], SMOKE_SIZES['samples']
+    assert set(metrics) == {'fid', 'sfid', 'inception_score', 'precision_recall', 'kid', 'fd_dinov2'}
+    assert all(math.isfinite(v) and v >= 0 for v in (*metrics.values(), *passes.values()))
+    assert passes['inception'] == pytest.approx(n / report['inception_img_per_s'])
+    assert report['whole_seconds'] == pytest.approx(sum(passes.values()) + sum(metrics.values()))
+    assert report['whole_img_per_s'] == pytest.approx(n / report['whole_seconds'])
+    assert report['whole_img_per_s'] < report['inception_metrics_img_per_s']   # the DINOv2 pass and FD on top
+    assert report['precision_recall_share'] == pytest.approx(metrics['precision_recall'] / report['whole_seconds'])
+
+
 def test_nonfinite_entries_finds_nan_and_inf_anywhere():
     finite = {'w': torch.ones(3), 'state': {0: {'exp_avg': torch.zeros(2), 'step': torch.tensor(3)}}, 'lr': 0.1}
     assert gpu_check.nonfinite_entries(finite) == []
