@@ -101,7 +101,7 @@ SMOKE = dict(
 FAILURE_LOGS = []
 RUNNING = set()  # process group ids of the running child processes
 # The smoke mode on a CPU (main sets it) runs the Python scripts it starts in forked children of this process
-# (fork_script), with what they import imported here once (PRELOAD): a fresh interpreter's imports (torch, its
+# (libs/forked_script.py), with what they import imported here once (PRELOAD): a fresh interpreter's imports (torch, its
 # compiler's modules that AdamW loads, scikit-learn for the digits) cost CI more than the tiny runs themselves. A GPU
 # (CUDA does not survive a fork) and the full check start fresh processes.
 FORK_SCRIPTS = False
@@ -177,9 +177,10 @@ def one_line(text: str, limit: int = 300) -> str:
 def run_process(cmd: list, timeout: float, env: dict = None) -> subprocess.CompletedProcess:
     """Run ``cmd`` in its own process group, so that a timeout also ends the children it started (benchmark.py
     measures each variant in a child, and a left-over child would hold the GPU). returncode None: timed out.
-    ``python script.py ...`` runs in a forked child when FORK_SCRIPTS is set (fork_script)."""
+    ``python script.py ...`` runs in a forked child when FORK_SCRIPTS is set (libs/forked_script.py)."""
     if FORK_SCRIPTS and cmd[0] == sys.executable and cmd[1].endswith('.py'):
-        code, out, err = fork_script(cmd[1:], timeout, env)
+        from libs.forked_script import run_forked
+        code, out, err = run_forked(cmd[1:], ROOT, env, timeout, own_group=True, running=RUNNING)
     else:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
                                 env=env, start_new_session=True)
@@ -197,74 +198,6 @@ def run_process(cmd: list, timeout: float, env: dict = None) -> subprocess.Compl
         shown = ' '.join(os.path.relpath(c, ROOT) if c.startswith(ROOT) else c for c in cmd[1:])
         FAILURE_LOGS.append(dict(command=shown, returncode=code, output_tail=((out or '') + (err or ''))[-4000:]))
     return subprocess.CompletedProcess(cmd, code, out, err)
-
-
-def fork_script(argv: list, timeout: float, env: dict = None) -> tuple:
-    """(exit status, or None when it ran past ``timeout`` and was killed; stdout; stderr) of ``python *argv`` run
-    as ``__main__`` in a forked child of this process, in a process group of its own, from the repository root."""
-    import runpy
-    import traceback
-
-    import torch
-
-    from libs.cli import own_progress_lock
-    sys.stdout.flush()
-    sys.stderr.flush()
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                own_progress_lock()  # a child stopped at its timeout must not leave this process's lock held
-                os.setpgid(0, 0)
-                for signum in (signal.SIGTERM, signal.SIGINT):
-                    signal.signal(signum, signal.SIG_DFL)
-                os.dup2(out.fileno(), 1)
-                os.dup2(err.fileno(), 2)
-                sys.stdout = open(1, 'w', closefd=False)
-                sys.stderr = open(2, 'w', buffering=1, closefd=False)
-                os.chdir(ROOT)
-                if env is not None:
-                    os.environ.clear()
-                    os.environ.update(env)
-                torch.set_num_threads(1)  # this process's OpenMP threads do not survive a fork
-                sys.argv = list(argv)
-                sys.path.insert(0, os.path.dirname(os.path.abspath(argv[0])))
-                runpy.run_path(argv[0], run_name='__main__')
-                code = 0
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                try:
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                finally:
-                    os._exit(code)
-        try:
-            os.setpgid(pid, pid)  # as the child does: whichever runs first, the group exists before a kill
-        except OSError:  # the child has already run its own setpgid, or exited
-            pass
-        RUNNING.add(pid)
-        try:
-            deadline = time.time() + timeout
-            while True:
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    code = os.waitstatus_to_exitcode(status)
-                    break
-                if time.time() > deadline:
-                    os.killpg(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
-                    code = None
-                    break
-                time.sleep(0.02)
-        finally:
-            RUNNING.discard(pid)
-        out.seek(0)
-        err.seek(0)
-        return code, out.read().decode(errors='replace'), err.read().decode(errors='replace')
 
 
 def stop_running(signum, frame) -> None:

@@ -3,13 +3,9 @@ SIGKILL and joins a gloo group) without the seconds of imports a fresh interpret
 ``run_script``, a command line run the same way."""
 import logging
 import os
-import runpy
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
-import time
 import traceback
 import warnings
 
@@ -18,6 +14,7 @@ import torch
 from conftest import reset_accelerate
 from libs.cli import own_progress_lock
 from libs.errors import UserError
+from libs.forked_script import run_forked, wait_for
 
 
 def fork(action, log_file: str, env: dict = None) -> int:
@@ -63,66 +60,28 @@ def fork_ranks(action, world: int, log_dir) -> list:
 def wait(pid: int, timeout: float = 120.0) -> int:
     """The child's exit status, or minus the signal that killed it; a child still running after ``timeout`` seconds
     is killed and fails the test."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.02)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    raise AssertionError(f'child {pid} still running after {timeout} s')
+    status = wait_for(pid, timeout)
+    if status is None:
+        raise AssertionError(f'child {pid} still running after {timeout} s')
+    return status
 
 
 def run_script(script: str, args: list, cwd: str = None, env: dict = None,
                timeout: float = 600.0) -> subprocess.CompletedProcess:
-    """``python script *args`` as a forked child of the test process: the script runs as ``__main__`` with that
-    argv, from ``cwd``, with ``env`` as its whole environment (default: this one), and its stdout, stderr and exit
-    status come back as ``subprocess.run(..., capture_output=True, text=True)`` gives them. What differs from a fresh
-    interpreter is only what is already imported (torch: seconds on a 2-core machine); absl's flags, accelerate's
-    state, logging and warnings start as a fresh process has them. Keep one real subprocess per script besides."""
-    path = os.path.abspath(os.path.join(cwd or os.getcwd(), script))
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                own_progress_lock()
-                os.dup2(out.fileno(), 1)
-                os.dup2(err.fileno(), 2)
-                sys.stdout = open(1, 'w', encoding='utf-8', closefd=False)
-                sys.stderr = open(2, 'w', encoding='utf-8', errors='backslashreplace', closefd=False, buffering=1)
-                if env is not None:
-                    os.environ.clear()
-                    os.environ.update(env)
-                if cwd is not None:
-                    os.chdir(cwd)
-                torch.set_num_threads(1)  # the parent's intra-op threads do not survive a fork
-                reset_accelerate()
-                fresh_interpreter_state()
-                sys.argv = [script, *args]
-                sys.path.insert(0, os.path.dirname(path))
-                runpy.run_path(path, run_name='__main__')
-                code = 0
-            except SystemExit as exc:  # as the interpreter exits: None is 0, a message goes to stderr with 1
-                if exc.code is None or isinstance(exc.code, int):
-                    code = exc.code or 0
-                else:
-                    print(exc.code, file=sys.stderr)
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                try:
-                    logging.shutdown()
-                    for stream in (sys.stdout, sys.stderr):
-                        stream.flush()
-                finally:  # never back into pytest, whatever happened
-                    os._exit(code)
-        status = wait(pid, timeout)
-        out.seek(0)
-        err.seek(0)
-        return subprocess.CompletedProcess([sys.executable, script, *args], status,
-                                           out.read().decode('utf-8', 'replace'), err.read().decode('utf-8', 'replace'))
+    """``python script *args`` as a forked child of the test process (libs/forked_script.py): the script runs as
+    ``__main__`` with that argv, from ``cwd``, with ``env`` as its whole environment (default: this one), and its
+    stdout, stderr and exit status come back as ``subprocess.run(..., capture_output=True, text=True)`` gives them.
+    What differs from a fresh interpreter is only what is already imported (torch: seconds on a 2-core machine);
+    absl's flags, accelerate's state, logging and warnings start as a fresh process has them. Keep one real
+    subprocess per script besides."""
+    def setup():
+        reset_accelerate()
+        fresh_interpreter_state()
+
+    code, out, err = run_forked([script, *args], cwd, env, timeout, setup=setup)
+    if code is None:
+        raise AssertionError(f'{script} still running after {timeout} s')
+    return subprocess.CompletedProcess([sys.executable, script, *args], code, out, err)
 
 
 def fresh_interpreter_state() -> None:

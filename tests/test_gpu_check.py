@@ -233,7 +233,7 @@ def test_python_arguments_are_checked():
 
 def test_child_processes_report_their_status_output_and_timeout(tmp_path, monkeypatch):
     """run_process as the full check starts its children (fresh interpreters) and as the smoke mode on a CPU does
-    (``python script.py``: forked children, fork_script): the exit status, both outputs, a failure's end in the
+    (``python script.py``: forked children, libs/forked_script.py): the exit status, both outputs, a failure's end in the
     failure logs, and None for a child stopped at its timeout."""
     script = tmp_path / 'child.py'
     script.write_text('import os, sys, time\n'
