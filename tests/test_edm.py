@@ -65,6 +65,8 @@ def test_preconditioning_reproduces_the_exact_denoiser(kind):
     torch.testing.assert_close(denoiser.data(x, t), exact, rtol=1e-9, atol=1e-9)
     eps = Gaussian(framework.schedule, M, math.sqrt(V)).eps(x, t)
     torch.testing.assert_close(denoiser.noise(x, t), eps, rtol=1e-7, atol=1e-7 * eps.abs().max().item())
+    velocity = Gaussian(framework.schedule, M, math.sqrt(V)).velocity(x, t)  # what SiT's samplers consume
+    torch.testing.assert_close(denoiser.velocity(x, t), velocity, rtol=1e-7, atol=1e-7 * velocity.abs().max().item())
     # every column of Table 1 weighs the F regression by lambda c_out^2 = 1
     torch.testing.assert_close(precond.loss_weight(s) * precond.c_out(s) ** 2, torch.ones_like(s))
 

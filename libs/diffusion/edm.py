@@ -133,7 +133,11 @@ class EDMDenoiser(Denoiser):
         y, s, out = self._evaluate(x, t, cond)
         y = y.to(out.dtype)
         denoised = self.precond.denoised(y, s, out)
-        return denoised if target == 'x0' else (y - denoised) / _column(s, out).to(out.dtype)
+        if target == 'x0':
+            return denoised
+        if target == 'noise':
+            return (y - denoised) / _column(s, out).to(out.dtype)
+        return self._convert(target, denoised, x, self._times(x, t))  # the velocity or the score, from x0
 
     def denoise(self, y, s, **cond):
         """EDM's D(y; s) for y = x_0 + s n, s a (B,) tensor of noise levels."""
