@@ -17,6 +17,7 @@ from libs.nets.dit import DiT
 from libs.nets.genvit import GenViT
 from libs.nets.uvit import UViT
 from libs.training.loop import Trainer
+from conftest import reset_accelerate
 from forking import fork, wait
 from test_training import tiny_config
 
@@ -125,6 +126,25 @@ def test_compile_modes_and_a_bad_switch_is_one_line():
         device_switch('often', 'train.fused_optimizer', 'cpu')
     with pytest.raises(UserError, match=r"config.train.compile must be 'auto', True, False or 'full', got 'often'"):
         compile_mode('often', 'train.compile', 'cpu')
+
+
+@pytest.mark.usefixtures('fresh_accelerate_state')
+def test_full_compilation_compiles_the_module_the_training_step_calls(tmp_path, monkeypatch):
+    """train.compile='full' with REPA compiles the module around the backbone (its forward calls the backbone's
+    forward_with_tokens, past a compiled backbone's __call__); regional compilation compiles the backbone's blocks.
+    Nothing runs compiled here."""
+    from test_repa import write_digits_encoder
+    from test_training import repa_config
+    monkeypatch.setattr(compile_module, 'BACKEND', 'eager')
+    config = repa_config()
+    config.repa.encoder_path = write_digits_encoder(tmp_path / 'digits_encoder.pt')
+    config.train.compile = 'full'
+    trainer = Trainer(config, str(tmp_path / 'full'))
+    assert trainer.nnet is not trainer.backbone() and compiled_modules(trainer.nnet) == ['']
+    reset_accelerate()
+    config.train.compile = 'true'
+    trainer = Trainer(config, str(tmp_path / 'regional'))
+    assert compiled_modules(trainer.nnet) == ['nnet.in_blocks.0', 'nnet.mid_block', 'nnet.out_blocks.0']
 
 
 @pytest.mark.usefixtures('fresh_accelerate_state')

@@ -249,7 +249,10 @@ class Trainer:
         self.denoiser_ema = self.framework.denoiser(self.nnet_ema)
         # in place, after the EMA's deep copy: parameter names and checkpoint keys stay the release's
         if self.path['compile']:
-            compile_regions(nnet, whole=self.path['compile'] == 'full')
+            whole = self.path['compile'] == 'full'
+            # whole: the module the step calls (REPA's and the hybrid objective's call into the backbone past its
+            # __call__, which compiling the backbone alone would leave eager); each block: the backbone's
+            compile_regions(module if whole else nnet, whole=whole)
         if self.path['sample_compile']:
             compile_regions(self.nnet_ema, whole=self.path['sample_compile'] == 'full')
         self.nnet, self.optimizer = acc.prepare(module, optimizer)
