@@ -278,7 +278,7 @@ def build(config, settings: dict, device):
     from libs.config import d
     from libs.diffusion import build_framework
     from libs.nets import build_nnet
-    from libs.nets.compile import compile_regions
+    from libs.nets.compile import compile_for_training
     from libs.training.objectives import build_objective
     from libs.training.optim import build_optimizer
 
@@ -292,7 +292,7 @@ def build(config, settings: dict, device):
     module = objective.training_module(nnet)
     optimizer = build_optimizer(config.optimizer, module.parameters(), fused=settings['fused_optimizer'], device=device)
     if settings['compile']:
-        compile_regions(nnet, whole=settings['compile'] == 'full')
+        compile_for_training(nnet, module, settings['compile'])
     return framework, objective, module, optimizer, nnet, note
 
 

@@ -44,6 +44,14 @@ def compile_regions(nnet: torch.nn.Module, backend: str = None, whole: bool = Fa
     return len(blocks) or 1
 
 
+def compile_for_training(backbone: torch.nn.Module, module: torch.nn.Module, mode: str) -> int:
+    """``train.compile``'s mode on a training step: 'full' compiles ``module``, the module the step calls (an
+    objective's module, REPA's and the hybrid objective's, calls into the backbone past its ``__call__``, which a
+    compiled backbone alone would leave eager); otherwise each of the backbone's blocks."""
+    whole = mode == 'full'
+    return compile_regions(module if whole else backbone, whole=whole)
+
+
 def compiled_modules(nnet: torch.nn.Module) -> list:
     """Names of the modules of ``nnet`` compiled in place ('' for ``nnet`` itself)."""
     return [name for name, module in nnet.named_modules() if getattr(module, '_compiled_call_impl', None) is not None]

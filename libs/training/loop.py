@@ -34,7 +34,7 @@ from libs.fileio import atomic_open
 from libs.images import save_grid
 from libs.latent.spaces import build_space, latent_format
 from libs.nets import build_nnet, check_state_dict, count_parameters, strip_wrapper_prefixes
-from libs.nets.compile import compile_regions
+from libs.nets.compile import compile_for_training, compile_regions
 from libs.rng import SampleRandom, loader_seed, seeded, training_seed
 from libs.training.checkpoint import (Agreement, CheckpointManager, DamagedCheckpoint, attempt, detect_storage, now,
                                       objective_files, one_line, read_checkpoint, rng_state, set_rng_state, verify)
@@ -249,10 +249,7 @@ class Trainer:
         self.denoiser_ema = self.framework.denoiser(self.nnet_ema)
         # in place, after the EMA's deep copy: parameter names and checkpoint keys stay the release's
         if self.path['compile']:
-            whole = self.path['compile'] == 'full'
-            # whole: the module the step calls (REPA's and the hybrid objective's call into the backbone past its
-            # __call__, which compiling the backbone alone would leave eager); each block: the backbone's
-            compile_regions(module if whole else nnet, whole=whole)
+            compile_for_training(nnet, module, self.path['compile'])
         if self.path['sample_compile']:
             compile_regions(self.nnet_ema, whole=self.path['sample_compile'] == 'full')
         self.nnet, self.optimizer = acc.prepare(module, optimizer)
