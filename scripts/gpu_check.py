@@ -69,7 +69,6 @@ BENCHMARK = os.path.join(ROOT, 'scripts', 'benchmark.py')
 TRAIN = os.path.join(ROOT, 'train.py')
 DIGITS = os.path.join(ROOT, 'configs', 'digits_uvit_tiny.py')
 
-BENCH_CONFIGS = ('imagenet256_uvit_large', 'imagenet64_uvit_mid', 'cifar10_uvit_small')  # most wanted first
 BENCH_VARIANTS = ('baseline', 'precision=fp16', 'attention=xformers', 'checkpointing')
 TRAIN_STEPS, RESUME_AT = 50, 25
 # 2^14 times the fp16 default (2^16). A tiny U-ViT's fp16 gradients overflow above a scale of about 2^19, so about the

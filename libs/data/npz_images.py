@@ -40,13 +40,6 @@ def _read_npy_header(f):
     return readers[version](f) if version in readers else None
 
 
-def npz_array_header(path: str, key: str):
-    """(shape, dtype) of array ``key`` of an .npz file, read from its header alone (None if unreadable that way)."""
-    with zipfile.ZipFile(path) as archive, archive.open(key + '.npy') as f:
-        header = _read_npy_header(f)
-    return None if header is None else (header[0], header[2])
-
-
 def memory_map_npz_array(path: str, key: str):
     """Array ``key`` of an .npz file memory-mapped read-only, or None when it is compressed (or its header is of a
     format without a public reader): then ``np.load`` has to read it."""

@@ -328,8 +328,8 @@ class GaussianFramework(Framework):
         return drift_variance / sigma ** 2
 
     def target(self, x0, noise, t):
-        """What the output is trained to be: eps, x0, v = alpha(t) eps - sigma(t) x0, the velocity
-        alpha'(t) x0 + sigma'(t) eps or the score -eps / sigma(t)."""
+        """What the output is trained to be: eps, x0, v = alpha(t) eps - sigma(t) x0 or the velocity
+        alpha'(t) x0 + sigma'(t) eps (a score's loss is written in ``loss_of_output``)."""
         if self.prediction == 'noise':
             return noise
         if self.prediction == 'x0':
@@ -338,8 +338,6 @@ class GaussianFramework(Framework):
         if self.prediction == 'velocity':
             d_alpha, d_sigma = broadcast_rates(self.schedule, t, x0, x0.dtype)
             return d_alpha * x0 + d_sigma * noise
-        if self.prediction == 'score':
-            return -noise / sigma
         return alpha * noise - sigma * x0
 
     def loss(self, nnet, x0, cond=None, generator=None):

@@ -92,7 +92,8 @@ def classifier_free_guidance(noise_fn, cond, uncond, scale, channels: int = 0, i
 
     def eps_fn(x, t):
         inside = None if interval is None else interval.contains(t)
-        if inside is not None and not bool(inside.any()):
+        guided_count = None if inside is None else int(inside.sum())  # one read of the device per call
+        if guided_count == 0:
             return conditional(x, t)
         t_cat = torch.cat([t, t]) if torch.is_tensor(t) and t.ndim > 0 else t
         eps_c, eps_u = noise_fn(torch.cat([x, x]), t_cat, **merged).chunk(2)
@@ -101,7 +102,7 @@ def classifier_free_guidance(noise_fn, cond, uncond, scale, channels: int = 0, i
         else:
             guided = torch.cat([eps_c[:, :channels] + scale * (eps_c[:, :channels] - eps_u[:, :channels]),
                                 eps_c[:, channels:]], dim=1)
-        if inside is None or bool(inside.all()):
+        if inside is None or guided_count == inside.numel():
             return guided
         return torch.where(inside.to(guided.device).view((-1,) + (1,) * (guided.ndim - 1)), guided, eps_c)
 

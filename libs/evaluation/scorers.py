@@ -39,7 +39,6 @@ class FidScorer:
     def __init__(self, device, reference: str, settings=None, n_samples: int = None, image_size=None):
         from libs.metrics.metric_set import MetricSet, MetricSettings
         self.metric_set = MetricSet(reference, settings or MetricSettings(), device, n_samples, image_size)
-        self.ref_stats = reference
         self.parts = []
 
     def add(self, images: torch.Tensor, labels) -> None:

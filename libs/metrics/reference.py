@@ -20,7 +20,6 @@ import os
 from libs.errors import UserError
 
 STATISTICS = {'pool': ('mu', 'sigma'), 'spatial': ('mu_s', 'sigma_s')}   # feature name -> keys in the .npz
-KINDS = ('statistics', 'batch', 'folder')
 
 
 def missing_reference_message(path: str) -> str:
