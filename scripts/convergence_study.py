@@ -162,10 +162,9 @@ def read_json(path: str):
 
 
 def write_json(path: str, data) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + '.tmp', 'w') as f:
+    from libs.fileio import atomic_open
+    with atomic_open(path, 'w') as f:
         json.dump(data, f, indent=1)
-    os.replace(path + '.tmp', path)
 
 
 def read_training_log(path: str) -> dict:

@@ -46,7 +46,7 @@ if [ -n "$dit_clone" ]; then
     rm -rf "$releases/DiT" && mkdir -p "$releases/DiT" && cp "$dit_clone/models.py" "$releases/DiT/"
 fi
 
-wheels_bytes=$(cat "$dest"/*.whl $(find "$releases" -type f 2>/dev/null) | wc -c)
+wheels_bytes=$({ cat "$dest"/*.whl; find "$releases" -type f -print0 2>/dev/null | xargs -0 -r cat; } | wc -c)
 # what travels besides: tracked files and untracked ones git does not ignore
 tree_bytes=$(cd "$root" && git ls-files -co --exclude-standard -z | xargs -0 cat 2>/dev/null | wc -c)
 ls -l "$dest"
