@@ -2,8 +2,8 @@
 
 ``load_dinov2`` gives the frozen ``Dinov2Model`` of a folder holding ``config.json`` and the weights (default
 ``assets/dinov2-vitl14/``: the Hugging Face ``facebook/dinov2-large``, ViT-L/14, downloaded elsewhere); nothing is
-ever downloaded. Anything that encodes images with DINOv2 (FD-DINOv2 in libs/metrics/fd_dinov2.py; a representation
-alignment target) loads it here.
+ever downloaded. FD-DINOv2 (libs/metrics/fd_dinov2.py) loads it here; REPA's targets (libs/latent/vision_encoders.py)
+read their folders through the same checks and constants.
 
 ``dinov2_pixels`` is dgm-eval's preprocessing (Stein et al. 2023, the FD-DINOv2 of EDM2's tables): the uint8 image
 resized to 224 x 224 with PIL's bicubic filter (antialiased when shrinking, a = -0.5), back to 8 bits, then scaled

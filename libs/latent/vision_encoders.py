@@ -31,9 +31,7 @@ import torch.nn.functional as F
 
 from libs.errors import UserError, first_line
 from libs.fileio import check_model_folder
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+from libs.latent.dinov2 import IMAGENET_MEAN, IMAGENET_STD, REPO_ROOT
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 
