@@ -1,7 +1,6 @@
 """Photographs in their releases' layouts: ImageNet (a folder tree or the downsampled npz release, and class
 subsets), CelebA, STL-10, SVHN and Tiny ImageNet."""
 import os
-import struct
 import zipfile
 
 import numpy as np
@@ -9,6 +8,7 @@ import torch
 from PIL import Image
 
 from libs.data.common import ImageDataset, check_split, crop_and_resize, hwc_to_tensor, list_images, read_image
+from libs.data.npz_images import memory_map_npz_array
 from libs.errors import UserError
 from libs.images import from_uint8
 
@@ -246,26 +246,12 @@ class CelebA64(ImageDataset):
 
 def _npz_array(path: str, key: str) -> np.ndarray:
     """Array ``key`` of an .npz file, memory-mapped when stored uncompressed, else read into memory."""
-    member = key + '.npy'
     with zipfile.ZipFile(path) as zf:
-        if member not in zf.namelist():
+        if key + '.npy' not in zf.namelist():
             raise UserError(f"{path} has no array '{key}': use the downsampled-ImageNet npz release")
-        info = zf.getinfo(member)
-        if info.compress_type == zipfile.ZIP_STORED:
-            with open(path, 'rb') as f:
-                f.seek(info.header_offset)
-                local_header = f.read(30)
-                name_len, extra_len = struct.unpack('<HH', local_header[26:30])
-                f.seek(info.header_offset + 30 + name_len + extra_len)
-                version = np.lib.format.read_magic(f)
-                if version == (1, 0):
-                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-                else:
-                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-                offset = f.tell()
-            if not dtype.hasobject:
-                return np.memmap(path, dtype=dtype, mode='r', offset=offset, shape=shape,
-                                 order='F' if fortran else 'C')
+    mapped = memory_map_npz_array(path, key)
+    if mapped is not None:
+        return mapped
     with np.load(path) as npz:
         return npz[key]
 
