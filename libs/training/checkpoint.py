@@ -405,10 +405,10 @@ class DamagedCheckpoint(Exception):
     """A file of a checkpoint does not load; the message names it."""
 
 
-def read_checkpoint(ckpt: str, rank: int, num_processes: int, objective_files: tuple = ()) -> dict:
+def read_checkpoint(ckpt: str, rank: int, num_processes: int, extra_files: tuple = ()) -> dict:
     """Everything process ``rank`` needs to resume from ``ckpt``, loaded to the CPU: 'state' (train_state.json), the
     .pth files by name, and 'rng' (None when the checkpoint was written by another number of processes). Of the
-    training objective's ``objective_files``, those present. Every file through ``load_object`` (plain data only)."""
+    training objective's files ``extra_files``, those present. Every file through ``load_object`` (plain data only)."""
     def load(name, reader):
         try:
             return reader()
@@ -423,7 +423,7 @@ def read_checkpoint(ckpt: str, rank: int, num_processes: int, objective_files: t
         names.append('grad_scaler.pth')
     for name in names:
         contents[name] = load(name, lambda: load_object(ckpt, name))
-    for name in objective_files:
+    for name in extra_files:
         if os.path.isfile(os.path.join(ckpt, name)):
             contents[name] = load(name, lambda: load_object(ckpt, name))
     contents['rng'] = None
