@@ -196,6 +196,10 @@ def test_checkpoints_get_an_fid_json_when_statistics_and_weights_exist(tmp_path,
     run = EvalRun.load(config, str(ckpt))
     config.sample.update(n_samples=6, sample_steps=2, algorithm='unipc')
     assert run.generate(config.sample, run.scorer())['fid'] == pytest.approx(record['fid'], rel=1e-6)
+    # a run's scorers share one set of networks (a sweep scores many points), each starting empty: the same score
+    again = run.scorer()
+    assert again.metric_set is run.scorer().metric_set and again.parts == []
+    assert run.generate(config.sample, again)['fid'] == pytest.approx(record['fid'], rel=1e-6)
     assert set(record['provenance']) >= {'commit', 'torch', 'accelerate', 'device', 'num_processes'}
 
 

@@ -396,11 +396,15 @@ class EvalRun:
         return self.config.eval.ref_stats or self.spec.fid_stats
 
     def scorer(self, inception_score: bool = False):
-        """The scorer of ``config.eval`` for ``config.sample.n_samples`` samples (``inception_score``: ``gen``'s, with
-        the Inception Score over ``clf_eval.is_splits`` parts)."""
+        """A scorer of ``config.eval`` for ``config.sample.n_samples`` samples (``inception_score``: ``gen``'s, with
+        the Inception Score over ``clf_eval.is_splits`` parts), with nothing added yet; the networks and the reference
+        are loaded once per run and shared by the scorers it hands out (a sweep scores many points)."""
         from libs.evaluation.scorers import build_scorer, metric_settings
-        return build_scorer(self.config.eval.metric, self.device, self.ref_stats(),
-                            metric_settings(self.config, inception_score), self.config.sample.n_samples)
+        key = ('scorer', inception_score)
+        if key not in self.built:
+            self.built[key] = build_scorer(self.config.eval.metric, self.device, self.ref_stats(),
+                                           metric_settings(self.config, inception_score), self.config.sample.n_samples)
+        return self.built[key].fresh()
 
     def generate(self, sample_cfg, scorer, png_dir: str = '', desc: str = 'sample', shards: ShardStore = None) -> dict:
         return generate(self.accelerator, self.framework, self.denoiser(), sample_cfg, self.spec.data_shape,

@@ -11,6 +11,8 @@ process, ``result(gathered, gathered_labels) -> dict`` on the main process, ``re
 JSON keeps. Building a scorer loads its networks and opens its reference, and checks that ``n_samples`` (when
 given) suffice for its metrics, so missing files and impossible settings fail before any sampling.
 """
+import copy
+
 import torch
 
 from libs.errors import UserError
@@ -41,6 +43,12 @@ class FidScorer:
         self.metric_set = MetricSet(reference, settings or MetricSettings(), device, n_samples, image_size)
         self.parts = []
 
+    def fresh(self):
+        """A scorer of the same settings with nothing added yet, sharing this one's networks and reference."""
+        scorer = copy.copy(self)
+        scorer.parts = []
+        return scorer
+
     def add(self, images: torch.Tensor, labels) -> None:
         if not self.parts:
             self.metric_set.check_images(images)
@@ -64,6 +72,9 @@ class DigitsScorer:
     def __init__(self, device=None, reference: str = '', settings=None, n_samples: int = None):
         """The FID scorer's arguments, none of which applies: the reference is always the 1797 real digits."""
         self.parts, self.labels = [], []
+
+    def fresh(self):
+        return DigitsScorer()
 
     def add(self, images: torch.Tensor, labels) -> None:
         self.parts.append(images.float())
