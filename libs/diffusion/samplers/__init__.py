@@ -24,9 +24,9 @@ schedule.
 Where samplers start: ``t_start`` (0 or unset: the default). The log-SNR solvers (DPM-Solver, UniPC), EDM's Heun
 and Euler-Maruyama need a finite lambda and start at the schedule's ``t_max``: 1, and 1 - 1e-3 on the flow paths,
 whose alpha(1) = 0 (SiT's sample_eps; the prior N(0, I) is taken as the state there, as the VP SDE takes it at
-t = 1 where alpha = 0.0066). SiT's samplers start at the start of the framework's ``model_range``: 1, or ``t_max``
-for a noise or score model on a flow path (and SBDM's SDE, whose w is infinite at alpha = 0); ``flow_heun``, whose
-last evaluation is at its end, ends at the end of that range (0 on the flow paths, the schedule's t_min where the
+t = 1 where alpha = 0.0066). SiT's samplers start at the start of the framework's ``sampling_range()`` (``model_range`` here): 1,
+or ``t_max`` for a noise or score model on a flow path (and SBDM's SDE, whose w is infinite at alpha = 0);
+``flow_heun`` and ``flow_dopri5``, whose last evaluation is at their end, end at the end of that range (0 on the flow paths, the schedule's t_min where the
 velocity is infinite at t = 0), the others at 0. ``guidance_interval`` (empty: guide everywhere) is carried as
 ``sampler.guidance_interval``, (lo, hi) in sigma / alpha (libs/diffusion/guidance.py).
 
