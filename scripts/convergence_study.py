@@ -285,14 +285,10 @@ def spread(values: list) -> dict:
                 n=len(values), values=values)
 
 
-def cpu_seconds(record: dict, prefix: str) -> float:
-    """CPU seconds of a run's processes whose job name starts with ``prefix`` (every attempt, as a resumed training
-    run's two processes)."""
-    return sum(j['cpu_s'] for key, jobs in record['jobs'].items() if key.startswith(prefix) for j in jobs)
-
-
-def wall_seconds(record: dict, prefix: str) -> float:
-    return sum(j['wall_s'] for key, jobs in record['jobs'].items() if key.startswith(prefix) for j in jobs)
+def job_seconds(record: dict, prefix: str, clock: str = 'cpu_s') -> float:
+    """Seconds (``clock``: 'cpu_s' or 'wall_s') of a run's processes whose job name starts with ``prefix`` (every
+    attempt, as a resumed training run's two processes)."""
+    return sum(j[clock] for key, jobs in record['jobs'].items() if key.startswith(prefix) for j in jobs)
 
 
 def value_at(series: list, step: int, window: int):
@@ -346,9 +342,9 @@ def summarize(results: dict) -> dict:
                      probe_over_training={str(s): {layer: spread([r.get('probes', {}).get(str(s), {}).get(layer)
                                                                   for r in mine]) for layer in layers} for s in steps},
                      probe_level=mine[0].get('probe', {}).get('level'),
-                     train_cpu_s=spread([cpu_seconds(r, 'train') for r in mine]),
-                     train_wall_s=spread([wall_seconds(r, 'train') for r in mine]),
-                     score_cpu_s=spread([cpu_seconds(r, 'score') for r in mine]))
+                     train_cpu_s=spread([job_seconds(r, 'train') for r in mine]),
+                     train_wall_s=spread([job_seconds(r, 'train', 'wall_s') for r in mine]),
+                     score_cpu_s=spread([job_seconds(r, 'score') for r in mine]))
         for quantity in ('alignment', 'diffusion_loss'):
             if any(r.get('training_log', {}).get(quantity) for r in mine):
                 entry[quantity] = {str(s): spread([value_at(r['training_log'].get(quantity, []), s, window)
@@ -399,7 +395,7 @@ def goal_checks(results: dict, recipes: dict) -> list:
         checks.append(dict(
             candidate=goal_runs[0]['run']['recipe'], candidate_steps=steps, reference=REFERENCE,
             reference_steps=reference['n_steps'], scores=candidate, reference_scores=full,
-            cpu_s=spread([cpu_seconds(r, 'train') for r in goal_runs]), reference_cpu_s=reference['train_cpu_s'],
+            cpu_s=spread([job_seconds(r, 'train') for r in goal_runs]), reference_cpu_s=reference['train_cpu_s'],
             matches={m: matches(candidate[m], full[m], m) for m in METRICS}))
     for recipe, entry in recipes.items():
         if recipe not in SAME_BUDGET or entry['n_steps'] != reference['n_steps']:
