@@ -18,6 +18,12 @@ def check_split(name: str, split: str, splits) -> None:
         raise UserError(f"dataset '{name}' has no split '{split}'; known splits: {', '.join(splits)}")
 
 
+def from_config(cls, cfg, split: str):
+    """The dataset ``cls`` of ``split`` from ``config.dataset``: each argument of the constructor from the key of its
+    name where the config has it, else the constructor's default (``check_keys`` refuses any other key)."""
+    return cls(split=split, **{key: cfg[key] for key in config_keys(cls) if key in cfg})
+
+
 def describe(cls, cfg, resolution: int):
     """(num_classes, default reference statistics or None) of ``config.dataset`` (a dataset class ``cls``) at
     ``resolution``, from the class attributes ``label_classes`` (None: build the train split to count them),
@@ -84,12 +90,7 @@ class ImageDataset(Dataset):
     loop_keys = ()               # config.dataset keys that the training loop reads for this dataset only
 
     describe = classmethod(describe)
-
-    @classmethod
-    def from_config(cls, cfg, split: str):
-        """The dataset of ``split`` from ``config.dataset``: each argument of the constructor from the key of its name
-        where the config has it, else the constructor's default (``check_keys`` refuses any other key)."""
-        return cls(split=split, **{key: cfg[key] for key in config_keys(cls) if key in cfg})
+    from_config = classmethod(from_config)
 
     def __init__(self, split: str, resolution: int, channels: int, num_classes: int, labels: np.ndarray,
                  fid_stats=None):

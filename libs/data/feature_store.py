@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from libs.data.common import check_split, describe
+from libs.data.common import check_split, describe, from_config
 from libs.data.latent_format import LatentFormat
 from libs.errors import UserError
 
@@ -106,6 +106,7 @@ class FeatureDataset(Dataset):
     stores_features = True
     loop_keys = ('source_path',)  # config.dataset keys the training loop reads for this dataset (REPA's images)
     describe = classmethod(describe)
+    from_config = classmethod(from_config)  # the constructor's arguments from config.dataset, as the image datasets'
 
     def __init__(self, path: str, split: str, resolution: int = None, fid_stats=None):
         check_split(self.name, split, self.splits)
@@ -210,11 +211,6 @@ class ImageNetFeatures(FeatureDataset):
         labels = np.concatenate(labels)
         self.labels = np.concatenate([labels, labels]) if self.flip else labels
 
-    @classmethod
-    def from_config(cls, cfg, split):
-        return cls(cfg.get('path', cls.default_path), split,
-                   resolution=cfg.get('resolution', None), fid_stats=cfg.get('fid_stats', None))
-
     def __getitem__(self, index: int):
         index = self._index(index)
         image = index % self.num_images
@@ -262,11 +258,6 @@ class MSCOCOFeatures(FeatureDataset):
         self._arrays.clear()
         self._caption_starts = np.cumsum([0] + [int(o[-1]) for o in self._offsets])  # first caption of each shard
         self.labels = np.full(int(self._caption_starts[-1]), -1, dtype=np.int64)
-
-    @classmethod
-    def from_config(cls, cfg, split):
-        return cls(cfg.get('path', cls.default_path), split,
-                   resolution=cfg.get('resolution', None), fid_stats=cfg.get('fid_stats', None))
 
     def _locate(self, index: int):
         """Caption ``index`` -> (its shard, its row in the shard's contexts, its image 0..num_images-1)."""
